@@ -1,0 +1,6 @@
+"""`python -m trioraft`: the same as the `trioraft` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,498 @@
+"""The `trioraft` command line (API.md §1, §2, §6).
+
+Exit status: 0 success; 1 clean failure (absent key, CAS precondition false, request
+rejected by the server); 2 usage error; 3 the cluster cannot be reached or could not
+confirm the operation in time; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .client import (
+    DEFAULT_ENDPOINTS,
+    Client,
+    EndpointStatus,
+    TrioraftError,
+    Unavailable,
+    UnknownOutcome,
+    normalize_endpoints,
+)
+from .config import ConfigError, NodeConfig, add_serve_arguments, config_from_args
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+    "run",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
+
+ENDPOINTS_ENV = "TRIORAFT_ENDPOINTS"
+DEFAULT_TIMEOUT_S = 10.0
+
+_CLIENT_EPILOG = (
+    "Exit status: 0 success, 1 clean failure (absent key, CAS failed), 2 usage error, "
+    "3 cluster unreachable (or a write's outcome unknown)."
+)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS defaults: the options work both before and after the subcommand
+    # (`trioraft --endpoints X get k` and `trioraft get k --endpoints X`).
+    parser.add_argument(
+        "--endpoints",
+        metavar="URL,URL",
+        default=argparse.SUPPRESS,
+        help=f"cluster nodes to talk to; the leader is found automatically [env "
+        f"{ENDPOINTS_ENV}; default {','.join(DEFAULT_ENDPOINTS)}]",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=argparse.SUPPRESS,
+        help=f"give up after this long, retries included [default {DEFAULT_TIMEOUT_S:g}]",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the result as JSON",
+    )
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nodes", type=_positive_int, default=3, help="number of nodes (default 3; 5 is common)"
+    )
+    parser.add_argument(
+        "--base-port",
+        type=_positive_int,
+        default=3001,
+        help="node K listens on base-port+K-1 (default 3001: 3001, 3002, 3003)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address the nodes bind (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="node K keeps its state in DIR/nodeK and its output in DIR/nodeK.log; restarting "
+        "with the same directory resumes the cluster (default ./data)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_positive_float,
+        default=5.0,
+        help="on Ctrl-C, seconds to wait for the nodes before killing them (default 5)",
+    )
+    group = parser.add_argument_group("passed to every node (see `trioraft serve --help`)")
+    group.add_argument("--election-timeout-ms", metavar="MIN-MAX")
+    group.add_argument("--heartbeat-ms", metavar="N")
+    group.add_argument("--cluster-token", metavar="TOKEN")
+    group.add_argument("--snapshot-entries", metavar="N")
+    group.add_argument("--log-level", metavar="LEVEL")
+    group.add_argument("--request-timeout-ms", metavar="N")
+    group.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="do not fsync: for benchmarks only, UNSAFE (acknowledged writes can be lost)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trioraft",
+        description="A replicated key-value store on Raft.",
+        epilog=_CLIENT_EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"trioraft {__version__}")
+    _add_client_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def client_command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=_CLIENT_EPILOG)
+        _add_client_options(p)
+        return p
+
+    serve = sub.add_parser(
+        "serve",
+        help="run one node",
+        description="Run one trioraft node until SIGTERM or SIGINT. Flags override "
+        "environment variables, which override the defaults.",
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=_cmd_serve, parser=serve)
+
+    cluster = sub.add_parser(
+        "cluster",
+        help="run a local cluster of N nodes (separate processes) until Ctrl-C",
+        description="Start node1..nodeN on HOST, ports base-port.., print their URLs and "
+        "the leader once elected (and whenever it changes), and stop them all on Ctrl-C "
+        "or SIGTERM.",
+    )
+    _add_cluster_arguments(cluster)
+    cluster.set_defaults(handler=_cmd_cluster, parser=cluster)
+
+    p = client_command("put", "set KEY to VALUE")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("value", metavar="VALUE")
+    p.set_defaults(handler=_cmd_put, parser=p)
+
+    p = client_command("get", "print the value of KEY (exit 1 if absent)")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument(
+        "--consistency",
+        choices=("linearizable", "stale"),
+        default="linearizable",
+        help="linearizable (default) or stale: read one node's local copy without any check",
+    )
+    p.set_defaults(handler=_cmd_get, parser=p)
+
+    p = client_command("del", "delete KEY (exit 1 if it was absent)")
+    p.add_argument("key", metavar="KEY")
+    p.set_defaults(handler=_cmd_del, parser=p)
+
+    p = client_command(
+        "cas",
+        "compare-and-set: change KEY only if it holds the expected value (exit 1 if not)",
+    )
+    p.add_argument("key", metavar="KEY")
+    expected = p.add_mutually_exclusive_group(required=True)
+    expected.add_argument("--expected", metavar="OLD", help="the value KEY must hold now")
+    expected.add_argument(
+        "--expected-absent", action="store_true", help="KEY must not exist now (create only)"
+    )
+    new = p.add_mutually_exclusive_group(required=True)
+    new.add_argument("--value", metavar="NEW", help="the value to set")
+    new.add_argument("--delete", action="store_true", help="delete KEY instead of setting it")
+    p.set_defaults(handler=_cmd_cas, parser=p)
+
+    p = client_command("range", "list keys starting with PREFIX, in order, as KEY<tab>VALUE")
+    p.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
+    p.add_argument("--limit", type=_positive_int, default=None, help="at most this many keys")
+    p.add_argument("--consistency", choices=("linearizable", "stale"), default="linearizable")
+    p.set_defaults(handler=_cmd_range, parser=p)
+
+    p = client_command("status", "show every node: role, term, leader and log indexes")
+    p.set_defaults(handler=_cmd_status, parser=p)
+
+    _add_bench(sub)
+    return parser
+
+
+def _add_bench(sub: Any) -> None:
+    """Register `bench` if trioraft.bench is installed; a broken one reports itself."""
+    try:
+        from . import bench  # type: ignore[attr-defined,unused-ignore]
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__package__}.bench":
+            return
+        reason = f"{exc}"
+    except ImportError as exc:
+        reason = f"{exc}"
+    else:
+        p = sub.add_parser("bench", help="load-test a running cluster")
+        bench.add_arguments(p)
+        p.set_defaults(handler=lambda args, env: int(bench.main(args)), parser=p)
+        return
+
+    p = sub.add_parser("bench", help="(unavailable)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def unavailable(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+        print(f"trioraft bench is unavailable: {reason}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    p.set_defaults(handler=unavailable, parser=p)
+
+
+def _usage(args: argparse.Namespace, message: str) -> NoReturn:
+    """A usage error of the chosen subcommand: message on stderr, exit status 2."""
+    parser: argparse.ArgumentParser = args.parser
+    parser.error(message)
+
+
+# ---------------------------------------------------------------- serve / cluster
+
+
+class _NodeIdFilter(logging.Filter):
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node = self.node_id
+        return True
+
+
+def configure_logging(config: NodeConfig) -> None:
+    """One line per event on stderr: time, level, node, logger, message."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_NodeIdFilter(config.id))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s node=%(node)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+
+
+def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        config = config_from_args(args, env)
+    except ConfigError as exc:
+        _usage(args, str(exc))
+    configure_logging(config)
+    if not config.fsync:
+        logging.getLogger("trioraft").warning(
+            "fsync is off: acknowledged writes can be lost on power failure (benchmarks only)"
+        )
+    import trio
+
+    # Lazily: the client commands do not need the server stack.
+    from . import node  # type: ignore[attr-defined,unused-ignore]
+
+    trio.run(node.serve, config)
+    return EXIT_OK
+
+
+def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from . import cluster
+
+    serve_args: list[str] = []
+    for flag in (
+        "election_timeout_ms",
+        "heartbeat_ms",
+        "cluster_token",
+        "snapshot_entries",
+        "log_level",
+        "request_timeout_ms",
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            serve_args.append(f"--{flag.replace('_', '-')}={value}")
+    if args.no_fsync:
+        serve_args.append("--no-fsync")
+    opts = cluster.ClusterOptions(
+        nodes=args.nodes,
+        base_port=args.base_port,
+        host=args.host,
+        data_dir=args.data_dir,
+        serve_args=tuple(serve_args),
+    )
+    try:
+        return cluster.main(opts, grace=args.grace)
+    except ConfigError as exc:
+        _usage(args, str(exc))
+
+
+# ---------------------------------------------------------------- client commands
+
+
+def _client(args: argparse.Namespace, env: Mapping[str, str]) -> Client:
+    raw = getattr(args, "endpoints", None) or env.get(ENDPOINTS_ENV) or ",".join(DEFAULT_ENDPOINTS)
+    try:
+        endpoints = normalize_endpoints(raw)
+    except ValueError as exc:
+        _usage(args, f"--endpoints: {exc}")
+    return Client(endpoints, timeout=getattr(args, "timeout", DEFAULT_TIMEOUT_S))
+
+
+def _check_key(args: argparse.Namespace) -> None:
+    if not args.key:
+        _usage(args, "KEY must not be empty")
+
+
+def _emit(args: argparse.Namespace, obj: Any, text: str | None) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, ensure_ascii=False))
+    elif text is not None:
+        print(text)
+
+
+def _cmd_put(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    _check_key(args)
+    with _client(args, env) as client:
+        index = client.put(args.key, args.value)
+    _emit(args, {"key": args.key, "value": args.value, "index": index}, "OK")
+    return EXIT_OK
+
+
+def _cmd_get(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    _check_key(args)
+    with _client(args, env) as client:
+        value = client.get(args.key, consistency=args.consistency)
+    if value is None:
+        _emit(args, {"key": args.key, "value": None}, None)
+        print(f"trioraft: key not found: {args.key}", file=sys.stderr)
+        return EXIT_FAILURE
+    _emit(args, {"key": args.key, "value": value}, value)
+    return EXIT_OK
+
+
+def _cmd_del(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    _check_key(args)
+    with _client(args, env) as client:
+        deleted = client.delete(args.key)
+    _emit(args, {"key": args.key, "deleted": deleted}, "OK" if deleted else None)
+    if not deleted:
+        print(f"trioraft: key not found: {args.key}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_cas(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    _check_key(args)
+    expected = None if args.expected_absent else args.expected
+    value = None if args.delete else args.value
+    with _client(args, env) as client:
+        ok = client.cas(args.key, expected, value)
+    _emit(args, {"key": args.key, "ok": ok}, "OK" if ok else None)
+    if not ok:
+        want = "absent" if expected is None else repr(expected)
+        print(
+            f"trioraft: CAS failed: {args.key} does not hold the expected value ({want})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_range(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    with _client(args, env) as client:
+        page = client.range(args.prefix, args.limit, consistency=args.consistency)
+    if getattr(args, "json", False):
+        items = [{"key": k, "value": v} for k, v in page.items]
+        _emit(args, {"items": items, "more": page.more}, None)
+    else:
+        for key, value in page.items:
+            print(f"{key}\t{value}")
+        if page.more:
+            print("(more keys: raise --limit)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cell(status: Mapping[str, Any], name: str) -> str:
+    value = status.get(name)
+    return "-" if value is None else str(value)
+
+
+def _status_table(results: Sequence[EndpointStatus]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="trioraft cluster")
+    for name in ("id", "url", "role", "term", "leader", "commit", "applied", "last log"):
+        table.add_column(name, justify="right" if name in ("term", "commit", "applied") else "left")
+    table.add_column("snapshot", justify="right")
+    styles = {"leader": "bold green", "candidate": "yellow", "precandidate": "yellow"}
+    for result in results:
+        s = result.status
+        if s is None:
+            error = result.error or "unreachable"
+            table.add_row("?", result.url, f"[red]{error}[/red]", *["-"] * 6)
+            continue
+        role = _cell(s, "role")
+        style = styles.get(role)
+        table.add_row(
+            _cell(s, "id"),
+            result.url,
+            f"[{style}]{role}[/{style}]" if style else role,
+            _cell(s, "term"),
+            _cell(s, "leader"),
+            _cell(s, "commit_index"),
+            _cell(s, "applied_index"),
+            _cell(s, "last_log_index"),
+            _cell(s, "snapshot_index"),
+        )
+    console = Console() if sys.stdout.isatty() else Console(width=200, no_color=True)
+    console.print(table)
+
+
+def _cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    with _client(args, env) as client:
+        results = client.status()
+    if getattr(args, "json", False):
+        rows = [{"url": r.url, "status": r.status, "error": r.error} for r in results]
+        _emit(args, rows, None)
+    else:
+        _status_table(results)
+    if not any(r.reachable for r in results):
+        print("trioraft: no node could be reached", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def run(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run the command line; returns the exit status (usage errors raise SystemExit(2))."""
+    env = os.environ if env is None else env
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.handler
+    try:
+        return handler(args, env)
+    except (Unavailable, UnknownOutcome) as exc:
+        print(f"trioraft: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except TrioraftError as exc:
+        print(f"trioraft: {exc} ({exc.code})", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: exits with the command's status."""
+    try:
+        code = run(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `trioraft range | head`
+        sys.stderr.close()
+        code = EXIT_FAILURE
+    if code:
+        raise SystemExit(code)

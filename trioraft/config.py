@@ -1,0 +1,443 @@
+"""Node configuration: the `trioraft serve` flags and environment variables (API.md §1).
+
+Rules, in the order they are applied:
+
+* A flag given on the command line always wins over its environment variable; the
+  environment wins over the built-in default. An environment variable set to the
+  empty string counts as unset (compose files often write ``- PEERS=``).
+* Peers come from ``--peer ID=URL`` (repeatable) if any is given; otherwise from
+  ``PEERS=id=url,id=url``; otherwise from the course form ``PEER_IDS=host:port,...``
+  (the id is the host part, the URL ``http://host:port``). Setting both ``PEERS`` and
+  ``PEER_IDS`` is an error: one of them would be silently ignored.
+* Every problem is reported as a :class:`ConfigError` (``parse_serve_args`` turns it
+  into an argparse usage error: a message on stderr and exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = [
+    "DEFAULT_ELECTION_TIMEOUT_MS",
+    "DEFAULT_HEARTBEAT_MS",
+    "DEFAULT_LISTEN",
+    "LOG_LEVELS",
+    "SERVE_ENV_VARS",
+    "ConfigError",
+    "NodeConfig",
+    "add_serve_arguments",
+    "build_serve_parser",
+    "config_from_args",
+    "format_host_port",
+    "parse_host_port",
+    "parse_serve_args",
+]
+
+DEFAULT_ID = "node1"
+DEFAULT_LISTEN = ("0.0.0.0", 3000)
+DEFAULT_ELECTION_TIMEOUT_MS = (150, 300)
+DEFAULT_HEARTBEAT_MS = 50
+DEFAULT_SNAPSHOT_ENTRIES = 10_000
+DEFAULT_REQUEST_TIMEOUT_MS = 5_000
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: Every environment variable `serve` reads. `trioraft cluster` removes them from its
+#: children's environment so that each child runs exactly the configuration planned.
+SERVE_ENV_VARS = (
+    "NODE_ID",
+    "HOST",
+    "PORT",
+    "ADVERTISE_URL",
+    "PEERS",
+    "PEER_IDS",
+    "DATA_DIR",
+    "ELECTION_TIMEOUT_MS",
+    "HEARTBEAT_MS",
+    "CLUSTER_TOKEN",
+    "SNAPSHOT_ENTRIES",
+    "FSYNC",
+    "LOG_LEVEL",
+    "REQUEST_TIMEOUT_MS",
+)
+
+# Node ids appear in URLs, headers, file names and log lines: keep them plain.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """An invalid flag or environment variable; the message names it."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one node needs to start. Built by :func:`parse_serve_args`."""
+
+    id: str
+    listen_host: str
+    listen_port: int
+    # How peers and clients reach this node; no trailing slash.
+    advertise_url: str
+    # The other members, id -> base URL (no trailing slash). Never contains `id`.
+    peers: dict[str, str] = field(hash=False)
+    data_dir: Path
+    # (min, max) with 1 <= min <= max; heartbeat_ms < min.
+    election_timeout_ms: tuple[int, int]
+    heartbeat_ms: int
+    # Shared secret required on /raft/*; None means no check.
+    cluster_token: str | None
+    # Take a snapshot after this many applied entries since the last one (>= 1).
+    snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES
+    # False only for benchmarks: acknowledged writes can be lost on power failure.
+    fsync: bool = True
+    log_level: str = "warning"
+    # How long a client write waits for its commit before answering 504.
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_MS / 1000
+
+    @property
+    def members(self) -> dict[str, str]:
+        """All members including this node, id -> base URL."""
+        return {self.id: self.advertise_url, **self.peers}
+
+
+# ---------------------------------------------------------------- value parsers
+
+
+def parse_host_port(text: str, what: str = "--listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6addr]:PORT`` for IPv6) -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"{what}: expected [IPV6]:PORT, got {text!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
+        if ":" in host:
+            raise ConfigError(f"{what}: write IPv6 addresses in brackets, as [::1]:3000")
+    if not host:
+        raise ConfigError(f"{what}: missing host in {text!r}")
+    return host, _parse_port(port_text, what)
+
+
+def format_host_port(host: str, port: int) -> str:
+    """The inverse of :func:`parse_host_port` (brackets IPv6 hosts)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_port(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{what}: port must be a number, got {text!r}")
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} is out of range 0-65535")
+    return port
+
+
+def _check_id(node_id: str, what: str) -> str:
+    if not _ID_RE.fullmatch(node_id):
+        raise ConfigError(
+            f"{what}: invalid node id {node_id!r} (use letters, digits, '.', '_', '-'; "
+            "at most 64 characters, starting with a letter or digit)"
+        )
+    return node_id
+
+
+def _check_url(url: str, what: str) -> str:
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what}: expected an http:// or https:// URL, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{what}: URL must not have a query or fragment: {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{what}: bad port in URL {url!r}") from None
+    return url.rstrip("/")
+
+
+def _parse_peer(item: str, what: str) -> tuple[str, str]:
+    node_id, sep, url = item.partition("=")
+    if not sep:
+        raise ConfigError(f"{what}: expected ID=URL, got {item!r}")
+    return _check_id(node_id.strip(), what), _check_url(url, f"{what} {node_id.strip()}")
+
+
+def _parse_course_peer(item: str) -> tuple[str, str]:
+    host, port = parse_host_port(item, "PEER_IDS")
+    return _check_id(host, "PEER_IDS"), f"http://{format_host_port(host, port)}"
+
+
+def _parse_range(text: str, what: str) -> tuple[int, int]:
+    low, sep, high = text.strip().partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ConfigError(f"{what}: expected MIN-MAX in milliseconds, as 150-300, got {text!r}")
+    lo, hi = int(low), int(high)
+    if lo < 1:
+        raise ConfigError(f"{what}: minimum must be at least 1 ms, got {lo}")
+    if lo > hi:
+        raise ConfigError(f"{what}: minimum {lo} is greater than maximum {hi}")
+    return lo, hi
+
+
+def _parse_int(text: str, what: str, minimum: int) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{what}: expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{what}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _parse_bool(text: str, what: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{what}: expected 1/0, true/false, yes/no or on/off, got {text!r}")
+
+
+def _parse_log_level(text: str, what: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{what}: expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+# ---------------------------------------------------------------- argparse
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `serve` flags to `parser`. Every default is None: "not given"."""
+    parser.add_argument(
+        "--id",
+        metavar="ID",
+        help=f"this node's name, unique in the cluster [env NODE_ID; default {DEFAULT_ID}]",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="where the HTTP server binds; [::]:PORT for IPv6 [env HOST and PORT; default "
+        f"{format_host_port(*DEFAULT_LISTEN)}]",
+    )
+    parser.add_argument(
+        "--advertise",
+        metavar="URL",
+        help="how peers and clients reach this node [env ADVERTISE_URL; default "
+        "http://<id>:<port>]",
+    )
+    parser.add_argument(
+        "--peer",
+        metavar="ID=URL",
+        action="append",
+        help="another member, as node2=http://node2:3000; repeat for each peer. Any --peer "
+        "replaces the environment's list [env PEERS=id=url,id=url or the course form "
+        "PEER_IDS=host:port,host:port; default none: a single-node cluster]",
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        help="durable state (term, vote, log, snapshots) lives here; restarting with the "
+        "same directory resumes [env DATA_DIR; default ./data/<id>]",
+    )
+    parser.add_argument(
+        "--election-timeout-ms",
+        metavar="MIN-MAX",
+        help="randomized election timeout range in milliseconds [env ELECTION_TIMEOUT_MS; "
+        "default {}-{}]".format(*DEFAULT_ELECTION_TIMEOUT_MS),
+    )
+    parser.add_argument(
+        "--heartbeat-ms",
+        metavar="N",
+        help="leader heartbeat interval in milliseconds, below the minimum election timeout "
+        f"[env HEARTBEAT_MS; default {DEFAULT_HEARTBEAT_MS}]",
+    )
+    parser.add_argument(
+        "--cluster-token",
+        metavar="TOKEN",
+        help="shared secret required on /raft/*; all members must use the same one; an empty "
+        "string disables the check [env CLUSTER_TOKEN; default none]",
+    )
+    parser.add_argument(
+        "--snapshot-entries",
+        metavar="N",
+        help="take a snapshot after this many applied entries since the last one "
+        f"[env SNAPSHOT_ENTRIES; default {DEFAULT_SNAPSHOT_ENTRIES}]",
+    )
+    parser.add_argument(
+        "--fsync",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fsync the log before acknowledging. --no-fsync is for benchmarks only and "
+        "UNSAFE: a power failure or kernel crash can lose acknowledged writes "
+        "[env FSYNC=0 disables; default on]",
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help=f"one of {', '.join(LOG_LEVELS)} [env LOG_LEVEL; default warning]",
+    )
+    parser.add_argument(
+        "--request-timeout-ms",
+        metavar="N",
+        help="how long a client write waits for its commit before the node answers "
+        "504 unknown_outcome [env REQUEST_TIMEOUT_MS; default "
+        f"{DEFAULT_REQUEST_TIMEOUT_MS}]",
+    )
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value if value else None  # empty counts as unset
+
+
+def _peers(flags: Sequence[str] | None, env: Mapping[str, str]) -> dict[str, str]:
+    items: list[tuple[str, str]]
+    if flags:
+        items = [_parse_peer(item, "--peer") for item in flags]
+    else:
+        peers_env, course_env = _env(env, "PEERS"), _env(env, "PEER_IDS")
+        if peers_env and course_env:
+            raise ConfigError("set PEERS or PEER_IDS, not both")
+        if peers_env:
+            items = [_parse_peer(i.strip(), "PEERS") for i in peers_env.split(",") if i.strip()]
+        elif course_env:
+            items = [_parse_course_peer(i) for i in course_env.split(",") if i.strip()]
+        else:
+            items = []
+    peers: dict[str, str] = {}
+    for node_id, url in items:
+        if node_id in peers:
+            raise ConfigError(f"peer {node_id!r} is given twice")
+        peers[node_id] = url
+    return peers
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeConfig:
+    """Combine parsed flags (from :func:`add_serve_arguments`) with `env`."""
+    node_id = _check_id(
+        args.id if args.id is not None else _env(env, "NODE_ID") or DEFAULT_ID,
+        "--id" if args.id is not None else "NODE_ID",
+    )
+
+    if args.listen is not None:
+        host, port = parse_host_port(args.listen, "--listen")
+    else:
+        host_env, port_env = _env(env, "HOST"), _env(env, "PORT")
+        host = host_env.strip() if host_env else DEFAULT_LISTEN[0]
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        port = _parse_port(port_env.strip(), "PORT") if port_env else DEFAULT_LISTEN[1]
+
+    if args.advertise is not None:
+        advertise = _check_url(args.advertise, "--advertise")
+    elif (advertise_env := _env(env, "ADVERTISE_URL")) is not None:
+        advertise = _check_url(advertise_env, "ADVERTISE_URL")
+    else:
+        advertise = f"http://{format_host_port(node_id, port)}"
+
+    peers = _peers(args.peer, env)
+    if node_id in peers:
+        raise ConfigError(f"peer {node_id!r} is this node's own id; list only the other members")
+    by_url: dict[str, str] = {advertise: node_id}
+    for peer_id, url in peers.items():
+        if url in by_url:
+            raise ConfigError(f"peers {by_url[url]!r} and {peer_id!r} have the same URL {url}")
+        by_url[url] = peer_id
+
+    if args.data_dir is not None:
+        data_dir = Path(args.data_dir)
+    elif (data_env := _env(env, "DATA_DIR")) is not None:
+        data_dir = Path(data_env)
+    else:
+        data_dir = Path("data") / node_id
+
+    def pick(flag: str | None, flag_name: str, env_name: str) -> tuple[str | None, str]:
+        if flag is not None:
+            return flag, flag_name
+        return _env(env, env_name), env_name
+
+    text, what = pick(args.election_timeout_ms, "--election-timeout-ms", "ELECTION_TIMEOUT_MS")
+    election = _parse_range(text, what) if text is not None else DEFAULT_ELECTION_TIMEOUT_MS
+
+    text, what = pick(args.heartbeat_ms, "--heartbeat-ms", "HEARTBEAT_MS")
+    heartbeat = _parse_int(text, what, 1) if text is not None else DEFAULT_HEARTBEAT_MS
+    if heartbeat >= election[0]:
+        raise ConfigError(
+            f"heartbeat interval {heartbeat} ms must be below the minimum election timeout "
+            f"{election[0]} ms (a few times below is best), or followers will start elections "
+            "against a healthy leader"
+        )
+
+    if args.cluster_token is not None:
+        token: str | None = args.cluster_token or None
+    else:
+        token = _env(env, "CLUSTER_TOKEN")
+
+    text, what = pick(args.snapshot_entries, "--snapshot-entries", "SNAPSHOT_ENTRIES")
+    snapshot_entries = _parse_int(text, what, 1) if text is not None else DEFAULT_SNAPSHOT_ENTRIES
+
+    if args.fsync is not None:
+        fsync = bool(args.fsync)
+    elif (fsync_env := _env(env, "FSYNC")) is not None:
+        fsync = _parse_bool(fsync_env, "FSYNC")
+    else:
+        fsync = True
+
+    text, what = pick(args.log_level, "--log-level", "LOG_LEVEL")
+    log_level = _parse_log_level(text, what) if text is not None else "warning"
+
+    text, what = pick(args.request_timeout_ms, "--request-timeout-ms", "REQUEST_TIMEOUT_MS")
+    timeout_ms = _parse_int(text, what, 1) if text is not None else DEFAULT_REQUEST_TIMEOUT_MS
+
+    return NodeConfig(
+        id=node_id,
+        listen_host=host,
+        listen_port=port,
+        advertise_url=advertise,
+        peers=peers,
+        data_dir=data_dir,
+        election_timeout_ms=election,
+        heartbeat_ms=heartbeat,
+        cluster_token=token,
+        snapshot_entries=snapshot_entries,
+        fsync=fsync,
+        log_level=log_level,
+        request_timeout_s=timeout_ms / 1000,
+    )
+
+
+def build_serve_parser(prog: str = "trioraft serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run one trioraft node until SIGTERM or SIGINT. Flags override "
+        "environment variables, which override the defaults.",
+    )
+    add_serve_arguments(parser)
+    return parser
+
+
+def parse_serve_args(argv: list[str], env: Mapping[str, str]) -> NodeConfig:
+    """Parse `serve` flags and environment into a :class:`NodeConfig`.
+
+    Usage errors (unknown flags, invalid values, inconsistent settings) print a message
+    to stderr and raise ``SystemExit(2)``, like any argparse error.
+    """
+    parser = build_serve_parser()
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(args, env)
+    except ConfigError as exc:
+        parser.error(str(exc))

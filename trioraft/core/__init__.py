@@ -1,0 +1,47 @@
+"""The sans-IO Raft core: no sockets, files, clocks or Trio -- only data in, data out."""
+
+from trioraft.core._errors import NotLeader, ProposalDropped, RaftError
+from trioraft.core._progress import Progress, ProgressState
+from trioraft.core._raft import CoreConfig, RaftCore, Ready, Role
+from trioraft.core._types import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    EntryKind,
+    HardState,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    Message,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    RequestVote,
+    RequestVoteResponse,
+    SnapshotMeta,
+    TimeoutNow,
+)
+
+__all__ = [
+    "CoreConfig",
+    "NotLeader",
+    "Progress",
+    "ProgressState",
+    "ProposalDropped",
+    "RaftCore",
+    "RaftError",
+    "Ready",
+    "Role",
+    "AppendEntries",
+    "AppendEntriesResponse",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "InstallSnapshot",
+    "InstallSnapshotResponse",
+    "Message",
+    "ReadIndexRequest",
+    "ReadIndexResponse",
+    "RequestVote",
+    "RequestVoteResponse",
+    "SnapshotMeta",
+    "TimeoutNow",
+]

@@ -1,0 +1,88 @@
+"""The key-value state machine: commands, results, apply, snapshots, exactly-once.
+
+This package knows nothing of Raft or I/O (an import-linter contract enforces
+it). The node encodes a client's request with `encode_command`, proposes the
+bytes, and when the entry commits feeds it to `KVStateMachine.apply`, whose
+result `result_to_json` turns into the HTTP body. Limits and the memory bound
+of the exactly-once table are documented in `trioraft.kv._limits`.
+"""
+
+from ._commands import (
+    Cas,
+    Command,
+    Compare,
+    CompareOp,
+    Delete,
+    Get,
+    Op,
+    Put,
+    Txn,
+    decode_command,
+    encode_command,
+    parse_request_id,
+    validate_command,
+    validate_key,
+    validate_value,
+)
+from ._errors import InvalidCommand, InvalidSnapshot, TooLarge
+from ._limits import (
+    DEDUP_CLIENTS,
+    DEDUP_WINDOW,
+    MAX_KEY_BYTES,
+    MAX_REQUEST_ID_BYTES,
+    MAX_TXN_BYTES,
+    MAX_TXN_OPS,
+    MAX_VALUE_BYTES,
+)
+from ._machine import KVStateMachine
+from ._results import (
+    CasResult,
+    DeleteResult,
+    ExpiredRequest,
+    GetResult,
+    InvalidResult,
+    OpResult,
+    PutResult,
+    Result,
+    TxnResult,
+    result_to_json,
+)
+
+__all__ = [
+    "DEDUP_CLIENTS",
+    "DEDUP_WINDOW",
+    "MAX_KEY_BYTES",
+    "MAX_REQUEST_ID_BYTES",
+    "MAX_TXN_BYTES",
+    "MAX_TXN_OPS",
+    "MAX_VALUE_BYTES",
+    "Cas",
+    "CasResult",
+    "Command",
+    "Compare",
+    "CompareOp",
+    "Delete",
+    "DeleteResult",
+    "ExpiredRequest",
+    "Get",
+    "GetResult",
+    "InvalidCommand",
+    "InvalidResult",
+    "InvalidSnapshot",
+    "KVStateMachine",
+    "Op",
+    "OpResult",
+    "Put",
+    "PutResult",
+    "Result",
+    "TooLarge",
+    "Txn",
+    "TxnResult",
+    "decode_command",
+    "encode_command",
+    "parse_request_id",
+    "result_to_json",
+    "validate_command",
+    "validate_key",
+    "validate_value",
+]

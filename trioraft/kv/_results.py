@@ -1,0 +1,121 @@
+"""Results of applying commands, and their JSON form for the HTTP API.
+
+Results are msgspec Structs in a tagged union because they are replicated
+state: the exactly-once table stores them and snapshots carry them, so a retry
+gets the very same answer on whichever node it lands.
+
+`result_to_json` gives the bodies of API.md section 3:
+
+=================  ==========================================================
+result             JSON body
+=================  ==========================================================
+`PutResult`        ``{"key", "value", "index"}``
+`DeleteResult`     ``{"key", "deleted"}``
+`CasResult`        ``{"ok": true, "index"}`` / ``{"ok": false, "current"}``
+`GetResult`        ``{"key", "value"}`` (value null when absent; in a txn)
+`TxnResult`        ``{"succeeded", "results": [one body per op]}``
+`ExpiredRequest`   ``{"error", "code": "request_expired", "request_id"}``
+`InvalidResult`    ``{"error", "code": "bad_request"}``
+=================  ==========================================================
+
+The HTTP status (409 for a failed CAS, ...) is the API layer's choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "CasResult",
+    "DeleteResult",
+    "ExpiredRequest",
+    "GetResult",
+    "InvalidResult",
+    "OpResult",
+    "PutResult",
+    "Result",
+    "TxnResult",
+    "result_to_json",
+]
+
+
+class PutResult(msgspec.Struct, frozen=True, array_like=True, tag="put"):
+    key: str
+    value: str
+    index: int  # log index of the entry that wrote it
+
+
+class DeleteResult(msgspec.Struct, frozen=True, array_like=True, tag="delete"):
+    key: str
+    deleted: bool  # False when the key was already absent
+
+
+class CasResult(msgspec.Struct, frozen=True, array_like=True, tag="cas"):
+    ok: bool
+    current: str | None  # the value after the operation (None = absent)
+    index: int  # log index of the entry, also when not ok
+
+
+class GetResult(msgspec.Struct, frozen=True, array_like=True, tag="get"):
+    key: str
+    value: str | None  # None when absent
+
+
+OpResult: TypeAlias = PutResult | DeleteResult | GetResult | CasResult
+
+
+class TxnResult(msgspec.Struct, frozen=True, array_like=True, tag="txn"):
+    succeeded: bool  # True when every compare held and `success` ran
+    results: list[OpResult]  # one per op of the branch that ran, in order
+
+
+class ExpiredRequest(msgspec.Struct, frozen=True, array_like=True, tag="expired"):
+    """The request id is older than anything remembered for its client.
+
+    The command was not applied now; whether an earlier copy of it was is no
+    longer known. The client must read the state to find out.
+    """
+
+    request_id: str
+
+
+class InvalidResult(msgspec.Struct, frozen=True, array_like=True, tag="invalid"):
+    """The log entry was not a valid command; nothing changed."""
+
+    reason: str
+
+
+Result: TypeAlias = (
+    PutResult | DeleteResult | CasResult | GetResult | TxnResult | ExpiredRequest | InvalidResult
+)
+
+
+def result_to_json(result: Result) -> dict[str, Any]:
+    """The API.md JSON body for `result` (a fresh dict each call)."""
+    match result:
+        case PutResult(key=key, value=value, index=index):
+            return {"key": key, "value": value, "index": index}
+        case DeleteResult(key=key, deleted=deleted):
+            return {"key": key, "deleted": deleted}
+        case CasResult(ok=True, index=index):
+            return {"ok": True, "index": index}
+        case CasResult(current=current):
+            return {"ok": False, "current": current}
+        case GetResult(key=key, value=value):
+            return {"key": key, "value": value}
+        case TxnResult(succeeded=succeeded, results=results):
+            return {"succeeded": succeeded, "results": [result_to_json(r) for r in results]}
+        case ExpiredRequest(request_id=request_id):
+            return {
+                "error": (
+                    f"Request {request_id!r} is too old to be deduplicated; "
+                    "it was not applied now and may or may not have been applied before."
+                ),
+                "code": "request_expired",
+                "request_id": request_id,
+            }
+        case InvalidResult(reason=reason):
+            return {"error": reason, "code": "bad_request"}
+    raise TypeError(f"not a key-value result: {result!r}")

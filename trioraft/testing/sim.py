@@ -1,0 +1,561 @@
+"""Deterministic simulation of a Raft cluster: virtual time, a faulty network, crashes.
+
+Every run is a pure function of its seed. The simulation drives real
+`RaftCore`s exactly as the runtime does (persist -> send -> apply -> advance),
+over a network that loses, delays, reorders and duplicates messages and can be
+partitioned, and crashes nodes, which restart from what they had persisted.
+After every step it checks Raft's safety properties:
+
+- Election Safety: at most one leader per term;
+- Log Matching: same (index, term) => same entry and same history before it;
+- Leader Completeness: a new leader holds every entry committed before it;
+- State Machine Safety: no two nodes apply different entries at an index;
+- commit indexes never move back (per incarnation) and committed entries never change;
+- applied <= committed on every node;
+- ReadIndex: a read index is >= every index committed when the read began.
+
+After the faults stop, liveness: a leader is elected and a fresh proposal is
+applied on every node within a bounded virtual time.
+
+Run many seeds: ``python -m trioraft.testing.sim --seeds 500``.
+Replay one: ``python -m trioraft.testing.sim --seed 1234 [--nodes 5] [--unsafe X]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from trioraft.core import (
+    CoreConfig,
+    Entry,
+    EntryKind,
+    HardState,
+    InstallSnapshot,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    RaftCore,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
+
+__all__ = ["SimConfig", "SimResult", "Simulation", "SafetyViolation", "run_seed"]
+
+
+class SafetyViolation(AssertionError):
+    pass
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    nodes: int = 3
+    fault_time: float = 2.0  # seconds of virtual time with faults
+    liveness_time: float = 10.0  # bound for recovery after faults stop
+    # Deliberately broken variants (teeth): core-level names from CoreConfig.unsafe,
+    # plus "ack_before_persist" which the simulated runtime implements.
+    unsafe: frozenset[str] = frozenset()
+    snapshots: bool = True
+    check_liveness: bool = True
+    # Mean seconds between faults; small values give the leader churn of the
+    # paper's Figure 8 (entries replicated to a minority, then a new leader).
+    fault_interval: float = 0.2
+    max_entries_per_msg: int | None = None  # None: drawn per seed from 1, 4, 64
+    # Probability that a newly elected leader is crashed within a few message
+    # delays of its election (the leader churn behind Figure 8 scenarios).
+    churn: float = 0.0
+
+
+@dataclass
+class SimResult:
+    seed: int
+    nodes: int
+    steps: int = 0
+    committed: int = 0
+    faults: int = 0
+    elections: int = 0
+    reads: int = 0
+    violation: str | None = None
+    fault_interval: float = 0.2
+    max_entries_per_msg: int | None = None  # None: drawn per seed from 1, 4, 64
+    # Probability that a newly elected leader is crashed within a few message
+    # delays of its election (the leader churn behind Figure 8 scenarios).
+    churn: float = 0.0
+
+    def replay_command(self, unsafe: frozenset[str] = frozenset()) -> str:
+        extra = "".join(f" --unsafe {u}" for u in sorted(unsafe))
+        if self.fault_interval != 0.2:
+            extra += f" --fault-interval {self.fault_interval}"
+        return f"python -m trioraft.testing.sim --seed {self.seed} --nodes {self.nodes}{extra}"
+
+
+@dataclass
+class _Disk:
+    """What a node has on stable storage: all that survives a crash."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: SnapshotMeta = field(default_factory=SnapshotMeta)
+    snapshot_data: tuple[bytes, ...] = ()  # the applied command digests it covers
+    entries: list[Entry] = field(default_factory=list)
+
+    def save(self, rd: Ready, snap_data: tuple[bytes, ...] | None) -> None:
+        if rd.snapshot is not None:
+            assert snap_data is not None
+            self.snapshot = rd.snapshot
+            self.snapshot_data = snap_data
+            if rd.snapshot_keep_entries:
+                self.entries = [e for e in self.entries if e.index > rd.snapshot.index]
+            else:
+                self.entries = []
+        if rd.hard_state is not None:
+            self.hard_state = rd.hard_state
+        if rd.entries:
+            first = rd.entries[0].index
+            self.entries = [e for e in self.entries if e.index < first]
+            self.entries.extend(rd.entries)
+
+
+def _digest(e: Entry) -> bytes:
+    return hashlib.blake2b(
+        e.term.to_bytes(8, "big") + bytes([e.kind]) + e.data, digest_size=8
+    ).digest()
+
+
+class _Node:
+    def __init__(self, sim: Simulation, node_id: str) -> None:
+        self.sim = sim
+        self.id = node_id
+        self.disk = _Disk()
+        self.up = True
+        self.incarnation = 0
+        self.timer_gen = 0
+        self.core = self._boot()
+        # Digests of applied entries, index i at position i-1 (the state machine).
+        self.applied: list[bytes] = []
+        self.deferred: list[Ready] = []  # "ack_before_persist": not yet on disk
+
+    def _boot(self) -> RaftCore:
+        cfg = CoreConfig(
+            id=self.id,
+            voters=frozenset(self.sim.ids),
+            unsafe=self.sim.config.unsafe & {"commit_old_terms", "vote_without_log_check",
+                                            "no_truncate"},
+            max_entries_per_msg=(
+                self.sim.config.max_entries_per_msg or self.sim.rng.choice([1, 4, 64])
+            ),
+            max_inflight=self.sim.rng.choice([2, 8]),
+        )
+        d = self.disk
+        return RaftCore(
+            cfg,
+            random.Random(self.sim.rng.random()),
+            hard_state=d.hard_state,
+            snapshot=d.snapshot,
+            entries=list(d.entries),
+            now=self.sim.now,
+        )
+
+    def crash(self) -> None:
+        self.up = False
+        self.deferred = []  # unpersisted writes are lost
+        self.timer_gen += 1
+
+    def restart(self) -> None:
+        self.up = True
+        self.incarnation += 1
+        self.core = self._boot()
+        self.applied = list(self.disk.snapshot_data)
+        self.sim.commit_seen[self.id] = self.core.commit_index
+        self.sim.after_input(self)
+
+
+class Simulation:
+    def __init__(self, seed: int, config: SimConfig) -> None:
+        self.seed = seed
+        self.config = config
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.ids = [f"n{i}" for i in range(1, config.nodes + 1)]
+        self.result = SimResult(seed, config.nodes, fault_interval=config.fault_interval)
+        self._seq = 0
+        self._events: list[tuple[float, int, str, object]] = []
+        # Network faults, drawn per seed.
+        r = self.rng
+        self.drop = r.choice([0.0, 0.01, 0.05, 0.15])
+        self.dup = r.choice([0.0, 0.02])
+        self.delay = (0.0005, r.choice([0.002, 0.010, 0.030]))
+        self.reorder = r.choice([0.0, 0.05])
+        self.faulty = True
+        self.blocked: set[tuple[str, str]] = set()  # (src, dst) pairs cut
+        self.snapshot_every = r.choice([8, 25, 1000]) if config.snapshots else 10**9
+        # Safety bookkeeping.
+        self.leaders: dict[int, str] = {}
+        self.entries_seen: dict[tuple[int, int], tuple[bytes, int | None]] = {}
+        self.committed: dict[int, bytes] = {}  # index -> digest, once committed anywhere
+        self.commit_seen: dict[str, int] = {}
+        self.max_commit = 0
+        self.pending_reads: dict[int, int] = {}  # ctx -> max commit when issued
+        self._ctx = 0
+        self._proposal = 0
+        self.nodes = {i: _Node(self, i) for i in self.ids}
+        for n in self.nodes.values():
+            self.commit_seen[n.id] = n.core.commit_index
+            self._arm(n)
+
+    # ------------------------------------------------------------ event queue
+    def _push(self, at: float, kind: str, payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (at, self._seq, kind, payload))
+
+    def _arm(self, n: _Node) -> None:
+        n.timer_gen += 1
+        self._push(n.core.deadline, "timer", (n.id, n.timer_gen))
+
+    def send(self, src: _Node, msg: Message, snap: tuple[bytes, ...] | None) -> None:
+        if (msg.src, msg.dst) in self.blocked:
+            return
+        copies = 1
+        if self.faulty:
+            if self.rng.random() < self.drop:
+                return
+            if self.rng.random() < self.dup:
+                copies = 2
+        for _ in range(copies):
+            lo, hi = self.delay
+            d = lo + self.rng.random() * (hi - lo)
+            if self.faulty and self.rng.random() < self.reorder:
+                d += self.rng.random() * 0.1
+            self._push(self.now + d, "msg", (msg, snap))
+
+    # ------------------------------------------------------------ node driver
+    def after_input(self, n: _Node) -> None:
+        """Process every Ready the core has, as the runtime would."""
+        unsafe_ack = "ack_before_persist" in self.config.unsafe
+        while n.up and n.core.has_ready():
+            rd = n.core.ready()
+            snap_data = None
+            if rd.snapshot is not None:
+                snap_data = self._incoming_snapshot.get(n.id)
+            self._check_ready(n, rd)
+            # 1. persist (fsync) -- or, broken, defer it and answer anyway.
+            if unsafe_ack:
+                n.deferred.append(rd)
+                self._push(self.now + self.rng.random() * 0.02, "flush", (n.id, n.incarnation))
+                if rd.snapshot is not None:
+                    n.disk.save(Ready(snapshot=rd.snapshot,
+                                      snapshot_keep_entries=rd.snapshot_keep_entries), snap_data)
+            else:
+                n.disk.save(rd, snap_data)
+            if rd.snapshot is not None:
+                assert snap_data is not None
+                n.applied = list(snap_data)
+            # 2. send
+            for m in rd.messages:
+                payload = None
+                if isinstance(m, InstallSnapshot):
+                    payload = n.disk.snapshot_data
+                    assert m.meta == n.disk.snapshot
+                self.send(n, m, payload)
+            # 3. apply
+            for e in rd.committed:
+                self._apply(n, e)
+            for ctx, index in rd.read_states:
+                self._check_read(n, ctx, index)
+            n.core.advance(rd)
+            self._check_node(n)
+            # Snapshot and compact now and then, as the runtime does.
+            core = n.core
+            if core.applied_index - core.log.snapshot.index >= self.snapshot_every:
+                idx = core.applied_index
+                term = core.log.term_at(idx)
+                assert term is not None
+                n.disk.snapshot = SnapshotMeta(idx, term, core.voters)
+                n.disk.snapshot_data = tuple(n.applied[:idx])
+                n.disk.entries = [e for e in n.disk.entries if e.index > idx]
+                core.compact(idx)
+        self._arm(n)
+
+    _incoming_snapshot: dict[str, tuple[bytes, ...]]
+
+    def _apply(self, n: _Node, e: Entry) -> None:
+        d = _digest(e)
+        assert e.index == len(n.applied) + 1, "applied out of order"
+        # State Machine Safety: every node applies the same entry at an index.
+        prev = self.committed.get(e.index)
+        if prev is not None and prev != d:
+            raise SafetyViolation(
+                f"state machine safety: {n.id} applied a different entry at {e.index}"
+            )
+        self.committed[e.index] = d
+        n.applied.append(d)
+
+    # ------------------------------------------------------------------ checks
+    def _check_ready(self, n: _Node, rd: Ready) -> None:
+        log = n.core.log
+        for e in rd.entries:
+            prev_term = log.term_at(e.index - 1)
+            key = (e.index, e.term)
+            val = (_digest(e), prev_term)
+            seen = self.entries_seen.get(key)
+            if seen is None:
+                self.entries_seen[key] = val
+            elif seen[0] != val[0] or (
+                seen[1] is not None and val[1] is not None and seen[1] != val[1]
+            ):
+                raise SafetyViolation(
+                    f"log matching: {n.id} holds a different entry/history at "
+                    f"index {e.index} term {e.term}"
+                )
+
+    def _check_node(self, n: _Node) -> None:
+        core = n.core
+        c = core.commit_index
+        if c < self.commit_seen[n.id]:
+            raise SafetyViolation(f"{n.id} commit index moved back {self.commit_seen[n.id]}->{c}")
+        self.commit_seen[n.id] = c
+        self.max_commit = max(self.max_commit, c)
+        if core.applied_index > c:
+            raise SafetyViolation(f"{n.id} applied {core.applied_index} > committed {c}")
+        if core.role is Role.LEADER:
+            other = self.leaders.setdefault(core.term, n.id)
+            if other != n.id:
+                raise SafetyViolation(f"election safety: {other} and {n.id} lead term {core.term}")
+            if not getattr(n, "_checked_term", None) == core.term:
+                n._checked_term = core.term  # type: ignore[attr-defined]
+                self.result.elections += 1
+                self._check_completeness(n)
+                if self.faulty and self.rng.random() < self.config.churn:
+                    self._push(self.now + self.rng.uniform(0.0, 0.03), "crash", n.id)
+        # Committed entries never change, and the local log agrees with them.
+        log = core.log
+        lo = max(log.snapshot.index + 1, c - 8)
+        for i in range(lo, c + 1):
+            d = _digest(log.entry(i))
+            prev = self.committed.get(i)
+            if prev is None:
+                self.committed[i] = d
+            elif prev != d:
+                raise SafetyViolation(f"{n.id} committed a different entry at index {i}")
+
+    def _check_completeness(self, n: _Node) -> None:
+        """Leader Completeness: a new leader's log holds every committed entry."""
+        log = n.core.log
+        for i, d in self.committed.items():
+            if i <= log.snapshot.index:
+                continue
+            if i > log.last_index() or _digest(log.entry(i)) != d:
+                raise SafetyViolation(
+                    f"leader completeness: leader {n.id} of term {n.core.term} lacks "
+                    f"committed entry {i}"
+                )
+
+    def _check_read(self, n: _Node, ctx: int, index: int) -> None:
+        floor = self.pending_reads.pop(ctx, None)
+        if floor is None or index < 0:
+            return
+        self.result.reads += 1
+        if index < floor:
+            raise SafetyViolation(
+                f"stale read index: {n.id} got {index} but {floor} was committed when it began"
+            )
+
+    # ----------------------------------------------------------------- driving
+    def _client(self) -> None:
+        """A client proposes at a random node (followers refuse) or asks for a read."""
+        leaders = [n for n in self.nodes.values() if n.up and n.core.role is Role.LEADER]
+        if leaders and self.rng.random() < 0.7:
+            n = self.rng.choice(leaders)  # a client that found the leader
+        else:
+            n = self.nodes[self.rng.choice(self.ids)]
+        if not n.up:
+            return
+        if self.rng.random() < 0.25:
+            self._ctx += 1
+            try:
+                n.core.read_index(self._ctx)
+            except NotLeader:
+                return
+            self.pending_reads[self._ctx] = self.max_commit
+        else:
+            self._proposal += 1
+            try:
+                n.core.propose([f"{self.seed}:{self._proposal}".encode()])
+            except (NotLeader, ProposalDropped):
+                return
+        self.after_input(n)
+
+    def _fault(self) -> None:
+        r = self.rng
+        self.result.faults += 1
+        kind = r.choice(
+            ["partition", "isolate_leader", "crash", "crash_leader", "heal", "restart"]
+        )
+        if kind == "partition":
+            ids = self.ids[:]
+            r.shuffle(ids)
+            cut = r.randint(1, len(ids) - 1)
+            a, b = set(ids[:cut]), set(ids[cut:])
+            self.blocked = {(x, y) for x in a for y in b} | {(y, x) for x in a for y in b}
+        elif kind == "isolate_leader":
+            leaders = [n.id for n in self.nodes.values() if n.up and n.core.role is Role.LEADER]
+            if leaders:
+                lid = leaders[0]
+                self.blocked = {(lid, x) for x in self.ids} | {(x, lid) for x in self.ids}
+        elif kind in ("crash", "crash_leader"):
+            up = [n for n in self.nodes.values() if n.up]
+            if kind == "crash_leader":
+                up = [n for n in up if n.core.role is Role.LEADER] or up
+            if up:
+                n = r.choice(up)
+                n.crash()
+                self._push(self.now + r.uniform(0.25, 3.0) * self.config.fault_interval, "restart", n.id)
+        elif kind == "heal":
+            self.blocked = set()
+        else:
+            for n in self.nodes.values():
+                if not n.up:
+                    n.restart()
+
+    def run(self) -> SimResult:
+        self._incoming_snapshot = {}
+        cfg = self.config
+        r = self.rng
+        t = 0.0
+        while (t := t + r.expovariate(1 / 0.004)) < cfg.fault_time:
+            self._push(t, "client", None)
+        t = 0.0
+        while (t := t + r.uniform(0.25, 1.75) * cfg.fault_interval) < cfg.fault_time:
+            self._push(t, "fault", None)
+        self._push(cfg.fault_time, "calm", None)
+        try:
+            self._loop(cfg.fault_time)
+            if cfg.check_liveness:
+                self._liveness()
+        except SafetyViolation as exc:
+            self.result.violation = str(exc)
+        except AssertionError as exc:  # an invariant inside the core broke
+            self.result.violation = f"invariant: {exc!r}"
+        self.result.committed = max((n.core.commit_index for n in self.nodes.values()), default=0)
+        return self.result
+
+    def _loop(self, until: float) -> None:
+        while self._events and self._events[0][0] <= until:
+            at, _, kind, payload = heapq.heappop(self._events)
+            self.now = max(self.now, at)
+            self.result.steps += 1
+            if kind == "timer":
+                nid, gen = payload  # type: ignore[misc]
+                n = self.nodes[nid]
+                if n.up and gen == n.timer_gen:
+                    n.core.handle_timeout(self.now)
+                    self.after_input(n)
+            elif kind == "msg":
+                msg, snap = payload  # type: ignore[misc]
+                n = self.nodes[msg.dst]
+                if n.up and (msg.src, msg.dst) not in self.blocked:
+                    if isinstance(msg, InstallSnapshot):
+                        self._incoming_snapshot[n.id] = snap
+                    n.core.step(msg, self.now)
+                    self.after_input(n)
+                    self._incoming_snapshot.pop(n.id, None)
+            elif kind == "client":
+                self._client()
+            elif kind == "fault":
+                self._fault()
+            elif kind == "crash":
+                n = self.nodes[payload]  # type: ignore[index]
+                if n.up:
+                    n.crash()
+                    self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
+            elif kind == "restart":
+                n = self.nodes[payload]  # type: ignore[index]
+                if not n.up:
+                    n.restart()
+            elif kind == "flush":
+                nid, inc = payload  # type: ignore[misc]
+                n = self.nodes[nid]
+                if n.up and n.incarnation == inc and n.deferred:
+                    n.disk.save(n.deferred.pop(0), None)
+            elif kind == "calm":
+                self.faulty = False
+                self.blocked = set()
+                for n in self.nodes.values():
+                    if not n.up:
+                        n.restart()
+
+    def _liveness(self) -> None:
+        """After the faults stop, a proposal must commit and apply everywhere."""
+        deadline = self.now + self.config.liveness_time
+        marker: int | None = None
+        step = 0.05
+        while self.now < deadline:
+            self._loop(self.now + step)
+            self.now += step
+            if marker is None:
+                leaders = [n for n in self.nodes.values() if n.core.role is Role.LEADER]
+                for ld in leaders:
+                    try:
+                        marker, _ = ld.core.propose([b"liveness"])
+                    except (NotLeader, ProposalDropped):
+                        continue
+                    self.after_input(ld)
+                    break
+            elif all(n.core.applied_index >= marker for n in self.nodes.values()):
+                return
+            elif not any(
+                n.core.role is Role.LEADER and marker <= n.core.log.last_index()
+                for n in self.nodes.values()
+            ):
+                marker = None  # no leader holds it (yet): propose again
+        raise SafetyViolation(
+            f"liveness: no proposal applied on every node within {self.config.liveness_time}s "
+            "after the faults stopped"
+        )
+
+
+def run_seed(seed: int, config: SimConfig | None = None) -> SimResult:
+    return Simulation(seed, config or SimConfig()).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trioraft.testing.sim", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="replay exactly this seed")
+    p.add_argument("--nodes", type=int, default=0, help="3, 5 or 7 (default: rotate)")
+    p.add_argument("--fault-time", type=float, default=2.0)
+    p.add_argument("--fault-interval", type=float, default=0.2)
+    p.add_argument("--churn", type=float, default=0.0,
+                   help="probability of crashing each new leader soon after election")
+    p.add_argument("--max-entries", type=int, default=None, help="entries per AppendEntries")
+    p.add_argument("--unsafe", action="append", default=[],
+                   help="enable a deliberately broken variant (teeth)")
+    a = p.parse_args(argv)
+    seeds = [a.seed] if a.seed is not None else range(a.first_seed, a.first_seed + a.seeds)
+    violations = committed = steps = 0
+    for s in seeds:
+        nodes = a.nodes or (3, 5, 7)[s % 3]
+        cfg = SimConfig(nodes=nodes, fault_time=a.fault_time, unsafe=frozenset(a.unsafe),
+                        fault_interval=a.fault_interval, churn=a.churn,
+                        max_entries_per_msg=a.max_entries)
+        res = run_seed(s, cfg)
+        committed += res.committed
+        steps += res.steps
+        if res.violation:
+            violations += 1
+            print(f"seed {s}: VIOLATION: {res.violation}\n  replay: "
+                  f"{res.replay_command(cfg.unsafe)}", flush=True)
+    print(f"sim: {len(seeds)} seeds, {violations} violations, {committed} entries committed, "
+          f"{steps} steps")
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
