@@ -292,9 +292,9 @@ def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import trio
 
     # Lazily: the client commands do not need the server stack.
-    from . import node  # type: ignore[attr-defined,unused-ignore]
+    from . import server
 
-    trio.run(node.serve, config)
+    trio.run(server.serve, config)
     return EXIT_OK
 
 

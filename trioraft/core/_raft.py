@@ -136,6 +136,7 @@ class RaftCore:
         self._transfer_deadline = 0.0
         # Follower-only: reads forwarded to the leader, failed if the leader changes.
         self._forwarded_reads: list[int] = []
+        self._forwarded_new: list[int] = []  # not yet sent
         self._leader_contact = -1e9  # when we last heard from the current leader
         self._election_deadline = 0.0
         self._reset_election_timer()
@@ -167,6 +168,7 @@ class RaftCore:
     def has_ready(self) -> bool:
         return bool(
             self._msgs
+            or self._forwarded_new
             or self._read_states
             or self._pending_snapshot is not None
             or self.hard_state() != self._persisted_hs
@@ -206,7 +208,7 @@ class RaftCore:
         for ctx in self._forwarded_reads:
             self._read_states.append((ctx, -1))
         self._reads_waiting_commit, self._reads_new, self._read_rounds = [], [], []
-        self._forwarded_reads = []
+        self._forwarded_reads, self._forwarded_new = [], []
 
     def _refuse_read(self, src: str | None, ctxs: list[int]) -> None:
         if not ctxs:
@@ -343,8 +345,9 @@ class RaftCore:
         if self.role is Role.LEADER:
             self._leader_read(None, ctx)
         elif self.leader_id is not None:
+            # Batched: one ReadIndexRequest per Ready carries every ctx.
             self._forwarded_reads.append(ctx)
-            self._send(ReadIndexRequest(self.id, self.leader_id, self.term, (ctx,)))
+            self._forwarded_new.append(ctx)
         else:
             raise NotLeader(None)
 
@@ -745,6 +748,14 @@ class RaftCore:
     # ================================================================= output
     def ready(self) -> Ready:
         """Collect everything the caller must now persist, send and apply."""
+        if self._forwarded_new:
+            if self.leader_id is not None and self.role is not Role.LEADER:
+                self._send(
+                    ReadIndexRequest(
+                        self.id, self.leader_id, self.term, tuple(self._forwarded_new)
+                    )
+                )
+            self._forwarded_new = []
         if self.role is Role.LEADER:
             if self._reads_new:
                 self._read_seq += 1

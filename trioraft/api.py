@@ -1,0 +1,444 @@
+"""The HTTP API (API.md): client routes, peer routes, and the one place errors map to HTTP.
+
+`create_app(node)` returns a QuartTrio app; `trioraft.server` serves it with
+hypercorn inside the node's nursery.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from trioraft import kv
+from trioraft.core import AppendEntriesResponse, InstallSnapshot, NotLeader, RequestVoteResponse
+from trioraft.errors import (
+    NoLeader,
+    NoQuorum,
+    Overloaded,
+    ProposalDropped,
+    ShuttingDown,
+    UnknownOutcome,
+)
+from trioraft.node import RaftNode
+from trioraft.transport import (
+    SNAPSHOT_HEADER,
+    TOKEN_HEADER,
+    CodecError,
+    ConnectError,
+    HttpPool,
+    RequestError,
+    append_entries_from_json,
+    append_response_to_json,
+    decode_messages,
+    meta_from_wire,
+    request_vote_from_json,
+    vote_response_to_json,
+)
+
+__all__ = ["MAX_BODY_BYTES", "ApiError", "create_app"]
+
+log = logging.getLogger("trioraft.api")
+
+# A value may be 1 MiB of UTF-8; JSON escaping can grow it, so the body limit
+# leaves room. A transaction is capped separately by kv.MAX_TXN_BYTES.
+MAX_BODY_BYTES = 2 * kv.MAX_VALUE_BYTES + 64 * 1024
+MAX_RAFT_BODY_BYTES = 64 << 20
+FORWARDED_HEADER = "X-Raft-Forwarded-By"
+LEADER_HEADER = "X-Raft-Leader"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        msgspec.json.encode(body), status=status, content_type="application/json",
+        headers=headers or {},
+    )
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> Response:
+    headers = {"Retry-After": "1"} if status == 503 else {}
+    return _json({"error": message, "code": code, **extra}, status, headers)
+
+
+def _map_error(exc: BaseException) -> ApiError:
+    """Every runtime error's HTTP meaning, in one place (API.md §3 Errors)."""
+    match exc:
+        case ApiError():
+            return exc
+        case kv.TooLarge():
+            return ApiError(413, "too_large", str(exc))
+        case kv.InvalidCommand():
+            return ApiError(400, "bad_request", str(exc))
+        case NotLeader() | NoLeader():
+            return ApiError(503, "no_leader", "no leader is known; retry shortly")
+        case NoQuorum():
+            return ApiError(503, "no_quorum", str(exc))
+        case ProposalDropped():
+            return ApiError(503, "no_leader", f"{exc}; it will not apply, retry")
+        case UnknownOutcome():
+            return ApiError(504, "unknown_outcome", str(exc))
+        case Overloaded() | ShuttingDown():
+            return ApiError(503, "no_leader", str(exc))
+    return ApiError(500, "internal", "internal error (logged on the node)")
+
+
+async def _body_json(required: tuple[str, ...] = ()) -> dict[str, Any]:
+    raw = await request.get_data(cache=False)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    for name in required:
+        if name not in body:
+            raise ApiError(400, "bad_request", f"missing field {name!r}")
+    return body
+
+
+def _string(body: dict[str, Any], name: str, nullable: bool = False) -> str | None:
+    v = body.get(name)
+    if v is None and nullable:
+        return None
+    if not isinstance(v, str):
+        kind = "a string or null" if nullable else "a string"
+        raise ApiError(400, "bad_request", f"field {name!r} must be {kind}")
+    return v
+
+
+def _request_id() -> str | None:
+    rid = request.headers.get("Idempotency-Key")
+    if rid is None:
+        return None
+    try:
+        kv.parse_request_id(rid)
+    except kv.InvalidCommand as exc:
+        raise ApiError(400, "bad_request", f"Idempotency-Key: {exc}") from None
+    return rid
+
+
+def _check_key(key: str) -> str:
+    if not key:
+        raise ApiError(400, "bad_request", "the key must not be empty")
+    kv.validate_key(key)
+    return key
+
+
+def create_app(node: RaftNode) -> QuartTrio:
+    app = QuartTrio("trioraft")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_RAFT_BODY_BYTES
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    pools: dict[str, HttpPool] = {}
+    token = node.config.cluster_token
+
+    @app.after_request
+    async def _leader_header(resp: Response) -> Response:
+        lid = node.leader_id
+        if lid is not None:
+            resp.headers[LEADER_HEADER] = lid
+        return resp
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            status, "bad_request"
+        )
+        return _error(status, code, exc.description or exc.name)
+
+    @app.errorhandler(ApiError)
+    async def _api_error(exc: ApiError) -> Response:
+        return _error(exc.status, exc.code, exc.message, **exc.extra)
+
+    @app.errorhandler(Exception)
+    async def _crash(exc: Exception) -> Response:
+        mapped = _map_error(exc)
+        if mapped.status == 500:
+            log.exception("node=%s unhandled error in %s %s", node.id, request.method,
+                          request.path)
+        return _error(mapped.status, mapped.code, mapped.message)
+
+    # ------------------------------------------------------------ write path
+    async def _forward() -> Response:
+        """Relay this request to the leader and its answer back (or redirect)."""
+        if request.headers.get(FORWARDED_HEADER):
+            raise ApiError(503, "no_leader", "forwarded to a node that is not the leader")
+        url = node.leader_url
+        if url is None:
+            await node.wait_for_leader(node.config.election_timeout_ms[1] / 1000 * 2)
+            url = node.leader_url
+        if url is None or node.leader_id == node.id:
+            raise ApiError(503, "no_leader", "no leader is known; retry shortly")
+        target = request.full_path if request.query_string else request.path
+        target = quote(request.root_path + target, safe="/?&=%:+,;@")
+        if request.args.get("redirect") == "true":
+            return Response("", status=307, headers={"Location": url + target})
+        pool = pools.get(url)
+        if pool is None:
+            pool = pools[url] = HttpPool(url)
+        headers = [(FORWARDED_HEADER, node.id)]
+        for h in ("Content-Type", "Idempotency-Key"):
+            if (v := request.headers.get(h)) is not None:
+                headers.append((h, v))
+        body = await request.get_data(cache=True)
+        try:
+            with trio.fail_after(node.config.request_timeout_s + 1):
+                resp = await pool.request(request.method, target, body, headers)
+        except ConnectError:
+            raise ApiError(503, "no_leader", "the leader cannot be reached") from None
+        except (RequestError, trio.TooSlowError):
+            raise ApiError(
+                504, "unknown_outcome", "the leader did not answer: the write may or may not apply"
+            ) from None
+        out = Response(resp.body, status=resp.status,
+                       content_type=resp.header("content-type") or "application/json")
+        if (ra := resp.header("retry-after")) is not None:
+            out.headers["Retry-After"] = ra
+        return out
+
+    async def _write(cmd: kv.Command) -> Response:
+        data = kv.encode_command(cmd)  # validates: TooLarge -> 413, InvalidCommand -> 400
+        if not node.is_leader:
+            return await _forward()
+        try:
+            (result,) = await node.propose([data])
+        except NotLeader:
+            return await _forward()  # not appended: safe to hand to the real leader
+        return _result_response(result)
+
+    def _result_response(result: kv.Result) -> Response:
+        body = kv.result_to_json(result)
+        match result:
+            case kv.CasResult(ok=False):
+                return _json({**body, "error": "compare-and-set precondition false",
+                              "code": "cas_failed"}, 409)
+            case kv.ExpiredRequest():
+                return _json({**body, "code": "unknown_outcome"}, 504)
+            case kv.InvalidResult():
+                return _json(body, 400)
+        return _json(body)
+
+    @app.route("/kv/<path:key>", methods=["PUT"])
+    async def put_key(key: str) -> Response:
+        body = await _body_json(("value",))
+        return await _write(
+            kv.Put(_check_key(key), _string(body, "value") or "", request_id=_request_id())
+        )
+
+    @app.route("/kv", methods=["POST"])
+    async def post_kv() -> Response:
+        body = await _body_json(("key", "value"))
+        key = _check_key(_string(body, "key") or "")
+        return await _write(kv.Put(key, _string(body, "value") or "", request_id=_request_id()))
+
+    @app.route("/kv/<path:key>", methods=["DELETE"])
+    async def delete_key(key: str) -> Response:
+        return await _write(kv.Delete(_check_key(key), request_id=_request_id()))
+
+    @app.route("/kv/<path:key>/cas", methods=["POST"])
+    async def cas_key(key: str) -> Response:
+        body = await _body_json(("expected", "value"))
+        cmd = kv.Cas(
+            _check_key(key),
+            _string(body, "expected", nullable=True),
+            _string(body, "value", nullable=True),
+            request_id=_request_id(),
+        )
+        return await _write(cmd)
+
+    @app.route("/txn", methods=["POST"])
+    async def txn() -> Response:
+        body = await _body_json()
+        try:
+            cmd = msgspec.convert(
+                {"compare": body.get("compare", []), "success": body.get("success", []),
+                 "failure": body.get("failure", [])},
+                _TxnBody,
+            ).to_command(_request_id())
+        except msgspec.ValidationError as exc:
+            raise ApiError(400, "bad_request", f"invalid transaction: {exc}") from None
+        return await _write(cmd)
+
+    # ------------------------------------------------------------- read path
+    async def _barrier() -> None:
+        consistency = request.args.get("consistency", "linearizable")
+        if consistency == "stale":
+            return
+        if consistency != "linearizable":
+            raise ApiError(400, "bad_request", "consistency must be 'linearizable' or 'stale'")
+        await node.read_barrier()
+
+    @app.route("/kv/<path:key>", methods=["GET"])
+    async def get_key(key: str) -> Response:
+        _check_key(key)
+        await _barrier()
+        value = node.kv.get(key)
+        if value is None:
+            raise ApiError(404, "not_found", f"key {key!r} not found", key=key)
+        return _json({"key": key, "value": value})
+
+    @app.route("/kv", methods=["GET"])
+    async def range_kv() -> Response:
+        prefix = request.args.get("prefix", "")
+        try:
+            limit = int(request.args.get("limit", "1000"))
+        except ValueError:
+            raise ApiError(400, "bad_request", "limit must be an integer") from None
+        if not 1 <= limit <= 10_000:
+            raise ApiError(400, "bad_request", "limit must be between 1 and 10000")
+        await _barrier()
+        items, more = node.kv.range(prefix, limit)
+        return _json({"items": [{"key": k, "value": v} for k, v in items], "more": more})
+
+    # ---------------------------------------------------------- observability
+    @app.route("/status", methods=["GET"])
+    async def status() -> Response:
+        return _json(node.status())
+
+    @app.route("/debug", methods=["GET"])
+    async def debug() -> Response:
+        return _json(node.debug())
+
+    @app.route("/health", methods=["GET"])
+    async def health() -> Response:
+        return _json({"ok": True, "id": node.id})
+
+    @app.route("/ready", methods=["GET"])
+    async def ready() -> Response:
+        if node.is_ready():
+            return _json({"ready": True, "leader": node.leader_id})
+        return _json({"ready": False, "leader": node.leader_id, "error": "not ready",
+                      "code": "no_leader"}, 503, {"Retry-After": "1"})
+
+    # ------------------------------------------------------------ peer routes
+    def _authorize() -> None:
+        if token is None:
+            return
+        given = request.headers.get(TOKEN_HEADER, "")
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = given or auth[7:]
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong cluster token")
+
+    @app.route("/raft/messages", methods=["POST"])
+    async def raft_messages() -> Response:
+        _authorize()
+        raw = await request.get_data(cache=False)
+        try:
+            msgs = decode_messages(raw)
+        except CodecError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        msgs = [m for m in msgs if m.dst == node.id]
+        node.receive_messages(msgs)
+        return Response("", status=204)
+
+    @app.route("/raft/snapshot", methods=["POST"])
+    async def raft_snapshot() -> Response:
+        _authorize()
+        try:
+            head = json.loads(request.headers.get(SNAPSHOT_HEADER, ""))
+            msg = InstallSnapshot(
+                str(head["src"]), node.id, int(head["term"]), meta_from_wire(head["meta"]),
+                int(head["leader_commit"]),
+            )
+            offset, done = int(head["offset"]), bool(head["done"])
+        except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
+            raise ApiError(400, "bad_request", f"bad {SNAPSHOT_HEADER} header: {exc}") from None
+        data = await request.get_data(cache=False)
+        try:
+            await node.receive_snapshot_chunk(msg, offset, data, done)
+        except ValueError as exc:
+            raise ApiError(409, "bad_request", str(exc)) from None
+        return Response("", status=204)
+
+    @app.route("/raft/request-vote", methods=["POST"])
+    async def request_vote() -> Response:
+        _authorize()
+        try:
+            msg = request_vote_from_json(await request.get_data(cache=False), node.id)
+        except CodecError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        resp = await node.rpc(msg)
+        if not isinstance(resp, RequestVoteResponse):
+            raise ApiError(503, "no_quorum", "no answer from the node in time")
+        return _json(vote_response_to_json(resp))
+
+    @app.route("/raft/append-entries", methods=["POST"])
+    async def append_entries() -> Response:
+        _authorize()
+        try:
+            msg = append_entries_from_json(await request.get_data(cache=False), node.id)
+        except CodecError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        resp = await node.rpc(msg)
+        if not isinstance(resp, AppendEntriesResponse):
+            raise ApiError(503, "no_quorum", "no answer from the node in time")
+        return _json(append_response_to_json(resp))
+
+    @app.after_serving
+    async def _close_pools() -> None:
+        for p in pools.values():
+            await p.aclose()
+
+    return app
+
+
+# --------------------------------------------------------------- /txn body shape
+
+
+class _TxnCompare(msgspec.Struct, forbid_unknown_fields=False):
+    key: str
+    op: kv.CompareOp = "=="
+    value: str | None = None
+
+
+class _TxnOp(msgspec.Struct):
+    op: str
+    key: str
+    value: str | None = None
+    expected: str | None = None
+
+    def to_op(self) -> kv.Op:
+        match self.op:
+            case "put":
+                if self.value is None:
+                    raise msgspec.ValidationError("put needs a string 'value'")
+                return kv.Put(self.key, self.value)
+            case "delete":
+                return kv.Delete(self.key)
+            case "get":
+                return kv.Get(self.key)
+            case "cas":
+                return kv.Cas(self.key, self.expected, self.value)
+        raise msgspec.ValidationError(f"unknown op {self.op!r} (put, delete, get, cas)")
+
+
+class _TxnBody(msgspec.Struct):
+    compare: list[_TxnCompare]
+    success: list[_TxnOp]
+    failure: list[_TxnOp]
+
+    def to_command(self, request_id: str | None) -> kv.Txn:
+        return kv.Txn(
+            compare=[kv.Compare(c.key, c.op, c.value) for c in self.compare],
+            success=[o.to_op() for o in self.success],
+            failure=[o.to_op() for o in self.failure],
+            request_id=request_id,
+        )

@@ -1,0 +1,36 @@
+"""Errors the node runtime raises to the HTTP layer (mapped to statuses in api.py)."""
+
+from __future__ import annotations
+
+from trioraft.core import NotLeader, ProposalDropped, RaftError
+
+__all__ = [
+    "NoLeader",
+    "NoQuorum",
+    "NotLeader",
+    "Overloaded",
+    "ProposalDropped",
+    "RaftError",
+    "ShuttingDown",
+    "UnknownOutcome",
+]
+
+
+class NoLeader(RaftError):
+    """No leader is known (an election is under way or a quorum is unreachable)."""
+
+
+class NoQuorum(RaftError):
+    """The leader could not confirm its leadership with a majority in time."""
+
+
+class UnknownOutcome(RaftError):
+    """The write was proposed but is not known to be committed: it may or may not apply."""
+
+
+class Overloaded(RaftError):
+    """The node's request queue is full; nothing was done."""
+
+
+class ShuttingDown(RaftError):
+    """The node is stopping; nothing was done."""

@@ -1,0 +1,615 @@
+"""The Trio runtime around the sans-IO core: one driver task, storage, peers, replies.
+
+Shape (see docs/architecture.md):
+
+    HTTP handlers --(inbox: proposals, reads, messages)--> driver task --> core
+    driver: persist (storage thread) -> send (per-peer outboxes) -> apply -> advance
+    per-peer replication tasks: drain an outbox, coalesce, POST to the peer
+    replies: a one-shot slot per request, settled when its entry is applied
+
+One task (the driver) owns the core, so the core needs no locks. Its loop is
+the election/heartbeat timer: `with trio.move_on_at(core.deadline)` around
+`inbox.receive()`; every step can move the deadline and the next turn re-reads
+it. Memory-channel receives are cancellation-atomic, so a timeout never loses
+a message.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from trioraft.config import NodeConfig
+from trioraft.core import (
+    AppendEntries,
+    AppendEntriesResponse,
+    CoreConfig,
+    Entry,
+    EntryKind,
+    InstallSnapshot,
+    Message,
+    NotLeader,
+    RaftCore,
+    Ready,
+    RequestVote,
+    RequestVoteResponse,
+    Role,
+    SnapshotMeta,
+)
+from trioraft.errors import (
+    NoLeader,
+    NoQuorum,
+    Overloaded,
+    ProposalDropped,
+    ShuttingDown,
+    UnknownOutcome,
+)
+from trioraft.kv import KVStateMachine, Result
+from trioraft.storage import Storage
+from trioraft.transport import LinkError, PeerLink
+
+__all__ = ["RaftNode"]
+
+log = logging.getLogger("trioraft.node")
+T = TypeVar("T")
+
+INBOX_SIZE = 10_000
+OUTBOX_SIZE = 1_000
+MAX_BATCH_MESSAGES = 256
+SNAPSHOT_CHUNK = 1 << 20
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A one-shot reply: settled once, by the driver, with a value or an error."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    value: Any = None
+    error: BaseException | None = None
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.value, self.error = value, error
+            self.done.set()
+
+
+@dataclass(eq=False)
+class _Proposal:
+    datas: list[bytes]
+    slot: _Slot = field(default_factory=_Slot)
+    index: int = 0  # set once appended
+    term: int = 0
+
+
+@dataclass(eq=False)
+class _Read:
+    ctx: int
+    slot: _Slot = field(default_factory=_Slot)
+
+
+@dataclass(eq=False)
+class _Incoming:
+    msgs: list[Message]
+
+
+@dataclass(eq=False)
+class _Call:
+    fn: Callable[[], None]
+
+
+@dataclass(eq=False)
+class _Rpc:
+    """A message from a course JSON route, whose answer goes back in the HTTP response."""
+
+    msg: Message
+    slot: _Slot = field(default_factory=_Slot)
+
+
+class RaftNode:
+    def __init__(
+        self,
+        config: NodeConfig,
+        storage: Storage,
+        links: dict[str, PeerLink],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.id = config.id
+        self.members = config.members
+        self.storage = storage
+        self.links = links
+        self._rng = rng or random.Random()
+        lo, hi = config.election_timeout_ms
+        self._election_timeout = (lo / 1000, hi / 1000)
+        self._core_config = CoreConfig(
+            id=config.id,
+            voters=frozenset(self.members),
+            election_timeout=self._election_timeout,
+            heartbeat_interval=config.heartbeat_ms / 1000,
+        )
+        self.kv = KVStateMachine()
+        self.core: RaftCore | None = None
+        self._inbox_send, self._inbox = trio.open_memory_channel[Any](INBOX_SIZE)
+        self._outboxes: dict[str, trio.MemorySendChannel[Message]] = {}
+        self._disk = trio.CapacityLimiter(1)  # one storage call at a time, off the loop
+        self._pending: dict[int, _Proposal] = {}  # log index -> proposal awaiting apply
+        self._reads: dict[int, _Read] = {}  # ctx -> read awaiting its read index
+        self._rpcs: dict[tuple[str, type], _Rpc] = {}
+        self._ctx = itertools.count(1)
+        self._applied_waiters: list[tuple[int, int, trio.Event]] = []
+        self._waiter_seq = itertools.count()
+        self._leader_changed = trio.Event()
+        self._last_leader: str | None = None
+        self._snapshotting = False
+        self._stopping = False
+        self.started = trio.Event()
+        self.stats = {"proposals": 0, "batches": 0, "fsyncs": 0, "snapshots": 0}
+
+    # ================================================================ queries
+    @property
+    def _c(self) -> RaftCore:
+        assert self.core is not None, "node not started"
+        return self.core
+
+    @property
+    def leader_id(self) -> str | None:
+        return self.core.leader_id if self.core else None
+
+    @property
+    def leader_url(self) -> str | None:
+        lid = self.leader_id
+        return self.members.get(lid) if lid else None
+
+    @property
+    def role(self) -> str:
+        return self.core.role.value if self.core else "follower"
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core is not None and self.core.role is Role.LEADER
+
+    def status(self) -> dict[str, Any]:
+        c = self._c
+        out: dict[str, Any] = {
+            "id": self.id,
+            "role": c.role.value,
+            "term": c.term,
+            "leader": c.leader_id,
+            "commit_index": c.commit_index,
+            "applied_index": self.kv.applied_index,
+            "last_log_index": c.log.last_index(),
+            "snapshot_index": c.log.snapshot.index,
+            "members": {
+                m: {"url": url, "voter": m in c.voters} for m, url in sorted(self.members.items())
+            },
+            "keys": len(self.kv),
+            "stats": dict(self.stats),
+        }
+        if c.role is Role.LEADER:
+            out["progress"] = {
+                p: {"match_index": pr.match_index, "next_index": pr.next_index,
+                    "state": pr.state.value}
+                for p, pr in sorted(c.progress.items())
+            }
+        return out
+
+    def debug(self) -> dict[str, Any]:
+        """The course design's /debug fields."""
+        c = self._c
+        return {
+            "nodeId": self.id,
+            "state": c.role.value,
+            "term": c.term,
+            "leaderId": c.leader_id,
+            "logLength": c.log.last_index(),
+            "commitIndex": c.commit_index,
+            "stateMachine": dict(self.kv.items()),
+        }
+
+    def is_ready(self) -> bool:
+        """A leader is known and this node has applied what it knows to be committed."""
+        c = self.core
+        return (
+            c is not None and c.leader_id is not None and self.kv.applied_index >= c.commit_index
+        )
+
+    # ================================================================ startup
+    async def _run_disk(self, fn: Callable[..., T], *args: Any) -> T:
+        # Blocking disk work (fsync) runs in a worker thread, one call at a time.
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._disk)
+
+    async def _recover(self) -> None:
+        state = await self._run_disk(self.storage.load)
+        snap = await self._run_disk(self.storage.load_snapshot)
+        if snap is not None:
+            meta, data = snap
+            kv = KVStateMachine()
+            await trio.to_thread.run_sync(kv.restore, data)
+            self.kv = kv
+        self.core = RaftCore(
+            self._core_config,
+            self._rng,
+            hard_state=state.hard_state,
+            snapshot=state.snapshot,
+            entries=state.entries,
+            now=trio.current_time(),
+        )
+        log.info(
+            "node=%s recovered term=%d snapshot=%d entries=%d commit=%d", self.id,
+            state.hard_state.term, state.snapshot.index, len(state.entries),
+            state.hard_state.commit,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled: the driver plus one replication task per peer."""
+        await self._recover()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for peer, link in self.links.items():
+                send, recv = trio.open_memory_channel[Message](OUTBOX_SIZE)
+                self._outboxes[peer] = send
+                nursery.start_soon(self._replicate, peer, link, recv)
+            nursery.start_soon(self._drive)
+            self.started.set()
+            task_status.started()
+
+    # ================================================================= driver
+    async def _drive(self) -> None:
+        core = self._c
+        await self._process_ready()
+        while True:
+            with trio.move_on_at(core.deadline):
+                item = await self._inbox.receive()
+                proposals: list[_Proposal] = []
+                self._handle(item, proposals)
+                # Drain whatever else queued up meanwhile: one Ready (one
+                # fsync, one AppendEntries per peer) covers the whole batch.
+                for _ in range(INBOX_SIZE):
+                    try:
+                        item = self._inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._handle(item, proposals)
+                self._propose(proposals)
+            now = trio.current_time()
+            if now >= core.deadline:
+                core.handle_timeout(now)
+            await self._process_ready()
+            if core.leader_id != self._last_leader:
+                self._last_leader = core.leader_id
+                log.info("node=%s term=%d leader=%s role=%s", self.id, core.term,
+                         core.leader_id, core.role.value)
+                self._leader_changed.set()
+                self._leader_changed = trio.Event()
+
+    def _handle(self, item: object, proposals: list[_Proposal]) -> None:
+        core = self._c
+        now = trio.current_time()
+        match item:
+            case _Incoming(msgs=msgs):
+                for m in msgs:
+                    core.step(m, now)
+            case _Proposal():
+                proposals.append(item)
+            case _Read():
+                try:
+                    core.read_index(item.ctx)
+                    self._reads[item.ctx] = item
+                except NotLeader:
+                    item.slot.settle(error=NoLeader("no leader is known"))
+            case _Rpc():
+                self._rpcs[(item.msg.src, type(item.msg))] = item
+                core.step(item.msg, now)
+            case _Call(fn=fn):
+                fn()
+
+    def _propose(self, proposals: list[_Proposal]) -> None:
+        if not proposals:
+            return
+        core = self._c
+        datas = [d for p in proposals for d in p.datas]
+        try:
+            first, term = core.propose(datas)
+        except NotLeader as exc:
+            for p in proposals:
+                p.slot.settle(error=exc)
+            return
+        except ProposalDropped as exc:
+            for p in proposals:
+                p.slot.settle(error=exc)
+            return
+        self.stats["proposals"] += len(datas)
+        self.stats["batches"] += 1
+        i = first
+        for p in proposals:
+            p.index, p.term = i, term
+            for k in range(len(p.datas)):
+                self._pending[i + k] = p
+            i += len(p.datas)
+
+    async def _process_ready(self) -> None:
+        core = self._c
+        while core.has_ready():
+            rd = core.ready()
+            await self._persist(rd)
+            # Only now, with the votes and entries durable, may we answer anyone.
+            for m in rd.messages:
+                self._route(m)
+            self._apply(rd)
+            core.advance(rd)
+            self._wake_applied()
+            self._maybe_snapshot()
+
+    async def _persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            data = await self._run_disk(
+                self.storage.install_incoming, rd.snapshot, rd.snapshot_keep_entries
+            )
+            kv = KVStateMachine()
+            await trio.to_thread.run_sync(kv.restore, data)
+            self.kv = kv
+            self.stats["snapshots_installed"] = self.stats.get("snapshots_installed", 0) + 1
+            log.info("node=%s installed snapshot index=%d", self.id, rd.snapshot.index)
+        if rd.hard_state is not None or rd.entries:
+            await self._run_disk(self.storage.save, rd.hard_state, rd.entries)
+            self.stats["fsyncs"] += 1
+
+    def _route(self, m: Message) -> None:
+        rpc = self._rpcs.pop((m.dst, _REQUEST_OF.get(type(m), type(None))), None)
+        if rpc is not None:
+            rpc.slot.settle(m)
+            return
+        out = self._outboxes.get(m.dst)
+        if out is None:
+            return
+        try:
+            out.send_nowait(m)
+        except trio.WouldBlock:
+            pass  # a slow peer never blocks the driver; Raft re-sends what is lost
+
+    def _apply(self, rd: Ready) -> None:
+        for e in rd.committed:
+            if e.index <= self.kv.applied_index:
+                continue  # already covered by an installed snapshot
+            result: Result | None = None
+            if e.kind is EntryKind.NORMAL:
+                result = self.kv.apply(e.index, e.data)
+            else:
+                self.kv.apply_noop(e.index)
+            self._settle_proposal(e, result)
+        for ctx, index in rd.read_states:
+            r = self._reads.pop(ctx, None)
+            if r is None:
+                continue
+            if index < 0:
+                r.slot.settle(error=NoLeader("leadership changed during the read"))
+            else:
+                r.slot.settle(index)
+
+    def _settle_proposal(self, e: Entry, result: Result | None) -> None:
+        p = self._pending.pop(e.index, None)
+        if p is None:
+            return
+        if e.term != p.term:
+            # Another leader's entry took this index: ours was never committed
+            # and never will be (Log Matching), so the client may retry.
+            p.slot.settle(error=ProposalDropped("leadership changed before the write committed"))
+            return
+        results: list[Any] = p.slot.value or []
+        results.append(result)
+        if len(results) == len(p.datas):
+            p.slot.settle(results)
+        else:
+            p.slot.value = results
+
+    def _wake_applied(self) -> None:
+        applied = self.kv.applied_index
+        w = self._applied_waiters
+        while w and w[0][0] <= applied:
+            heapq.heappop(w)[2].set()
+
+    def _maybe_snapshot(self) -> None:
+        core = self._c
+        if self._snapshotting or (
+            self.kv.applied_index - core.log.snapshot.index < self.config.snapshot_entries
+        ):
+            return
+        index = self.kv.applied_index
+        term = core.log.term_at(index)
+        if term is None:
+            return
+        meta = SnapshotMeta(index, term, core.voters)
+        data = self.kv.snapshot()
+        self._snapshotting = True
+        self._spawn(self._write_snapshot, meta, data)
+
+    async def _write_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        try:
+            await self._run_disk(self.storage.save_snapshot, meta, data)
+            self.stats["snapshots"] += 1
+            log.info("node=%s snapshot index=%d bytes=%d", self.id, meta.index, len(data))
+
+            def compact() -> None:
+                self._c.compact(meta.index)
+                self._snapshotting = False
+
+            await self._inbox_send.send(_Call(compact))
+        except BaseException:
+            self._snapshotting = False
+            raise
+
+    _nursery: trio.Nursery | None = None
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    # ============================================================ replication
+    async def _replicate(
+        self, peer: str, link: PeerLink, outbox: trio.MemoryReceiveChannel[Message]
+    ) -> None:
+        """Drain this peer's outbox, coalescing queued messages into one request."""
+        async for first in outbox:
+            batch = [first]
+            while len(batch) < MAX_BATCH_MESSAGES:
+                try:
+                    batch.append(outbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            msgs = [m for m in batch if not isinstance(m, InstallSnapshot)]
+            if msgs:
+                try:
+                    await link.send_messages(msgs)
+                except LinkError as exc:
+                    log.debug("node=%s to %s: %s", self.id, peer, exc)
+            for m in batch:
+                if isinstance(m, InstallSnapshot):
+                    await self._send_snapshot(link, m)
+
+    async def _send_snapshot(self, link: PeerLink, msg: InstallSnapshot) -> None:
+        offset = 0
+        try:
+            while True:
+                chunk = await self._run_disk(
+                    self.storage.read_snapshot_chunk, msg.meta, offset, SNAPSHOT_CHUNK
+                )
+                nxt = await self._run_disk(
+                    self.storage.read_snapshot_chunk, msg.meta, offset + len(chunk), 1
+                )
+                done = not nxt
+                await link.send_snapshot_chunk(msg, offset, chunk, done)
+                offset += len(chunk)
+                if done:
+                    return
+        except (LinkError, KeyError) as exc:
+            log.info("node=%s snapshot to %s failed: %r", self.id, msg.dst, exc)
+            await self._inbox_send.send(_Call(lambda: self._c.report_snapshot(msg.dst, False)))
+
+    # ========================================================== inbound (peers)
+    def receive_messages(self, msgs: list[Message]) -> None:
+        """Hand peer messages to the driver; dropped (Raft re-sends) if it is swamped."""
+        try:
+            self._inbox_send.send_nowait(_Incoming(msgs))
+        except trio.WouldBlock:
+            pass
+
+    async def receive_snapshot_chunk(
+        self, msg: InstallSnapshot, offset: int, data: bytes, done: bool
+    ) -> None:
+        """Stage a chunk; once all are on disk, the core decides whether to install."""
+        if msg.term < self._c.term:
+            raise ValueError("snapshot from a stale term")
+        await self._run_disk(self.storage.write_incoming_chunk, msg.meta, offset, data)
+        if done:
+            await self._inbox_send.send(_Incoming([msg]))
+
+    async def rpc(self, msg: Message, timeout: float = 1.0) -> Message | None:
+        """Step a course-route request and return the core's direct answer (or None)."""
+        item = _Rpc(msg)
+        await self._inbox_send.send(item)
+        with trio.move_on_after(timeout):
+            await item.slot.done.wait()
+        self._rpcs.pop((msg.src, type(msg)), None)
+        return item.slot.value if item.slot.done.is_set() else None
+
+    # ======================================================== client requests
+    def _enqueue(self, item: object) -> None:
+        if self._stopping:
+            raise ShuttingDown("the node is shutting down")
+        try:
+            self._inbox_send.send_nowait(item)
+        except trio.WouldBlock:
+            raise Overloaded("the node's request queue is full") from None
+
+    async def propose(self, datas: list[bytes], timeout: float | None = None) -> list[Any]:
+        """Replicate commands; return their state-machine results once applied here.
+
+        Raises NotLeader (nothing was appended), ProposalDropped (appended, then
+        overwritten: it will never apply), or UnknownOutcome (appended, fate
+        unknown within the timeout).
+        """
+        p = _Proposal(list(datas))
+        self._enqueue(p)
+        with trio.move_on_after(timeout or self.config.request_timeout_s):
+            await p.slot.done.wait()
+        if not p.slot.done.is_set():
+            for k in range(len(p.datas)):
+                self._pending.pop(p.index + k, None)
+            if p.index:
+                raise UnknownOutcome("the write was proposed but did not commit in time")
+            raise NoQuorum("the write could not be proposed in time")
+        if p.slot.error is not None:
+            raise p.slot.error
+        return list(p.slot.value)
+
+    async def read_barrier(self, timeout: float | None = None) -> int:
+        """Wait until a linearizable read may be served from the local state machine.
+
+        ReadIndex: the leader confirms it still leads (a heartbeat quorum)
+        and names its commit index; we wait until we have applied that far.
+        Returns the read index.
+        """
+        r = _Read(next(self._ctx))
+        self._enqueue(r)
+        deadline = trio.current_time() + (timeout or self.config.request_timeout_s)
+        with trio.move_on_at(deadline):
+            await r.slot.done.wait()
+        if not r.slot.done.is_set():
+            self._reads.pop(r.ctx, None)
+            raise NoQuorum("leadership could not be confirmed by a majority in time")
+        if r.slot.error is not None:
+            raise r.slot.error
+        index: int = r.slot.value
+        with trio.move_on_at(deadline):
+            await self.wait_applied(index)
+            return index
+        raise NoQuorum("this node could not catch up to the read index in time")
+
+    async def wait_applied(self, index: int) -> None:
+        if self.kv.applied_index >= index:
+            return
+        ev = trio.Event()
+        heapq.heappush(self._applied_waiters, (index, next(self._waiter_seq), ev))
+        await ev.wait()
+
+    async def wait_for_leader(self, timeout: float) -> str | None:
+        with trio.move_on_after(timeout):
+            while self.leader_id is None:
+                await self._leader_changed.wait()
+        return self.leader_id
+
+    async def transfer_leadership(self, timeout: float) -> bool:
+        """Hand leadership to the most caught-up peer (graceful shutdown)."""
+        core = self.core
+        if core is None or core.role is not Role.LEADER or not core.progress:
+            return False
+        target = max(core.progress, key=lambda p: core.progress[p].match_index)
+
+        def start() -> None:
+            try:
+                core.transfer_leadership(target)
+            except NotLeader:
+                pass
+
+        await self._inbox_send.send(_Call(start))
+        with trio.move_on_after(timeout):
+            while core.role is Role.LEADER:
+                await self._leader_changed.wait()
+        return core.role is not Role.LEADER
+
+    def stop_accepting(self) -> None:
+        self._stopping = True
+
+
+# Course routes answer synchronously: which request type each response answers.
+_REQUEST_OF: dict[type, type] = {
+    RequestVoteResponse: RequestVote,
+    AppendEntriesResponse: AppendEntries,
+}
