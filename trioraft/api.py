@@ -18,7 +18,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trioraft import kv
+from trioraft import kv, openapi
 from trioraft.core import AppendEntriesResponse, InstallSnapshot, NotLeader, RequestVoteResponse
 from trioraft.errors import (
     NoLeader,
@@ -97,7 +97,8 @@ def _map_error(exc: BaseException) -> ApiError:
 
 
 async def _body_json(required: tuple[str, ...] = ()) -> dict[str, Any]:
-    raw = await request.get_data(cache=False)
+    # cache=True: a follower relays this same body to the leader in _forward().
+    raw = await request.get_data(cache=True)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
     try:
@@ -133,6 +134,19 @@ def _request_id() -> str | None:
     return rid
 
 
+def _raw_target() -> str:
+    """This request's path and query as the client encoded them, for the leader.
+
+    Re-encoding the decoded path would turn a key's "?" or "%" into URL syntax
+    (key "a?b" would reach the leader as key "a" with a query).
+    """
+    raw = request.scope.get("raw_path") or quote(request.root_path + request.path).encode()
+    target = quote(raw, safe="/%:@!$&'()*+,;=-._~")
+    if request.query_string:
+        target += "?" + quote(request.query_string, safe="/?%:@!$&'()*+,;=-._~")
+    return target
+
+
 def _check_key(key: str) -> str:
     if not key:
         raise ApiError(400, "bad_request", "the key must not be empty")
@@ -144,6 +158,8 @@ def create_app(node: RaftNode) -> QuartTrio:
     app = QuartTrio("trioraft")
     app.config["MAX_CONTENT_LENGTH"] = MAX_RAFT_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    # Never answer "/kv//k" with a 308 to "/kv/k": that is another key.
+    app.url_map.merge_slashes = False
     pools: dict[str, HttpPool] = {}
     token = node.config.cluster_token
 
@@ -160,7 +176,10 @@ def create_app(node: RaftNode) -> QuartTrio:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             status, "bad_request"
         )
-        return _error(status, code, exc.description or exc.name)
+        resp = _error(status, code, exc.description or exc.name)
+        if (allow := dict(exc.get_headers()).get("Allow")) is not None:
+            resp.headers["Allow"] = allow  # RFC 9110: a 405 names the allowed methods
+        return resp
 
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
@@ -185,8 +204,7 @@ def create_app(node: RaftNode) -> QuartTrio:
             url = node.leader_url
         if url is None or node.leader_id == node.id:
             raise ApiError(503, "no_leader", "no leader is known; retry shortly")
-        target = request.full_path if request.query_string else request.path
-        target = quote(request.root_path + target, safe="/?&=%:+,;@")
+        target = _raw_target()
         if request.args.get("redirect") == "true":
             return Response("", status=307, headers={"Location": url + target})
         pool = pools.get(url)
@@ -275,6 +293,10 @@ def create_app(node: RaftNode) -> QuartTrio:
             raise ApiError(400, "bad_request", f"invalid transaction: {exc}") from None
         return await _write(cmd)
 
+    @app.route("/kv/", methods=["GET", "PUT", "DELETE"])
+    async def empty_key() -> Response:
+        raise ApiError(400, "bad_request", "the key must not be empty")
+
     # ------------------------------------------------------------- read path
     async def _barrier() -> None:
         consistency = request.args.get("consistency", "linearizable")
@@ -325,6 +347,10 @@ def create_app(node: RaftNode) -> QuartTrio:
             return _json({"ready": True, "leader": node.leader_id})
         return _json({"ready": False, "leader": node.leader_id, "error": "not ready",
                       "code": "no_leader"}, 503, {"Retry-After": "1"})
+
+    @app.route("/openapi.json", methods=["GET"])
+    async def openapi_json() -> Response:
+        return _json(openapi.spec())
 
     # ------------------------------------------------------------ peer routes
     def _authorize() -> None:

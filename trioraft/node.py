@@ -119,7 +119,15 @@ class RaftNode:
         storage: Storage,
         links: dict[str, PeerLink],
         rng: random.Random | None = None,
+        *,
+        run_disk_inline: bool = False,
     ) -> None:
+        # run_disk_inline: call storage (and snapshot restore) directly on the
+        # event loop instead of in a worker thread. Only for in-memory storage
+        # in tests under trio's MockClock: with autojump, virtual time may jump
+        # (and elections fire) while the loop waits for a worker thread, which
+        # makes a "disk write" take arbitrary virtual time. Never for real disks.
+        self._run_disk_inline = run_disk_inline
         self.config = config
         self.id = config.id
         self.members = config.members
@@ -223,7 +231,24 @@ class RaftNode:
     # ================================================================ startup
     async def _run_disk(self, fn: Callable[..., T], *args: Any) -> T:
         # Blocking disk work (fsync) runs in a worker thread, one call at a time.
+        if self._run_disk_inline:
+            # Same cancellation semantics as to_thread.run_sync (not abandoned
+            # on cancel): a cancel is honoured before the call, never after it
+            # has started, so a started write always completes and reports back.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            result = fn(*args)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return result
         return await trio.to_thread.run_sync(fn, *args, limiter=self._disk)
+
+    async def _run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        # CPU-heavy work (restoring a snapshot) off the loop, unless inline (tests).
+        if self._run_disk_inline:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            result = fn(*args)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return result
+        return await trio.to_thread.run_sync(fn, *args)
 
     async def _recover(self) -> None:
         state = await self._run_disk(self.storage.load)
@@ -231,7 +256,7 @@ class RaftNode:
         if snap is not None:
             meta, data = snap
             kv = KVStateMachine()
-            await trio.to_thread.run_sync(kv.restore, data)
+            await self._run_cpu(kv.restore, data)
             self.kv = kv
         self.core = RaftCore(
             self._core_config,
@@ -353,7 +378,7 @@ class RaftNode:
                 self.storage.install_incoming, rd.snapshot, rd.snapshot_keep_entries
             )
             kv = KVStateMachine()
-            await trio.to_thread.run_sync(kv.restore, data)
+            await self._run_cpu(kv.restore, data)
             self.kv = kv
             self.stats["snapshots_installed"] = self.stats.get("snapshots_installed", 0) + 1
             log.info("node=%s installed snapshot index=%d", self.id, rd.snapshot.index)

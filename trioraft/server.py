@@ -15,6 +15,7 @@ import sys
 
 import hypercorn.trio
 import trio
+import trio.lowlevel
 from hypercorn.config import Config
 
 from trioraft.api import create_app
@@ -63,7 +64,9 @@ async def serve(
             nursery.start_soon(_watch_signals, stop)
             await nursery.start(node.run)
 
-            async def http(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async def http(
+                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+            ) -> None:
                 await hypercorn.trio.serve(
                     app, hconf, shutdown_trigger=http_stop.wait, task_status=task_status
                 )
@@ -91,7 +94,7 @@ async def serve(
 
 async def _wait_http_done(ev: trio.Event) -> None:
     # hypercorn returns from serve() once drained; the outer nursery notices.
-    await trio.sleep(0)
+    await trio.lowlevel.checkpoint()
 
 
 async def _watch_signals(stop: trio.Event) -> None:

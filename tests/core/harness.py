@@ -51,7 +51,9 @@ class Cluster:
     def boot(self, node: str) -> RaftCore:
         d = self.disks[node]
         cfg = CoreConfig(id=node, voters=frozenset(self.ids), **self.config)  # type: ignore[arg-type]
-        core = RaftCore(cfg, random.Random(node), d.hard_state, d.snapshot, list(d.entries), self.now)
+        core = RaftCore(
+            cfg, random.Random(node), d.hard_state, d.snapshot, list(d.entries), self.now
+        )
         self.cores[node] = core
         self.applied[node] = [e for e in self.applied[node] if e.index <= d.snapshot.index]
         return core

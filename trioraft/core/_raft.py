@@ -363,9 +363,7 @@ class RaftCore:
         return self.log.term_at(self.log.committed) == self.term
 
     def _answer_read(self, src: str | None, ctxs: list[int], index: int) -> None:
-        if src is None:
-            self._read_states.extend((c, index) for c in ctxs)
-        elif src == self.id:
+        if src is None or src == self.id:
             self._read_states.extend((c, index) for c in ctxs)
         else:
             self._send(ReadIndexResponse(self.id, src, self.term, tuple(ctxs), index))

@@ -30,11 +30,11 @@ import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from trioraft.core import (
     CoreConfig,
     Entry,
-    EntryKind,
     HardState,
     InstallSnapshot,
     Message,
@@ -46,7 +46,7 @@ from trioraft.core import (
     SnapshotMeta,
 )
 
-__all__ = ["SimConfig", "SimResult", "Simulation", "SafetyViolation", "run_seed"]
+__all__ = ["SafetyViolation", "SimConfig", "SimResult", "Simulation", "run_seed"]
 
 
 class SafetyViolation(AssertionError):
@@ -70,29 +70,49 @@ class SimConfig:
     # Probability that a newly elected leader is crashed within a few message
     # delays of its election (the leader churn behind Figure 8 scenarios).
     churn: float = 0.0
+    # Probability that a leader crashes right after sending a batch (before it
+    # applies anything): leaves entries on an arbitrary subset of followers.
+    crash_after_send: float = 0.0
+    drop: float | None = None  # message loss rate; None: drawn per seed
+    # Probability, at each crash point of each Ready, that the node crashes
+    # there: before persisting (the write is lost), between persisting and
+    # sending (durable, unacknowledged), between sending and applying, and
+    # right after a snapshot is written (before the log is compacted).
+    crash_points: float = 0.0005
+
+
+# SimConfig field -> the command-line flag that sets it (for replay commands).
+_FLAGS = {
+    "fault_time": "--fault-time",
+    "fault_interval": "--fault-interval",
+    "churn": "--churn",
+    "max_entries_per_msg": "--max-entries",
+    "crash_after_send": "--crash-after-send",
+    "drop": "--drop",
+    "crash_points": "--crash-points",
+}
 
 
 @dataclass
 class SimResult:
     seed: int
-    nodes: int
+    config: SimConfig
     steps: int = 0
     committed: int = 0
     faults: int = 0
     elections: int = 0
     reads: int = 0
     violation: str | None = None
-    fault_interval: float = 0.2
-    max_entries_per_msg: int | None = None  # None: drawn per seed from 1, 4, 64
-    # Probability that a newly elected leader is crashed within a few message
-    # delays of its election (the leader churn behind Figure 8 scenarios).
-    churn: float = 0.0
 
-    def replay_command(self, unsafe: frozenset[str] = frozenset()) -> str:
-        extra = "".join(f" --unsafe {u}" for u in sorted(unsafe))
-        if self.fault_interval != 0.2:
-            extra += f" --fault-interval {self.fault_interval}"
-        return f"python -m trioraft.testing.sim --seed {self.seed} --nodes {self.nodes}{extra}"
+    def replay_command(self) -> str:
+        c = self.config
+        cmd = f"python -m trioraft.testing.sim --seed {self.seed} --nodes {c.nodes}"
+        cmd += "".join(f" --unsafe {u}" for u in sorted(c.unsafe))
+        default = SimConfig()
+        for name, flag in _FLAGS.items():
+            if getattr(c, name) != getattr(default, name):
+                cmd += f" {flag} {getattr(c, name)}"
+        return cmd
 
 
 @dataclass
@@ -139,6 +159,7 @@ class _Node:
         # Digests of applied entries, index i at position i-1 (the state machine).
         self.applied: list[bytes] = []
         self.deferred: list[Ready] = []  # "ack_before_persist": not yet on disk
+        self.led_term = -1  # the last term we saw it lead (to check each new leader once)
 
     def _boot(self) -> RaftCore:
         cfg = CoreConfig(
@@ -182,12 +203,14 @@ class Simulation:
         self.rng = random.Random(seed)
         self.now = 0.0
         self.ids = [f"n{i}" for i in range(1, config.nodes + 1)]
-        self.result = SimResult(seed, config.nodes, fault_interval=config.fault_interval)
+        self.result = SimResult(seed, config)
         self._seq = 0
-        self._events: list[tuple[float, int, str, object]] = []
+        self._events: list[tuple[float, int, str, Any]] = []
         # Network faults, drawn per seed.
         r = self.rng
         self.drop = r.choice([0.0, 0.01, 0.05, 0.15])
+        if config.drop is not None:
+            self.drop = config.drop
         self.dup = r.choice([0.0, 0.02])
         self.delay = (0.0005, r.choice([0.002, 0.010, 0.030]))
         self.reorder = r.choice([0.0, 0.05])
@@ -209,7 +232,7 @@ class Simulation:
             self._arm(n)
 
     # ------------------------------------------------------------ event queue
-    def _push(self, at: float, kind: str, payload: object) -> None:
+    def _push(self, at: float, kind: str, payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._events, (at, self._seq, kind, payload))
 
@@ -243,6 +266,8 @@ class Simulation:
             if rd.snapshot is not None:
                 snap_data = self._incoming_snapshot.get(n.id)
             self._check_ready(n, rd)
+            if self._crash_point(n):  # before the fsync: this Ready is lost
+                return
             # 1. persist (fsync) -- or, broken, defer it and answer anyway.
             if unsafe_ack:
                 n.deferred.append(rd)
@@ -255,6 +280,8 @@ class Simulation:
             if rd.snapshot is not None:
                 assert snap_data is not None
                 n.applied = list(snap_data)
+            if self._crash_point(n):  # durable, but nobody was told
+                return
             # 2. send
             for m in rd.messages:
                 payload = None
@@ -262,6 +289,15 @@ class Simulation:
                     payload = n.disk.snapshot_data
                     assert m.meta == n.disk.snapshot
                 self.send(n, m, payload)
+            if (
+                self.faulty and rd.messages and n.core.role is Role.LEADER
+                and self.rng.random() < self.config.crash_after_send
+            ):
+                n.crash()
+                self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
+                return
+            if self._crash_point(n):  # sent, not applied
+                return
             # 3. apply
             for e in rd.committed:
                 self._apply(n, e)
@@ -278,10 +314,19 @@ class Simulation:
                 n.disk.snapshot = SnapshotMeta(idx, term, core.voters)
                 n.disk.snapshot_data = tuple(n.applied[:idx])
                 n.disk.entries = [e for e in n.disk.entries if e.index > idx]
+                if self._crash_point(n):  # snapshot durable, memory not yet compacted
+                    return
                 core.compact(idx)
         self._arm(n)
 
     _incoming_snapshot: dict[str, tuple[bytes, ...]]
+
+    def _crash_point(self, n: _Node) -> bool:
+        if self.faulty and self.rng.random() < self.config.crash_points:
+            n.crash()
+            self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
+            return True
+        return False
 
     def _apply(self, n: _Node, e: Entry) -> None:
         d = _digest(e)
@@ -326,8 +371,8 @@ class Simulation:
             other = self.leaders.setdefault(core.term, n.id)
             if other != n.id:
                 raise SafetyViolation(f"election safety: {other} and {n.id} lead term {core.term}")
-            if not getattr(n, "_checked_term", None) == core.term:
-                n._checked_term = core.term  # type: ignore[attr-defined]
+            if n.led_term != core.term:
+                n.led_term = core.term
                 self.result.elections += 1
                 self._check_completeness(n)
                 if self.faulty and self.rng.random() < self.config.churn:
@@ -414,7 +459,8 @@ class Simulation:
             if up:
                 n = r.choice(up)
                 n.crash()
-                self._push(self.now + r.uniform(0.25, 3.0) * self.config.fault_interval, "restart", n.id)
+                delay = r.uniform(0.25, 3.0) * self.config.fault_interval
+                self._push(self.now + delay, "restart", n.id)
         elif kind == "heal":
             self.blocked = set()
         else:
@@ -450,13 +496,13 @@ class Simulation:
             self.now = max(self.now, at)
             self.result.steps += 1
             if kind == "timer":
-                nid, gen = payload  # type: ignore[misc]
+                nid, gen = payload
                 n = self.nodes[nid]
                 if n.up and gen == n.timer_gen:
                     n.core.handle_timeout(self.now)
                     self.after_input(n)
             elif kind == "msg":
-                msg, snap = payload  # type: ignore[misc]
+                msg, snap = payload
                 n = self.nodes[msg.dst]
                 if n.up and (msg.src, msg.dst) not in self.blocked:
                     if isinstance(msg, InstallSnapshot):
@@ -469,16 +515,16 @@ class Simulation:
             elif kind == "fault":
                 self._fault()
             elif kind == "crash":
-                n = self.nodes[payload]  # type: ignore[index]
+                n = self.nodes[payload]
                 if n.up:
                     n.crash()
                     self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
             elif kind == "restart":
-                n = self.nodes[payload]  # type: ignore[index]
+                n = self.nodes[payload]
                 if not n.up:
                     n.restart()
             elif kind == "flush":
-                nid, inc = payload  # type: ignore[misc]
+                nid, inc = payload
                 n = self.nodes[nid]
                 if n.up and n.incarnation == inc and n.deferred:
                     n.disk.save(n.deferred.pop(0), None)
@@ -535,6 +581,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--churn", type=float, default=0.0,
                    help="probability of crashing each new leader soon after election")
     p.add_argument("--max-entries", type=int, default=None, help="entries per AppendEntries")
+    p.add_argument("--crash-after-send", type=float, default=0.0,
+                   help="probability a leader crashes right after sending a batch")
+    p.add_argument("--drop", type=float, default=None, help="message loss rate (default: drawn)")
+    p.add_argument("--crash-points", type=float, default=SimConfig.crash_points,
+                   help="probability of a crash at each crash point of each Ready")
     p.add_argument("--unsafe", action="append", default=[],
                    help="enable a deliberately broken variant (teeth)")
     a = p.parse_args(argv)
@@ -544,14 +595,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         nodes = a.nodes or (3, 5, 7)[s % 3]
         cfg = SimConfig(nodes=nodes, fault_time=a.fault_time, unsafe=frozenset(a.unsafe),
                         fault_interval=a.fault_interval, churn=a.churn,
-                        max_entries_per_msg=a.max_entries)
+                        max_entries_per_msg=a.max_entries,
+                        crash_after_send=a.crash_after_send, drop=a.drop,
+                        crash_points=a.crash_points)
         res = run_seed(s, cfg)
         committed += res.committed
         steps += res.steps
         if res.violation:
             violations += 1
-            print(f"seed {s}: VIOLATION: {res.violation}\n  replay: "
-                  f"{res.replay_command(cfg.unsafe)}", flush=True)
+            print(f"seed {s}: VIOLATION: {res.violation}\n  replay: {res.replay_command()}",
+                  flush=True)
     print(f"sim: {len(seeds)} seeds, {violations} violations, {committed} entries committed, "
           f"{steps} steps")
     return 1 if violations else 0

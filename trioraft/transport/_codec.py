@@ -10,6 +10,7 @@ shapes of the course design are accepted and produced as well.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import msgspec
@@ -142,7 +143,7 @@ _Wire = (
     | _WReadResp | _WTimeoutNow
 )
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[_Wire])  # type: ignore[valid-type]
+_decoder = msgspec.msgpack.Decoder(list[_Wire])
 
 
 def meta_to_wire(meta: SnapshotMeta) -> list[Any]:
@@ -197,7 +198,7 @@ def _from_wire(w: Any) -> Message:
                 except ValueError:
                     raise CodecError(f"unknown entry kind {e.kind}") from None
                 entries.append(Entry(e.index, e.term, kind, e.data))
-            for a, b in zip(entries, entries[1:], strict=False):
+            for a, b in itertools.pairwise(entries):
                 if b.index != a.index + 1:
                     raise CodecError("entries must be contiguous")
             if entries and entries[0].index != w.prev_log_index + 1:
@@ -260,10 +261,10 @@ def decode_messages(data: bytes) -> list[Message]:
 
 class _JVote(msgspec.Struct):
     term: int
-    candidateId: str  # noqa: N815 -- the course's field names
-    lastLogIndex: int  # noqa: N815
-    lastLogTerm: int  # noqa: N815
-    preVote: bool = False  # noqa: N815
+    candidateId: str
+    lastLogIndex: int
+    lastLogTerm: int
+    preVote: bool = False
 
 
 class _JEntry(msgspec.Struct):
@@ -274,10 +275,10 @@ class _JEntry(msgspec.Struct):
 
 class _JAppend(msgspec.Struct):
     term: int
-    leaderId: str  # noqa: N815
-    prevLogIndex: int  # noqa: N815
-    prevLogTerm: int  # noqa: N815
-    leaderCommit: int  # noqa: N815
+    leaderId: str
+    prevLogIndex: int
+    prevLogTerm: int
+    leaderCommit: int
     entries: list[_JEntry] = []
 
 

@@ -20,12 +20,12 @@ from trioraft.transport._codec import encode_messages, meta_to_wire
 from trioraft.transport._http_client import HttpPool, RequestError
 
 __all__ = [
-    "LinkError",
-    "HttpPeerLink",
-    "MemoryNetwork",
-    "PeerLink",
     "SNAPSHOT_HEADER",
     "TOKEN_HEADER",
+    "HttpPeerLink",
+    "LinkError",
+    "MemoryNetwork",
+    "PeerLink",
 ]
 
 TOKEN_HEADER = "X-Cluster-Token"
@@ -122,7 +122,9 @@ class MemoryNetwork:
     def link(self, src: str, dst: str) -> MemoryLink:
         return MemoryLink(self, src, dst)
 
-    async def _deliver(self, src: str, dst: str, fn: Callable[[MemoryReceiver], Awaitable[None]]) -> None:
+    async def _deliver(
+        self, src: str, dst: str, fn: Callable[[MemoryReceiver], Awaitable[None]]
+    ) -> None:
         if (src, dst) in self.blocked or self.rng.random() < self.drop_rate:
             raise LinkError(f"{src} -> {dst}: unreachable")
         if self.delay:

@@ -1,0 +1,194 @@
+"""Real in-process clusters on loopback for the HTTP contract tests (API.md §3-5).
+
+Each node is `trioraft.server.serve` run inside the fixture's nursery, so a test
+talks HTTP to real hypercorn servers backed by real RaftNodes and durable
+storage (in `tmp_path`, fsync off for speed). The fixtures yield a `Cluster`;
+tests use its `client` (an httpx.AsyncClient) and its node URLs.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from trioraft.config import NodeConfig
+from trioraft.node import RaftNode
+from trioraft.server import serve
+
+LEADER_WAIT_S = 10.0
+TOKEN = "s3cret-token"
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct loopback ports that were free a moment ago (bound to port 0, then closed)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def make_configs(
+    n: int, data_root: Path, *, token: str | None = None, **overrides: Any
+) -> list[NodeConfig]:
+    ports = free_ports(n)
+    ids = [f"node{i + 1}" for i in range(n)]
+    urls = {i: f"http://127.0.0.1:{p}" for i, p in zip(ids, ports, strict=True)}
+    return [
+        NodeConfig(
+            id=i,
+            listen_host="127.0.0.1",
+            listen_port=p,
+            advertise_url=urls[i],
+            peers={j: u for j, u in urls.items() if j != i},
+            data_dir=data_root / i,
+            election_timeout_ms=overrides.get("election_timeout_ms", (150, 300)),
+            heartbeat_ms=overrides.get("heartbeat_ms", 30),
+            cluster_token=token,
+            fsync=False,
+            request_timeout_s=overrides.get("request_timeout_s", 5.0),
+        )
+        for i, p in zip(ids, ports, strict=True)
+    ]
+
+
+@dataclass
+class Cluster:
+    nodes: list[RaftNode]
+    client: httpx.AsyncClient
+    urls: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def leader(self) -> RaftNode:
+        (leader,) = [n for n in self.nodes if n.is_leader]
+        return leader
+
+    @property
+    def leader_url(self) -> str:
+        return self.urls[self.leader.id]
+
+    @property
+    def follower_urls(self) -> list[str]:
+        return [self.urls[n.id] for n in self.nodes if not n.is_leader]
+
+    @property
+    def all_urls(self) -> list[str]:
+        return list(self.urls.values())
+
+    async def wait_leader(self, timeout: float = LEADER_WAIT_S) -> RaftNode:
+        """Until exactly one node leads and every node knows it (bounded)."""
+        with trio.fail_after(timeout):
+            while True:
+                leaders = [n for n in self.nodes if n.is_leader]
+                if len(leaders) == 1 and all(
+                    n.leader_id == leaders[0].id for n in self.nodes
+                ):
+                    return leaders[0]
+                await trio.sleep(0.01)
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Until every node has applied everything the leader has committed."""
+        leader = await self.wait_leader()
+        with trio.fail_after(timeout):
+            while True:
+                target = leader.core.commit_index if leader.core else 0
+                if all(
+                    n.core is not None
+                    and n.core.commit_index >= target
+                    and n.kv.applied_index >= target
+                    for n in self.nodes
+                ):
+                    return
+                await trio.sleep(0.01)
+
+    async def state(self) -> dict[str, Any]:
+        """What every node holds, over HTTP: stale full range and /status indexes."""
+        await self.settle()
+        out: dict[str, Any] = {}
+        for node_id, url in self.urls.items():
+            r = await self.client.get(
+                f"{url}/kv", params={"consistency": "stale", "limit": "10000"}
+            )
+            assert r.status_code == 200, r.text
+            s = (await self.client.get(f"{url}/status")).json()
+            out[node_id] = {
+                "items": r.json()["items"],
+                "commit_index": s["commit_index"],
+                "applied_index": s["applied_index"],
+                "last_log_index": s["last_log_index"],
+                "term": s["term"],
+            }
+        return out
+
+    async def read_everywhere(self, key: str) -> dict[str, str | None]:
+        """The stale value of `key` on every node, once the cluster has settled."""
+        await self.settle()
+        out: dict[str, str | None] = {}
+        for node_id, url in self.urls.items():
+            r = await self.client.get(
+                f"{url}/kv/{quote_key(key)}", params={"consistency": "stale"}
+            )
+            assert r.status_code in (200, 404), r.text
+            out[node_id] = r.json()["value"] if r.status_code == 200 else None
+        return out
+
+
+def quote_key(key: str) -> str:
+    """Percent-encode a key for a /kv/{key} path, slashes included."""
+    from urllib.parse import quote
+
+    return quote(key, safe="")
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+
+
+@asynccontextmanager
+async def start_cluster(configs: list[NodeConfig]) -> AsyncIterator[Cluster]:
+    async with trio.open_nursery() as nursery:
+        nodes: list[RaftNode] = []
+        for cfg in configs:
+            nodes.append(await nursery.start(serve, cfg))
+        async with httpx.AsyncClient(timeout=15.0) as client:
+            cluster = Cluster(nodes, client, {c.id: c.advertise_url for c in configs})
+            await cluster.wait_leader()
+            await cluster.settle()
+            yield cluster
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def single(data_root: Path) -> AsyncIterator[Cluster]:
+    """A one-node cluster, leader elected."""
+    async with start_cluster(make_configs(1, data_root)) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def trio3(data_root: Path) -> AsyncIterator[Cluster]:
+    """A three-node cluster, leader elected and known to every node."""
+    async with start_cluster(make_configs(3, data_root)) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def secured(data_root: Path) -> AsyncIterator[Cluster]:
+    """A one-node cluster with a cluster token on /raft/*."""
+    async with start_cluster(make_configs(1, data_root, token=TOKEN)) as cluster:
+        yield cluster

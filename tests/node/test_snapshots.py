@@ -1,0 +1,68 @@
+"""Snapshots, log compaction and InstallSnapshot on real RaftNodes (virtual time)."""
+
+from __future__ import annotations
+
+import trio
+
+from tests.node.helpers import put
+from trioraft.testing.cluster import open_cluster
+
+SNAPSHOT_ENTRIES = 20
+
+
+async def test_snapshots_compact_the_log(autojump_clock: trio.testing.MockClock):
+    async with open_cluster(3, seed=20, snapshot_entries=SNAPSHOT_ENTRIES) as cluster:
+        leader = await cluster.wait_for_leader()
+        for i in range(100):
+            await put(leader, f"k{i % 10}", str(i))
+        await cluster.wait_converged()
+        for n in cluster.running():
+            status = n.status()
+            assert status["snapshot_index"] >= 100 - 2 * SNAPSHOT_ENTRIES
+            assert n.stats["snapshots"] >= 100 // SNAPSHOT_ENTRIES - 1
+            # Compaction: only the entries after the snapshot are kept.
+            assert n._c.log.first_index() == status["snapshot_index"] + 1
+            stored = cluster.storages[n.id].load()
+            assert stored.snapshot.index > 0
+            assert len(stored.entries) <= status["last_log_index"] - stored.snapshot.index
+
+
+async def test_wiped_follower_catches_up_via_install_snapshot(
+    autojump_clock: trio.testing.MockClock,
+):
+    async with open_cluster(3, seed=21, snapshot_entries=SNAPSHOT_ENTRIES) as cluster:
+        leader = await cluster.wait_for_leader()
+        for i in range(100):
+            await put(leader, f"k{i % 10}", str(i))
+        victim = cluster.followers()[0]
+        await cluster.crash(victim.id)
+        fresh = await cluster.restart(victim.id, wipe=True)  # an empty MemoryStorage
+        assert fresh.status()["last_log_index"] == 0
+
+        digest = await cluster.wait_converged()
+        assert fresh.kv.state_digest() == digest
+        assert fresh.stats.get("snapshots_installed", 0) >= 1
+        assert cluster.storages[victim.id].load().snapshot.index > 0
+
+
+async def test_follower_down_past_the_snapshot_threshold_catches_up(
+    autojump_clock: trio.testing.MockClock,
+):
+    async with open_cluster(3, seed=22, snapshot_entries=SNAPSHOT_ENTRIES) as cluster:
+        leader = await cluster.wait_for_leader()
+        await put(leader, "early", "1")
+        victim = cluster.followers()[0]
+        await cluster.wait_applied(leader.kv.applied_index)
+        await cluster.crash(victim.id)
+        down_at = cluster.storages[victim.id].load().entries[-1].index
+
+        for i in range(5 * SNAPSHOT_ENTRIES):
+            await put(leader, f"k{i % 10}", str(i))
+        # The entries it missed are gone from the leader's log.
+        assert leader._c.log.first_index() > down_at + 1
+
+        back = await cluster.restart(victim.id)
+        digest = await cluster.wait_converged()
+        assert back.kv.state_digest() == digest
+        assert back.kv.get("early") == "1"
+        assert back.stats.get("snapshots_installed", 0) >= 1

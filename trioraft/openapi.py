@@ -1,0 +1,467 @@
+"""The OpenAPI 3.1 description of the client HTTP API (API.md §3-4), served at /openapi.json.
+
+Only the client routes are described; the peer routes under /raft/* are an
+internal protocol between nodes. A test checks that every client route of the
+app appears here with the same methods, and nothing else does.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from trioraft import kv
+
+__all__ = ["spec"]
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _body(_ref("Error"), description)
+
+
+def _resp(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _param(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+_KEY_PARAM: dict[str, Any] = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "description": (
+        "The key, percent-encoded and percent-decoded by the server (UTF-8). "
+        "A slash may be sent as '/' or '%2F': both mean '/' in the key, so "
+        "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b'. A key may not begin "
+        "with '/' in the path form (use POST /kv or /txn for such keys); a key "
+        "ending in '/cas' cannot be used with POST /kv/{key}/cas. At most "
+        f"{kv.MAX_KEY_BYTES} UTF-8 bytes, non-empty."
+    ),
+    "schema": {"type": "string", "minLength": 1},
+}
+
+_WRITE_ERRORS: dict[str, Any] = {
+    "400": _resp("BadRequest"),
+    "413": _resp("TooLarge"),
+    "503": _resp("Unavailable"),
+    "504": _resp("UnknownOutcome"),
+}
+_READ_ERRORS: dict[str, Any] = {
+    "400": _resp("BadRequest"),
+    "413": _resp("TooLarge"),
+    "503": _resp("Unavailable"),
+}
+
+_ERROR_CODES = [
+    "bad_request",
+    "not_found",
+    "method_not_allowed",
+    "cas_failed",
+    "too_large",
+    "no_leader",
+    "no_quorum",
+    "unknown_outcome",
+    "request_expired",
+    "internal",
+]
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "description": (
+            "Every error. 400, 404, 409, 413 and 503 mean the operation did not take "
+            "effect and never will: retrying is safe. Only 504 leaves the outcome open."
+        ),
+        "required": ["error", "code"],
+        "properties": {
+            "error": {"type": "string", "description": "a human sentence"},
+            "code": {"type": "string", "enum": _ERROR_CODES},
+        },
+    },
+    "Key": {"type": "string", "minLength": 1, "description": f"at most {kv.MAX_KEY_BYTES} bytes"},
+    "Value": {"type": "string", "description": f"at most {kv.MAX_VALUE_BYTES} UTF-8 bytes"},
+    "PutBody": {
+        "type": "object",
+        "required": ["value"],
+        "properties": {"value": _ref("Value")},
+    },
+    "PostKvBody": {
+        "type": "object",
+        "description": "The course form of a put.",
+        "required": ["key", "value"],
+        "properties": {"key": _ref("Key"), "value": _ref("Value")},
+    },
+    "PutResult": {
+        "type": "object",
+        "required": ["key", "value", "index"],
+        "properties": {
+            "key": _ref("Key"),
+            "value": _ref("Value"),
+            "index": {"type": "integer", "description": "log index of the write"},
+        },
+    },
+    "GetResult": {
+        "type": "object",
+        "required": ["key", "value"],
+        "properties": {"key": _ref("Key"), "value": _ref("Value")},
+    },
+    "DeleteResult": {
+        "type": "object",
+        "required": ["key", "deleted"],
+        "properties": {
+            "key": _ref("Key"),
+            "deleted": {"type": "boolean", "description": "false if the key was absent"},
+        },
+    },
+    "CasBody": {
+        "type": "object",
+        "required": ["expected", "value"],
+        "properties": {
+            "expected": {
+                "type": ["string", "null"],
+                "description": "the current value required; null means 'only if absent'",
+            },
+            "value": {
+                "type": ["string", "null"],
+                "description": "the new value; null deletes the key",
+            },
+        },
+    },
+    "CasOk": {
+        "type": "object",
+        "required": ["ok"],
+        "properties": {"ok": {"const": True}, "index": {"type": "integer"}},
+    },
+    "CasFailed": {
+        "type": "object",
+        "required": ["ok", "current", "error", "code"],
+        "properties": {
+            "ok": {"const": False},
+            "current": {"type": ["string", "null"], "description": "the value now (null: absent)"},
+            "error": {"type": "string"},
+            "code": {"const": "cas_failed"},
+        },
+    },
+    "RangeResult": {
+        "type": "object",
+        "required": ["items", "more"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("GetResult")},
+            "more": {"type": "boolean", "description": "more keys match beyond limit"},
+        },
+    },
+    "TxnCompare": {
+        "type": "object",
+        "required": ["key"],
+        "properties": {
+            "key": _ref("Key"),
+            "op": {"type": "string", "enum": ["==", "!=", "exists", "absent"], "default": "=="},
+            "value": {"type": ["string", "null"]},
+        },
+    },
+    "TxnOp": {
+        "type": "object",
+        "required": ["op", "key"],
+        "properties": {
+            "op": {"type": "string", "enum": ["put", "delete", "get", "cas"]},
+            "key": _ref("Key"),
+            "value": {"type": ["string", "null"], "description": "put: required; cas: new"},
+            "expected": {"type": ["string", "null"], "description": "cas only"},
+        },
+    },
+    "TxnBody": {
+        "type": "object",
+        "description": (
+            "If every compare holds, run `success`, else `failure`, atomically. At most "
+            f"{kv.MAX_TXN_OPS} compares and ops and {kv.MAX_TXN_BYTES} bytes of keys and values."
+        ),
+        "properties": {
+            "compare": {"type": "array", "items": _ref("TxnCompare"), "default": []},
+            "success": {"type": "array", "items": _ref("TxnOp"), "default": []},
+            "failure": {"type": "array", "items": _ref("TxnOp"), "default": []},
+        },
+    },
+    "TxnResult": {
+        "type": "object",
+        "required": ["succeeded", "results"],
+        "properties": {
+            "succeeded": {"type": "boolean"},
+            "results": {
+                "type": "array",
+                "description": "one result per op of the branch that ran",
+                "items": {
+                    "anyOf": [
+                        _ref("PutResult"),
+                        _ref("DeleteResult"),
+                        {
+                            "type": "object",
+                            "required": ["key", "value"],
+                            "properties": {
+                                "key": _ref("Key"),
+                                "value": {"type": ["string", "null"]},
+                            },
+                        },
+                        _ref("CasOk"),
+                        {
+                            "type": "object",
+                            "required": ["ok", "current"],
+                            "properties": {
+                                "ok": {"const": False},
+                                "current": {"type": ["string", "null"]},
+                            },
+                        },
+                    ]
+                },
+            },
+        },
+    },
+    "Status": {
+        "type": "object",
+        "required": [
+            "id", "role", "term", "leader", "commit_index", "applied_index",
+            "last_log_index", "snapshot_index", "members",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "role": {
+                "type": "string",
+                "enum": ["leader", "follower", "candidate", "precandidate", "learner"],
+            },
+            "term": {"type": "integer"},
+            "leader": {"type": ["string", "null"]},
+            "commit_index": {"type": "integer"},
+            "applied_index": {"type": "integer"},
+            "last_log_index": {"type": "integer"},
+            "snapshot_index": {"type": "integer"},
+            "members": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["url", "voter"],
+                    "properties": {"url": {"type": "string"}, "voter": {"type": "boolean"}},
+                },
+            },
+        },
+    },
+    "Debug": {
+        "type": "object",
+        "description": "The course design's fields.",
+        "required": [
+            "nodeId", "state", "term", "leaderId", "logLength", "commitIndex", "stateMachine",
+        ],
+        "properties": {
+            "nodeId": {"type": "string"},
+            "state": {"type": "string"},
+            "term": {"type": "integer"},
+            "leaderId": {"type": ["string", "null"]},
+            "logLength": {"type": "integer"},
+            "commitIndex": {"type": "integer"},
+            "stateMachine": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["ok"],
+        "properties": {"ok": {"const": True}, "id": {"type": "string"}},
+    },
+    "Ready": {
+        "type": "object",
+        "required": ["ready", "leader"],
+        "properties": {"ready": {"type": "boolean"}, "leader": {"type": ["string", "null"]}},
+    },
+}
+
+_PARAMETERS: dict[str, Any] = {
+    "consistency": {
+        "name": "consistency",
+        "in": "query",
+        "description": (
+            "linearizable (default): never older than a write that completed before the "
+            "read started, on any node. stale: the local state machine, unchecked."
+        ),
+        "schema": {"type": "string", "enum": ["linearizable", "stale"], "default": "linearizable"},
+    },
+    "redirect": {
+        "name": "redirect",
+        "in": "query",
+        "description": (
+            "On a follower, answer a write with 307 and Location on the leader instead of "
+            "forwarding it."
+        ),
+        "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+    },
+    "IdempotencyKey": {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "description": (
+            "'<client-id>:<seq>' (seq a non-negative integer, at most "
+            f"{kv.MAX_REQUEST_ID_BYTES} bytes). A retry with the same key returns the first "
+            f"result and applies at most once. The last {kv.DEDUP_WINDOW} results of each of "
+            f"up to {kv.DEDUP_CLIENTS} clients are remembered; an older seq gets 504 "
+            "request_expired."
+        ),
+        "schema": {"type": "string", "pattern": "^.+:[0-9]+$"},
+    },
+    "prefix": {
+        "name": "prefix",
+        "in": "query",
+        "description": "only keys starting with this string (default: all keys)",
+        "schema": {"type": "string", "default": ""},
+    },
+    "limit": {
+        "name": "limit",
+        "in": "query",
+        "description": "at most this many items, in key order",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+    },
+}
+
+_RESPONSES: dict[str, Any] = {
+    "BadRequest": _err("bad_request: malformed JSON, missing or non-string fields, empty key"),
+    "NotFound": _err("not_found: the key is absent"),
+    "TooLarge": _err(
+        f"too_large: key over {kv.MAX_KEY_BYTES} bytes, value over {kv.MAX_VALUE_BYTES} "
+        "bytes, or body over the limit"
+    ),
+    "Unavailable": {
+        **_err("no_leader (no leader known) or no_quorum (the leader cannot reach a majority)"),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+    "UnknownOutcome": _err(
+        "unknown_outcome: proposed but not known to be committed in time; it may or may "
+        "not apply. Also request_expired: the Idempotency-Key is too old to deduplicate."
+    ),
+    "Redirect": {
+        "description": "?redirect=true on a follower: the same request, on the leader",
+        "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+    },
+}
+
+
+def _write_op(
+    summary: str, ok: dict[str, Any], body: dict[str, Any] | None, **more: Any
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [_param("redirect"), _param("IdempotencyKey")],
+        "responses": {"200": ok, "307": _resp("Redirect"), **_WRITE_ERRORS, **more},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {_JSON: {"schema": body}}}
+    return op
+
+
+_PATHS: dict[str, Any] = {
+    "/kv/{key}": {
+        "parameters": [_KEY_PARAM],
+        "get": {
+            "summary": "Read one key",
+            "parameters": [_param("consistency")],
+            "responses": {
+                "200": _body(_ref("GetResult"), "the value"),
+                "404": _resp("NotFound"),
+                **_READ_ERRORS,
+            },
+        },
+        "put": _write_op("Write one key", _body(_ref("PutResult"), "written"), _ref("PutBody")),
+        "delete": _write_op(
+            "Delete one key", _body(_ref("DeleteResult"), "deleted (or already absent)"), None
+        ),
+    },
+    "/kv/{key}/cas": {
+        "parameters": [_KEY_PARAM],
+        "post": _write_op(
+            "Compare and set",
+            _body(_ref("CasOk"), "the precondition held and the write applied"),
+            _ref("CasBody"),
+            **{"409": _body(_ref("CasFailed"), "cas_failed: the precondition was false")},
+        ),
+    },
+    "/kv": {
+        "get": {
+            "summary": "Range read by prefix, in key order",
+            "parameters": [_param("prefix"), _param("limit"), _param("consistency")],
+            "responses": {"200": _body(_ref("RangeResult"), "the items"), **_READ_ERRORS},
+        },
+        "post": _write_op(
+            "Write one key (course form)", _body(_ref("PutResult"), "written"),
+            _ref("PostKvBody"),
+        ),
+    },
+    "/txn": {
+        "post": _write_op(
+            "Atomic multi-key transaction", _body(_ref("TxnResult"), "the branch ran"),
+            _ref("TxnBody"),
+        ),
+    },
+    "/status": {
+        "get": {
+            "summary": "This node's Raft status",
+            "responses": {"200": _body(_ref("Status"), "status")},
+        }
+    },
+    "/debug": {
+        "get": {
+            "summary": "The course design's debug view",
+            "responses": {"200": _body(_ref("Debug"), "debug")},
+        }
+    },
+    "/health": {
+        "get": {
+            "summary": "Liveness: 200 while the process serves",
+            "responses": {"200": _body(_ref("Health"), "serving")},
+        }
+    },
+    "/ready": {
+        "get": {
+            "summary": "Readiness: a leader is known and this node is caught up",
+            "responses": {
+                "200": _body(_ref("Ready"), "ready"),
+                "503": _resp("Unavailable"),
+            },
+        }
+    },
+}
+
+_SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "trioraft client API",
+        "version": "1",
+        "description": (
+            "A replicated key-value store on Raft. Any node serves any request: a follower "
+            "forwards writes to the leader (or redirects with ?redirect=true). Every "
+            "response carries X-Raft-Leader: <id> when a leader is known. Unknown routes "
+            "answer 404 and wrong methods 405, both with the Error body."
+        ),
+    },
+    "paths": _PATHS,
+    "components": {
+        "schemas": _SCHEMAS,
+        "parameters": _PARAMETERS,
+        "responses": _RESPONSES,
+        "headers": {
+            "X-Raft-Leader": {
+                "description": "the leader's id, when one is known",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+}
+
+
+def spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a fresh copy: callers may modify it)."""
+    return copy.deepcopy(_SPEC)
