@@ -23,9 +23,20 @@ def run(machine, command):
     return machine.apply(machine.applied_index + 1, encode_command(command))
 
 
-def test_the_limits_are_the_documented_ones():
-    assert DEDUP_WINDOW == 256
-    assert DEDUP_CLIENTS == 10_000
+def test_the_documented_memory_bound_matches_the_limits():
+    from trioraft.kv import _limits
+
+    bound = f"{DEDUP_CLIENTS:,} x {DEDUP_WINDOW} = {DEDUP_CLIENTS * DEDUP_WINDOW:,} results"
+    assert bound in (_limits.__doc__ or "")
+
+
+def test_a_retried_put_answers_with_its_first_index_without_storing_the_value():
+    m = KVStateMachine()
+    first = run(m, Put("k", "v" * 1000, request_id="c:1"))
+    run(m, Put("k", "other"))
+    again = run(m, Put("k", "v" * 1000, request_id="c:1"))
+    assert again == first
+    assert m.get("k") == "other"
 
 
 def test_a_retry_returns_the_first_result_and_is_not_applied_again():

@@ -18,14 +18,13 @@ For each of at most `DEDUP_CLIENTS` clients the table keeps the results of the
 `DEDUP_WINDOW` highest sequence numbers it has applied. The worst case is
 therefore
 
-    DEDUP_CLIENTS x DEDUP_WINDOW = 10,000 x 256 = 2,560,000 results.
+    DEDUP_CLIENTS x DEDUP_WINDOW = 4,096 x 64 = 262,144 results.
 
-A result holds about what its command carried or read (a Put's key and value, a
-failed Cas's current value, a Txn's Get values), plus roughly 200 bytes of
-Python object overhead. For small commands (tens of bytes) the absolute worst
-case is therefore in the order of 0.5-1 GB; a realistic cluster with hundreds of
-active clients needs a few tens of MB. A Put's key and value strings are shared
-with the store itself for as long as they stay current. When the table is full
+A Put's result is stored without its value (a retry carries the value again),
+so it costs its key plus roughly 200 bytes of Python object overhead; a failed
+Cas keeps the current value it saw and a Txn its Get values. For small
+commands the worst case is therefore in the order of 50-100 MB; a realistic
+cluster with hundreds of active clients needs a few MB. When the table is full
 the client with the oldest activity (lowest log index) is forgotten entirely;
 its later retries of old requests would then be applied again, so a client
 must not stay silent across more than `DEDUP_CLIENTS` other clients' activity
@@ -52,5 +51,5 @@ MAX_TXN_OPS: Final = 1000  # compares + success ops + failure ops of one Txn
 MAX_TXN_BYTES: Final = 4 * 1024 * 1024  # sum of key and value bytes in one Txn
 MAX_REQUEST_ID_BYTES: Final = 256  # UTF-8 bytes of a "client:seq" request id
 
-DEDUP_WINDOW: Final = 256  # results remembered per client (highest sequence numbers)
-DEDUP_CLIENTS: Final = 10_000  # clients remembered; least recently active evicted first
+DEDUP_WINDOW: Final = 64  # results remembered per client (highest sequence numbers)
+DEDUP_CLIENTS: Final = 4096  # clients remembered; least recently active evicted first

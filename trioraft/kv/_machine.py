@@ -160,10 +160,17 @@ class KVStateMachine:
             assert command.request_id is not None
             earlier = self._dedup.check(client, seq, command.request_id, index)
             if earlier is not None:
-                return earlier  # a retry (or too old to tell): do not apply again
+                # A retry (or too old to tell): do not apply again. A Put's
+                # result is stored without its value (the retry carries it).
+                if isinstance(earlier, PutResult) and isinstance(command, Put):
+                    return PutResult(command.key, command.value, earlier.index)
+                return earlier
         result = self._execute(index, command)
         if request is not None:
-            self._dedup.record(request[0], request[1], index, result)
+            stored = result
+            if isinstance(result, PutResult):
+                stored = PutResult(result.key, "", result.index)  # keep the table small
+            self._dedup.record(request[0], request[1], index, stored)
         return result
 
     def apply_noop(self, index: int) -> None:
