@@ -69,7 +69,7 @@ class SimConfig:
     max_entries_per_msg: int | None = None  # None: drawn per seed from 1, 4, 64
     # Probability that a newly elected leader crashes before its first batch
     # leaves (the leader churn behind the paper's Figure 8).
-    churn: float = 0.0
+    churn: float | None = None  # None: drawn per seed from 0, 0, 0.5
     # Probability that a leader crashes right after sending a batch (before it
     # applies anything): leaves entries on an arbitrary subset of followers.
     crash_after_send: float = 0.0
@@ -211,6 +211,7 @@ class Simulation:
         self.drop = r.choice([0.0, 0.01, 0.05, 0.15])
         if config.drop is not None:
             self.drop = config.drop
+        self.churn = r.choice([0.0, 0.0, 0.5]) if config.churn is None else config.churn
         self.dup = r.choice([0.0, 0.02])
         self.delay = (0.0005, r.choice([0.002, 0.010, 0.030]))
         self.reorder = r.choice([0.0, 0.05])
@@ -284,7 +285,7 @@ class Simulation:
                 return
             if (
                 self.faulty and n.core.role is Role.LEADER and n.led_term != n.core.term
-                and self.rng.random() < self.config.churn
+                and self.rng.random() < self.churn
             ):
                 # A brand-new leader dies with its no-op on its own disk only.
                 n.crash()
@@ -372,7 +373,9 @@ class Simulation:
         if c < self.commit_seen[n.id]:
             raise SafetyViolation(f"{n.id} commit index moved back {self.commit_seen[n.id]}->{c}")
         self.commit_seen[n.id] = c
-        self.max_commit = max(self.max_commit, c)
+        if c > self.max_commit:
+            self.max_commit = c
+            self._check_commit_is_durable(n, c)
         if core.applied_index > c:
             raise SafetyViolation(f"{n.id} applied {core.applied_index} > committed {c}")
         if core.role is Role.LEADER:
@@ -393,6 +396,53 @@ class Simulation:
                 self.committed[i] = d
             elif prev != d:
                 raise SafetyViolation(f"{n.id} committed a different entry at index {i}")
+
+    def _log_summary(self, n: _Node) -> tuple[int, int, int, int | None]:
+        """(last term, last index, snapshot index, term at the checked index) as a
+        node would vote after a crash-free timeout (its in-memory log) or, if
+        down, after restarting (its disk)."""
+        if n.up:
+            log = n.core.log
+            return log.last_term(), log.last_index(), log.snapshot.index, None
+        d = n.disk
+        last = d.entries[-1] if d.entries else None
+        lt = last.term if last else d.snapshot.term
+        li = last.index if last else d.snapshot.index
+        return lt, li, d.snapshot.index, None
+
+    def _holds(self, n: _Node, index: int, term: int) -> bool:
+        if n.up:
+            log = n.core.log
+            return index <= log.snapshot.index or log.term_at(index) == term
+        d = n.disk
+        if index <= d.snapshot.index:
+            return True
+        return any(e.index == index and e.term == term for e in d.entries)
+
+    def _check_commit_is_durable(self, n: _Node, index: int) -> None:
+        """Commit safety: no node lacking a committed entry could win an election.
+
+        Raft's Leader Completeness proof implies, for every reachable state,
+        that a node missing a committed entry has a log less up to date than
+        some member of every quorum. If a node lacking it could gather a
+        quorum of votes now, some schedule would elect it and lose the entry:
+        the commit was premature (this is what the paper's Figure 8 shows).
+        """
+        term = n.core.log.term_at(index)
+        if term is None:
+            return
+        summaries = {m.id: self._log_summary(m) for m in self.nodes.values()}
+        quorum = len(self.ids) // 2 + 1
+        for x in self.nodes.values():
+            if self._holds(x, index, term):
+                continue
+            xt, xi, _, _ = summaries[x.id]
+            voters = sum(1 for (yt, yi, _, _) in summaries.values() if (xt, xi) >= (yt, yi))
+            if voters >= quorum:
+                raise SafetyViolation(
+                    f"premature commit: {n.id} committed index {index} (term {term}) but "
+                    f"{x.id}, which lacks it, could win an election with {voters} votes"
+                )
 
     def _check_completeness(self, n: _Node) -> None:
         """Leader Completeness: a new leader's log holds every committed entry."""
@@ -645,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=0, help="3, 5 or 7 (default: rotate)")
     p.add_argument("--fault-time", type=float, default=2.0)
     p.add_argument("--fault-interval", type=float, default=0.2)
-    p.add_argument("--churn", type=float, default=0.0,
+    p.add_argument("--churn", type=float, default=None,
                    help="probability of crashing each new leader soon after election")
     p.add_argument("--max-entries", type=int, default=None, help="entries per AppendEntries")
     p.add_argument("--crash-after-send", type=float, default=0.0,
