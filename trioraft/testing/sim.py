@@ -519,7 +519,9 @@ class Simulation:
                 ids[i]: {ids[(i + d) % n] for d in range(-reach // 2 - reach % 2, reach // 2 + 1)}
                 for i in range(n)
             }
-            self.blocked = {(a, b) for a in ids for b in ids if b not in near[a] or a not in near[b]}
+            self.blocked = {
+                (a, b) for a in ids for b in ids if b not in near[a] or a not in near[b]
+            }
         elif kind == "isolate_leader":
             leaders = [n.id for n in self.nodes.values() if n.up and n.core.role is Role.LEADER]
             if leaders:
