@@ -513,14 +513,12 @@ class Simulation:
             # its nearest neighbours on a shuffled ring), but no two see the same.
             ids = self.ids[:]
             r.shuffle(ids)
-            n = len(ids)
-            reach = n // 2
-            near = {
-                ids[i]: {ids[(i + d) % n] for d in range(-reach // 2 - reach % 2, reach // 2 + 1)}
-                for i in range(n)
-            }
+            size = len(ids)
+            d = 1 if size <= 5 else 2  # 5 nodes see 3, 7 see 5: a majority each
+            pos = {x: i for i, x in enumerate(ids)}
             self.blocked = {
-                (a, b) for a in ids for b in ids if b not in near[a] or a not in near[b]
+                (a, b) for a in ids for b in ids
+                if min((pos[a] - pos[b]) % size, (pos[b] - pos[a]) % size) > d
             }
         elif kind == "isolate_leader":
             leaders = [n.id for n in self.nodes.values() if n.up and n.core.role is Role.LEADER]
