@@ -81,6 +81,7 @@ class Cluster:
             if rd.entries:
                 first = rd.entries[0].index
                 d.entries = [e for e in d.entries if e.index < first] + rd.entries
+            self.queue.extend(rd.early_messages)
             self.queue.extend(rd.messages)
             self.applied[node].extend(rd.committed)
             core.advance(rd)

@@ -3,6 +3,7 @@
 Inputs: `step(msg, now)`, `handle_timeout(now)`, `propose(datas)`,
 `read_index(ctx)`, `compact(index)`, `report_snapshot(peer, ok)`.
 Outputs: `ready()` returns a `Ready` batch; the caller must, in this order,
+0. (optionally at once) send `ready.early_messages`,
 1. persist `ready.hard_state`, `ready.snapshot` and `ready.entries` (fsync),
 2. send `ready.messages`,
 3. apply `ready.committed`, answer `ready.read_states`,
@@ -73,6 +74,11 @@ class Ready:
     snapshot: SnapshotMeta | None = None  # received from the leader: install it
     snapshot_keep_entries: bool = False
     entries: list[Entry] = field(default_factory=list)  # may overwrite a stored suffix
+    # May be sent before (or while) this Ready is persisted: a leader's
+    # AppendEntries and InstallSnapshot for a term already on disk.
+    early_messages: list[Message] = field(default_factory=list)
+    # Must be sent only after this Ready is persisted: they include vote
+    # grants and append acknowledgements that promise durability.
     messages: list[Message] = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
     read_states: list[tuple[int, int]] = field(default_factory=list)  # (ctx, index or -1)
@@ -82,6 +88,7 @@ class Ready:
             self.hard_state is not None
             or self.snapshot is not None
             or self.entries
+            or self.early_messages
             or self.messages
             or self.committed
             or self.read_states
@@ -778,7 +785,19 @@ class RaftCore:
         if self._pending_snapshot is not None:
             rd.snapshot, rd.snapshot_keep_entries = self._pending_snapshot
         rd.entries = self.log.unstable()
-        rd.messages, self._msgs = self._msgs, []
+        msgs, self._msgs = self._msgs, []
+        if self.role is Role.LEADER and self._persisted_hs.term == self.term:
+            # Raft thesis §10.2.1: a leader may replicate entries while it is
+            # still writing them to its own disk -- it just does not count
+            # itself until they are durable (advance). Its term is already on
+            # disk, so nothing these messages claim depends on this Ready.
+            for m in msgs:
+                if isinstance(m, AppendEntries | InstallSnapshot):
+                    rd.early_messages.append(m)
+                else:
+                    rd.messages.append(m)
+        else:
+            rd.messages = msgs
         rd.read_states, self._read_states = self._read_states, []
         if self.log.committed > self.log.applied:
             rd.committed = self.log.slice(self.log.applied + 1, self.log.committed + 1)

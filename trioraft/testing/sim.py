@@ -267,6 +267,19 @@ class Simulation:
             if rd.snapshot is not None:
                 snap_data = self._incoming_snapshot.get(n.id)
             self._check_ready(n, rd)
+            if (
+                self.faulty and n.core.role is Role.LEADER and n.led_term != n.core.term
+                and self.rng.random() < self.churn
+            ):
+                # Leader churn: a brand-new leader's first batch is lost on the
+                # wire and it dies right after persisting it, leaving its no-op
+                # on its own disk only (the setup of the paper's Figure 8).
+                n.disk.save(rd, snap_data)
+                n.crash()
+                self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
+                return
+            for m in rd.early_messages:  # a leader replicates while it persists
+                self.send(n, m, n.disk.snapshot_data if isinstance(m, InstallSnapshot) else None)
             if self._crash_point(n):  # before the fsync: this Ready is lost
                 return
             # 1. persist (fsync) -- or, broken, defer it and answer anyway.
@@ -283,14 +296,7 @@ class Simulation:
                 n.applied = list(snap_data)
             if self._crash_point(n):  # durable, but nobody was told
                 return
-            if (
-                self.faulty and n.core.role is Role.LEADER and n.led_term != n.core.term
-                and self.rng.random() < self.churn
-            ):
-                # A brand-new leader dies with its no-op on its own disk only.
-                n.crash()
-                self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
-                return
+
             # 2. send
             for m in rd.messages:
                 payload = None
@@ -299,7 +305,8 @@ class Simulation:
                     assert m.meta == n.disk.snapshot
                 self.send(n, m, payload)
             if (
-                self.faulty and rd.messages and n.core.role is Role.LEADER
+                self.faulty and (rd.messages or rd.early_messages)
+                and n.core.role is Role.LEADER
                 and self.rng.random() < self.config.crash_after_send
             ):
                 n.crash()
@@ -661,6 +668,7 @@ def bench(entries: int = 200_000, batch: int = 100, nodes: int = 3) -> float:
     def process(c: RaftCore) -> None:
         while c.has_ready():
             rd = c.ready()
+            queue.extend(rd.early_messages)
             queue.extend(rd.messages)
             c.advance(rd)
 
