@@ -86,6 +86,9 @@ class _Proposal:
     slot: _Slot = field(default_factory=_Slot)
     index: int = 0  # set once appended
     term: int = 0
+    # Set by propose() when it gave up before the driver took the proposal
+    # from the inbox; the driver must then never append it (see propose()).
+    abandoned: bool = False
 
 
 @dataclass(eq=False)
@@ -322,7 +325,8 @@ class RaftNode:
                 for m in msgs:
                     core.step(m, now)
             case _Proposal():
-                proposals.append(item)
+                if not item.abandoned:
+                    proposals.append(item)
             case _Read():
                 try:
                     core.read_index(item.ctx)
@@ -363,6 +367,8 @@ class RaftNode:
         core = self._c
         while core.has_ready():
             rd = core.ready()
+            for m in rd.early_messages:  # a leader replicates while it persists
+                self._route(m)
             await self._persist(rd)
             # Only now, with the votes and entries durable, may we answer anyone.
             for m in rd.messages:
@@ -488,7 +494,9 @@ class RaftNode:
                     batch.append(outbox.receive_nowait())
                 except trio.WouldBlock:
                     break
-            msgs = [m for m in batch if not isinstance(m, InstallSnapshot)]
+            # Annotated: mypy narrows the comprehension to "Message minus
+            # InstallSnapshot", and PeerLink takes list[Message] (invariant).
+            msgs: list[Message] = [m for m in batch if not isinstance(m, InstallSnapshot)]
             if msgs:
                 try:
                     await link.send_messages(msgs)
@@ -569,6 +577,10 @@ class RaftNode:
                 self._pending.pop(p.index + k, None)
             if p.index:
                 raise UnknownOutcome("the write was proposed but did not commit in time")
+            # Fix: it is still queued in the inbox (the driver was busy, e.g.
+            # on a slow disk). NoQuorum promises it never applies, so the
+            # driver must drop it rather than append it later.
+            p.abandoned = True
             raise NoQuorum("the write could not be proposed in time")
         if p.slot.error is not None:
             raise p.slot.error

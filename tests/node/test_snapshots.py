@@ -31,18 +31,23 @@ async def test_wiped_follower_catches_up_via_install_snapshot(
     autojump_clock: trio.testing.MockClock,
 ):
     async with open_cluster(3, seed=21, snapshot_entries=SNAPSHOT_ENTRIES) as cluster:
-        leader = await cluster.wait_for_leader()
+        old = await cluster.wait_for_leader()
         for i in range(100):
-            await put(leader, f"k{i % 10}", str(i))
+            await put(old, f"k{i % 10}", str(i))
         victim = cluster.followers()[0]
         await cluster.crash(victim.id)
         fresh = await cluster.restart(victim.id, wipe=True)  # an empty MemoryStorage
         assert fresh.status()["last_log_index"] == 0
+        # The same leader stays in charge: it notices that the follower no
+        # longer holds what it acknowledged and starts it over from a snapshot.
+        assert cluster.leader() is old
 
         digest = await cluster.wait_converged()
         assert fresh.kv.state_digest() == digest
+        assert fresh.kv.get("k9") == "99"
         assert fresh.stats.get("snapshots_installed", 0) >= 1
         assert cluster.storages[victim.id].load().snapshot.index > 0
+        assert cluster.leader() is old
 
 
 async def test_follower_down_past_the_snapshot_threshold_catches_up(

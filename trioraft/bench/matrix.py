@@ -186,7 +186,7 @@ def start_echo(procs: Processes) -> tuple[str, subprocess.Popen[bytes]]:
 
 
 def start_cluster(
-    procs: Processes, n: int, data_root: Path
+    procs: Processes, n: int, data_root: Path, extra: list[str] | None = None
 ) -> tuple[tuple[str, ...], list[subprocess.Popen[bytes]], str]:
     """Start an n-node fsync'd cluster; wait until every node knows the same leader."""
     ports = free_ports(n)
@@ -196,7 +196,7 @@ def start_cluster(
     for k, (node_id, port, url) in enumerate(zip(ids, ports, urls, strict=True)):
         cmd = [sys.executable, "-m", NODE_MODULE, "serve", "--id", node_id, "--fsync"]
         cmd += ["--listen", f"127.0.0.1:{port}", "--advertise", url]
-        cmd += ["--data-dir", str(data_root / f"{n}-{node_id}")]
+        cmd += ["--data-dir", str(data_root / f"{n}-{node_id}"), *(extra or [])]
         for j, (peer_id, peer_url) in enumerate(zip(ids, urls, strict=True)):
             if j != k:
                 cmd += ["--peer", f"{peer_id}={peer_url}"]

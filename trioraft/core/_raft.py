@@ -613,8 +613,14 @@ class RaftCore:
             self._broadcast = True
 
     def _handle_reject(self, pr: Progress, msg: AppendEntriesResponse) -> None:
-        if msg.reject_index <= pr.match_index:
+        if msg.reject_index < pr.match_index:
             return  # stale: we already know it matches further than that
+        if msg.reject_index == pr.match_index and pr.match_index > 0:
+            # It no longer holds an entry it acknowledged: its disk was wiped
+            # or replaced (operator action, outside Raft's fault model). Start
+            # over from what it says it has, or it would never catch up. Our
+            # commit index never moves back, so nothing committed is at risk.
+            pr.match_index = max(0, min(pr.match_index, msg.conflict_index - 1))
         if pr.state is ProgressState.PROBE and msg.reject_index != pr.next_index - 1:
             return  # a reply to an older probe
         # Fast backtracking: skip a whole conflicting term per round trip.

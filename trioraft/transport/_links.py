@@ -132,7 +132,10 @@ class MemoryNetwork:
         node = self.nodes.get(dst)
         if node is None or (src, dst) in self.blocked:
             raise LinkError(f"{src} -> {dst}: unreachable")
-        await fn(node)
+        try:
+            await fn(node)
+        except ValueError as exc:  # what the HTTP route answers with a 4xx
+            raise LinkError(f"{src} -> {dst}: refused: {exc}") from None
 
 
 class MemoryLink:

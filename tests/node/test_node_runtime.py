@@ -1,0 +1,123 @@
+"""Regression tests for RaftNode runtime details found while building the cluster tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+import trio
+
+from tests.node.helpers import put
+from trioraft.core import Entry, HardState
+from trioraft.errors import NoQuorum, UnknownOutcome
+from trioraft.storage import MemoryStorage, Storage
+from trioraft.testing.cluster import open_cluster
+
+
+class RecordingStorage(MemoryStorage):
+    """Records which thread each save ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        self.threads.add(threading.get_ident())
+        super().save(hard_state, entries)
+
+
+class StallingStorage(MemoryStorage):
+    """A disk that hangs on save() while `stalled` (like an fsync that takes ages)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        assert self.gate.wait(timeout=30), "test forgot to release the stalled disk"
+        super().save(hard_state, entries)
+
+
+async def test_run_disk_inline_calls_storage_on_the_event_loop_thread(
+    autojump_clock: trio.testing.MockClock,
+):
+    storages: list[RecordingStorage] = []
+
+    def factory(node_id: str) -> Storage:
+        storages.append(RecordingStorage())
+        return storages[-1]
+
+    async with open_cluster(3, storage_factory=factory) as cluster:
+        await put(await cluster.wait_for_leader(), "k", "v")
+        await cluster.wait_converged()
+    assert {t for s in storages for t in s.threads} == {threading.get_ident()}
+
+
+async def test_default_node_runs_storage_in_a_worker_thread():
+    # Real clock: the threaded path is what production uses.
+    storages: list[RecordingStorage] = []
+
+    def factory(node_id: str) -> Storage:
+        storages.append(RecordingStorage())
+        return storages[-1]
+
+    with trio.fail_after(10):
+        async with open_cluster(3, storage_factory=factory, run_disk_inline=False) as cluster:
+            await put(await cluster.wait_for_leader(), "k", "v")
+            await cluster.wait_converged()
+    threads = {t for s in storages for t in s.threads}
+    assert threads
+    assert threading.get_ident() not in threads
+
+
+async def test_write_that_timed_out_before_being_proposed_never_applies():
+    # NoQuorum from propose() promises "not proposed, never will be" (API: a
+    # 503 is safe to retry). The proposal was still queued in the inbox while
+    # the driver was stuck on a slow disk; once the disk came back, the driver
+    # appended it anyway and it applied -- a retry would have applied twice.
+    # Real clock: under autojump, virtual time would jump while the stalled
+    # worker thread blocks, timing out the warm-up write too.
+    disk = StallingStorage()
+    async with open_cluster(
+        1, storage_factory=lambda _: disk, run_disk_inline=False, request_timeout_s=0.3
+    ) as cluster:
+        node = await cluster.wait_for_leader()
+        await put(node, "warmup", "ok")
+
+        disk.gate.clear()
+        outcomes: dict[str, type[BaseException]] = {}
+
+        async def write(key: str, task_status: trio.TaskStatus[None]) -> None:
+            task_status.started()
+            try:
+                await put(node, key, "v")
+            except (UnknownOutcome, NoQuorum) as exc:
+                outcomes[key] = type(exc)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(write, "first")  # taken by the driver, stuck on disk
+            await trio.sleep(0.01)
+            await nursery.start(write, "second")  # still in the inbox
+        assert outcomes == {"first": UnknownOutcome, "second": NoQuorum}
+
+        disk.gate.set()
+        await put(node, "after", "ok")
+        assert node.kv.get("first") == "v"  # unknown outcome: it may apply, and did
+        assert node.kv.get("second") is None  # NoQuorum: it must never apply
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_cluster_restart_keeps_only_what_was_persisted(
+    n: int, autojump_clock: trio.testing.MockClock
+):
+    async with open_cluster(n) as cluster:
+        leader = await cluster.wait_for_leader()
+        await put(leader, "k", "v")
+        await cluster.wait_converged()
+        await cluster.crash_all()
+        for i in cluster.ids:
+            await cluster.restart(i)
+        await cluster.wait_converged()
+        assert all(node.kv.get("k") == "v" for node in cluster.running())
