@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -33,9 +32,6 @@ from trioraft.transport import (
     SNAPSHOT_HEADER,
     TOKEN_HEADER,
     CodecError,
-    ConnectError,
-    HttpPool,
-    RequestError,
     append_entries_from_json,
     append_response_to_json,
     decode_messages,
@@ -52,7 +48,6 @@ log = logging.getLogger("trioraft.api")
 # leaves room. A transaction is capped separately by kv.MAX_TXN_BYTES.
 MAX_BODY_BYTES = 2 * kv.MAX_VALUE_BYTES + 64 * 1024
 MAX_RAFT_BODY_BYTES = 64 << 20
-FORWARDED_HEADER = "X-Raft-Forwarded-By"
 LEADER_HEADER = "X-Raft-Leader"
 
 
@@ -96,9 +91,13 @@ def _map_error(exc: BaseException) -> ApiError:
     return ApiError(500, "internal", "internal error (logged on the node)")
 
 
+async def _raw_body(cache: bool) -> bytes:
+    # All three arguments select quart's `-> bytes` overload (mypy --strict).
+    return await request.get_data(cache, False, False)
+
+
 async def _body_json(required: tuple[str, ...] = ()) -> dict[str, Any]:
-    # cache=True: a follower relays this same body to the leader in _forward().
-    raw = await request.get_data(cache=True)
+    raw = await _raw_body(cache=False)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
     try:
@@ -160,7 +159,6 @@ def create_app(node: RaftNode) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     # Never answer "/kv//k" with a 308 to "/kv/k": that is another key.
     app.url_map.merge_slashes = False
-    pools: dict[str, HttpPool] = {}
     token = node.config.cluster_token
 
     @app.after_request
@@ -173,6 +171,8 @@ def create_app(node: RaftNode) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status == 404 and request.path == "/kv/":  # "PUT /kv/": the empty key
+            return _error(400, "bad_request", "the key must not be empty")
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             status, "bad_request"
         )
@@ -194,50 +194,31 @@ def create_app(node: RaftNode) -> QuartTrio:
         return _error(mapped.status, mapped.code, mapped.message)
 
     # ------------------------------------------------------------ write path
-    async def _forward() -> Response:
-        """Relay this request to the leader and its answer back (or redirect)."""
-        if request.headers.get(FORWARDED_HEADER):
-            raise ApiError(503, "no_leader", "forwarded to a node that is not the leader")
+    async def _redirect() -> Response:
+        """?redirect=true on a follower: 307 to the same request on the leader."""
         url = node.leader_url
         if url is None:
             await node.wait_for_leader(node.config.election_timeout_ms[1] / 1000 * 2)
             url = node.leader_url
-        if url is None or node.leader_id == node.id:
+        if url is None:
             raise ApiError(503, "no_leader", "no leader is known; retry shortly")
-        target = _raw_target()
-        if request.args.get("redirect") == "true":
-            return Response("", status=307, headers={"Location": url + target})
-        pool = pools.get(url)
-        if pool is None:
-            pool = pools[url] = HttpPool(url)
-        headers = [(FORWARDED_HEADER, node.id)]
-        for h in ("Content-Type", "Idempotency-Key"):
-            if (v := request.headers.get(h)) is not None:
-                headers.append((h, v))
-        body = await request.get_data(cache=True)
-        try:
-            with trio.fail_after(node.config.request_timeout_s + 1):
-                resp = await pool.request(request.method, target, body, headers)
-        except ConnectError:
-            raise ApiError(503, "no_leader", "the leader cannot be reached") from None
-        except (RequestError, trio.TooSlowError):
-            raise ApiError(
-                504, "unknown_outcome", "the leader did not answer: the write may or may not apply"
-            ) from None
-        out = Response(resp.body, status=resp.status,
-                       content_type=resp.header("content-type") or "application/json")
-        if (ra := resp.header("retry-after")) is not None:
-            out.headers["Retry-After"] = ra
-        return out
+        return Response("", status=307, headers={"Location": url + _raw_target()})
+
+    def _wants_redirect() -> bool:
+        return request.args.get("redirect") == "true" and not node.is_leader
 
     async def _write(cmd: kv.Command) -> Response:
         data = kv.encode_command(cmd)  # validates: TooLarge -> 413, InvalidCommand -> 400
         if not node.is_leader:
-            return await _forward()
+            if _wants_redirect():
+                return await _redirect()
+            # Relayed to the leader in a batch with other writes arriving here.
+            return _result_response(await node.forward(data))
         try:
             (result,) = await node.propose([data])
         except NotLeader:
-            return await _forward()  # not appended: safe to hand to the real leader
+            # Not appended, so it is safe to hand it to whoever leads now.
+            return _result_response(await node.forward(data))
         return _result_response(result)
 
     def _result_response(result: kv.Result) -> Response:
@@ -293,10 +274,6 @@ def create_app(node: RaftNode) -> QuartTrio:
             raise ApiError(400, "bad_request", f"invalid transaction: {exc}") from None
         return await _write(cmd)
 
-    @app.route("/kv/", methods=["GET", "PUT", "DELETE"])
-    async def empty_key() -> Response:
-        raise ApiError(400, "bad_request", "the key must not be empty")
-
     # ------------------------------------------------------------- read path
     async def _barrier() -> None:
         consistency = request.args.get("consistency", "linearizable")
@@ -309,6 +286,8 @@ def create_app(node: RaftNode) -> QuartTrio:
     @app.route("/kv/<path:key>", methods=["GET"])
     async def get_key(key: str) -> Response:
         _check_key(key)
+        if _wants_redirect() and request.args.get("consistency") != "stale":
+            return await _redirect()
         await _barrier()
         value = node.kv.get(key)
         if value is None:
@@ -324,6 +303,8 @@ def create_app(node: RaftNode) -> QuartTrio:
             raise ApiError(400, "bad_request", "limit must be an integer") from None
         if not 1 <= limit <= 10_000:
             raise ApiError(400, "bad_request", "limit must be between 1 and 10000")
+        if _wants_redirect() and request.args.get("consistency") != "stale":
+            return await _redirect()
         await _barrier()
         items, more = node.kv.range(prefix, limit)
         return _json({"items": [{"key": k, "value": v} for k, v in items], "more": more})
@@ -366,7 +347,7 @@ def create_app(node: RaftNode) -> QuartTrio:
     @app.route("/raft/messages", methods=["POST"])
     async def raft_messages() -> Response:
         _authorize()
-        raw = await request.get_data(cache=False)
+        raw = await _raw_body(cache=False)
         try:
             msgs = decode_messages(raw)
         except CodecError as exc:
@@ -374,6 +355,24 @@ def create_app(node: RaftNode) -> QuartTrio:
         msgs = [m for m in msgs if m.dst == node.id]
         node.receive_messages(msgs)
         return Response("", status=204)
+
+    @app.route("/raft/propose", methods=["POST"])
+    async def raft_propose() -> Response:
+        """A follower's batch of forwarded writes (msgpack list of encoded commands)."""
+        _authorize()
+        raw = await request.get_data(cache=False)
+        assert isinstance(raw, bytes)
+        try:
+            datas = msgspec.msgpack.decode(raw, type=list[bytes])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ApiError(400, "bad_request", f"malformed proposal batch: {exc}") from None
+        try:
+            body = await node.propose_encoded(datas)
+        except NotLeader:
+            raise ApiError(503, "not_leader", "this node is not the leader") from None
+        except ProposalDropped as exc:
+            raise ApiError(503, "dropped", str(exc)) from None
+        return Response(body, status=200, content_type="application/x-msgpack")
 
     @app.route("/raft/snapshot", methods=["POST"])
     async def raft_snapshot() -> Response:
@@ -387,7 +386,7 @@ def create_app(node: RaftNode) -> QuartTrio:
             offset, done = int(head["offset"]), bool(head["done"])
         except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
             raise ApiError(400, "bad_request", f"bad {SNAPSHOT_HEADER} header: {exc}") from None
-        data = await request.get_data(cache=False)
+        data = await _raw_body(cache=False)
         try:
             await node.receive_snapshot_chunk(msg, offset, data, done)
         except ValueError as exc:
@@ -398,7 +397,7 @@ def create_app(node: RaftNode) -> QuartTrio:
     async def request_vote() -> Response:
         _authorize()
         try:
-            msg = request_vote_from_json(await request.get_data(cache=False), node.id)
+            msg = request_vote_from_json(await _raw_body(cache=False), node.id)
         except CodecError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         resp = await node.rpc(msg)
@@ -410,18 +409,13 @@ def create_app(node: RaftNode) -> QuartTrio:
     async def append_entries() -> Response:
         _authorize()
         try:
-            msg = append_entries_from_json(await request.get_data(cache=False), node.id)
+            msg = append_entries_from_json(await _raw_body(cache=False), node.id)
         except CodecError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         resp = await node.rpc(msg)
         if not isinstance(resp, AppendEntriesResponse):
             raise ApiError(503, "no_quorum", "no answer from the node in time")
         return _json(append_response_to_json(resp))
-
-    @app.after_serving
-    async def _close_pools() -> None:
-        for p in pools.values():
-            await p.aclose()
 
     return app
 

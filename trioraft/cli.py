@@ -132,6 +132,7 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--heartbeat-ms", metavar="N")
     group.add_argument("--cluster-token", metavar="TOKEN")
     group.add_argument("--snapshot-entries", metavar="N")
+    group.add_argument("--snapshot-bytes", metavar="N")
     group.add_argument("--log-level", metavar="LEVEL")
     group.add_argument("--request-timeout-ms", metavar="N")
     group.add_argument(
@@ -307,6 +308,7 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "heartbeat_ms",
         "cluster_token",
         "snapshot_entries",
+        "snapshot_bytes",
         "log_level",
         "request_timeout_ms",
     ):

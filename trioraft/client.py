@@ -483,9 +483,10 @@ class Client:
     """Blocking client (httpx.Client). Thread-safe enough to share between threads.
 
     `timeout` bounds each call, retries included; `attempt_timeout` bounds one HTTP
-    request (keep it above the server's request timeout, 5 s by default, so a slow
-    commit is answered by the server rather than abandoned). `transport` is for tests
-    (e.g. ``httpx.MockTransport``).
+    request, so that a paused or unreachable node costs a retry, not the whole call.
+    Writes carry an idempotency key, so an attempt abandoned this way and retried on
+    another node still applies at most once. `transport` is for tests (e.g.
+    ``httpx.MockTransport``).
     """
 
     def __init__(
@@ -493,7 +494,7 @@ class Client:
         endpoints: str | Iterable[str] = DEFAULT_ENDPOINTS,
         *,
         timeout: float = 10.0,
-        attempt_timeout: float = 6.0,
+        attempt_timeout: float = 2.0,
         retry_base: float = 0.05,
         retry_cap: float = 1.0,
         transport: httpx.BaseTransport | None = None,
@@ -620,7 +621,7 @@ class AsyncClient:
         endpoints: str | Iterable[str] = DEFAULT_ENDPOINTS,
         *,
         timeout: float = 10.0,
-        attempt_timeout: float = 6.0,
+        attempt_timeout: float = 2.0,
         retry_base: float = 0.05,
         retry_cap: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,

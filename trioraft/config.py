@@ -43,6 +43,7 @@ DEFAULT_LISTEN = ("0.0.0.0", 3000)
 DEFAULT_ELECTION_TIMEOUT_MS = (150, 300)
 DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_SNAPSHOT_ENTRIES = 10_000
+DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_MS = 5_000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -60,6 +61,7 @@ SERVE_ENV_VARS = (
     "HEARTBEAT_MS",
     "CLUSTER_TOKEN",
     "SNAPSHOT_ENTRIES",
+    "SNAPSHOT_BYTES",
     "FSYNC",
     "LOG_LEVEL",
     "REQUEST_TIMEOUT_MS",
@@ -94,6 +96,8 @@ class NodeConfig:
     cluster_token: str | None
     # Take a snapshot after this many applied entries since the last one (>= 1).
     snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES
+    # ... or after this many bytes of commands, whichever comes first (>= 1).
+    snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES
     # False only for benchmarks: acknowledged writes can be lost on power failure.
     fsync: bool = True
     log_level: str = "warning"
@@ -277,6 +281,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         f"[env SNAPSHOT_ENTRIES; default {DEFAULT_SNAPSHOT_ENTRIES}]",
     )
     parser.add_argument(
+        "--snapshot-bytes",
+        metavar="N",
+        help="... or after this many bytes of applied commands, whichever comes first "
+        f"[env SNAPSHOT_BYTES; default {DEFAULT_SNAPSHOT_BYTES}]",
+    )
+    parser.add_argument(
         "--fsync",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -388,6 +398,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
 
     text, what = pick(args.snapshot_entries, "--snapshot-entries", "SNAPSHOT_ENTRIES")
     snapshot_entries = _parse_int(text, what, 1) if text is not None else DEFAULT_SNAPSHOT_ENTRIES
+    text, what = pick(args.snapshot_bytes, "--snapshot-bytes", "SNAPSHOT_BYTES")
+    snapshot_bytes = _parse_int(text, what, 1) if text is not None else DEFAULT_SNAPSHOT_BYTES
 
     if args.fsync is not None:
         fsync = bool(args.fsync)
@@ -413,6 +425,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
         heartbeat_ms=heartbeat,
         cluster_token=token,
         snapshot_entries=snapshot_entries,
+        snapshot_bytes=snapshot_bytes,
         fsync=fsync,
         log_level=log_level,
         request_timeout_s=timeout_ms / 1000,

@@ -16,6 +16,7 @@ a message.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -51,7 +52,7 @@ from trioraft.errors import (
     ShuttingDown,
     UnknownOutcome,
 )
-from trioraft.kv import KVStateMachine, Result
+from trioraft.kv import KVStateMachine, Result, decode_results, encode_results
 from trioraft.storage import Storage
 from trioraft.transport import LinkError, PeerLink
 
@@ -64,6 +65,8 @@ INBOX_SIZE = 10_000
 OUTBOX_SIZE = 1_000
 MAX_BATCH_MESSAGES = 256
 SNAPSHOT_CHUNK = 1 << 20
+FORWARD_BATCH = 512  # writes relayed to the leader in one request
+FORWARD_INFLIGHT = 4  # forwarded batches in flight at once
 
 
 @dataclass(eq=False)
@@ -108,6 +111,16 @@ class _Call:
 
 
 @dataclass(eq=False)
+class _Forward:
+    """A write this follower relays to the leader, batched with others."""
+
+    data: bytes
+    slot: _Slot = field(default_factory=_Slot)
+    sent: bool = False  # handed to the network: from then on the outcome may be unknown
+    abandoned: bool = False  # the client gave up before it was sent: never send it
+
+
+@dataclass(eq=False)
 class _Rpc:
     """A message from a course JSON route, whose answer goes back in the HTTP response."""
 
@@ -148,6 +161,8 @@ class RaftNode:
         self.kv = KVStateMachine()
         self.core: RaftCore | None = None
         self._inbox_send, self._inbox = trio.open_memory_channel[Any](INBOX_SIZE)
+        self._fwd_send, self._fwd_recv = trio.open_memory_channel[_Forward](INBOX_SIZE)
+        self._fwd_inflight = trio.Semaphore(FORWARD_INFLIGHT)
         self._outboxes: dict[str, trio.MemorySendChannel[Message]] = {}
         self._disk = trio.CapacityLimiter(1)  # one storage call at a time, off the loop
         self._pending: dict[int, _Proposal] = {}  # log index -> proposal awaiting apply
@@ -159,6 +174,7 @@ class RaftNode:
         self._leader_changed = trio.Event()
         self._last_leader: str | None = None
         self._snapshotting = False
+        self._bytes_since_snapshot = 0
         self._stopping = False
         self.started = trio.Event()
         self.stats = {"proposals": 0, "batches": 0, "fsyncs": 0, "snapshots": 0}
@@ -257,7 +273,7 @@ class RaftNode:
         state = await self._run_disk(self.storage.load)
         snap = await self._run_disk(self.storage.load_snapshot)
         if snap is not None:
-            meta, data = snap
+            _, data = snap
             kv = KVStateMachine()
             await self._run_cpu(kv.restore, data)
             self.kv = kv
@@ -285,6 +301,7 @@ class RaftNode:
                 self._outboxes[peer] = send
                 nursery.start_soon(self._replicate, peer, link, recv)
             nursery.start_soon(self._drive)
+            nursery.start_soon(self._forwarder)
             self.started.set()
             task_status.started()
 
@@ -400,10 +417,9 @@ class RaftNode:
         out = self._outboxes.get(m.dst)
         if out is None:
             return
-        try:
+        # A slow peer never blocks the driver; Raft re-sends what is lost.
+        with contextlib.suppress(trio.WouldBlock):
             out.send_nowait(m)
-        except trio.WouldBlock:
-            pass  # a slow peer never blocks the driver; Raft re-sends what is lost
 
     def _apply(self, rd: Ready) -> None:
         for e in rd.committed:
@@ -412,6 +428,7 @@ class RaftNode:
             result: Result | None = None
             if e.kind is EntryKind.NORMAL:
                 result = self.kv.apply(e.index, e.data)
+                self._bytes_since_snapshot += len(e.data)
             else:
                 self.kv.apply_noop(e.index)
             self._settle_proposal(e, result)
@@ -447,9 +464,11 @@ class RaftNode:
             heapq.heappop(w)[2].set()
 
     def _maybe_snapshot(self) -> None:
+        """Snapshot at a threshold of entries or bytes since the last snapshot."""
         core = self._c
         if self._snapshotting or (
             self.kv.applied_index - core.log.snapshot.index < self.config.snapshot_entries
+            and self._bytes_since_snapshot < self.config.snapshot_bytes
         ):
             return
         index = self.kv.applied_index
@@ -457,15 +476,23 @@ class RaftNode:
         if term is None:
             return
         meta = SnapshotMeta(index, term, core.voters)
-        data = self.kv.snapshot()
+        # Copy the state now (cheap); encode and write it off the event loop,
+        # so clients are not stalled by a large snapshot.
+        encode = self.kv.snapshot_later()
         self._snapshotting = True
-        self._spawn(self._write_snapshot, meta, data)
+        self._bytes_since_snapshot = 0
+        self._spawn(self._write_snapshot, meta, encode)
 
-    async def _write_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+    async def _write_snapshot(self, meta: SnapshotMeta, encode: Callable[[], bytes]) -> None:
         try:
+            t0 = trio.current_time()
+            data = await self._run_cpu(encode)
             await self._run_disk(self.storage.save_snapshot, meta, data)
             self.stats["snapshots"] += 1
-            log.info("node=%s snapshot index=%d bytes=%d", self.id, meta.index, len(data))
+            self.stats["last_snapshot_bytes"] = len(data)
+            self.stats["last_snapshot_ms"] = round((trio.current_time() - t0) * 1000)
+            log.info("node=%s snapshot index=%d bytes=%d ms=%d", self.id, meta.index,
+                     len(data), self.stats["last_snapshot_ms"])
 
             def compact() -> None:
                 self._c.compact(meta.index)
@@ -528,10 +555,8 @@ class RaftNode:
     # ========================================================== inbound (peers)
     def receive_messages(self, msgs: list[Message]) -> None:
         """Hand peer messages to the driver; dropped (Raft re-sends) if it is swamped."""
-        try:
+        with contextlib.suppress(trio.WouldBlock):
             self._inbox_send.send_nowait(_Incoming(msgs))
-        except trio.WouldBlock:
-            pass
 
     async def receive_snapshot_chunk(
         self, msg: InstallSnapshot, offset: int, data: bytes, done: bool
@@ -622,6 +647,91 @@ class RaftNode:
                 await self._leader_changed.wait()
         return self.leader_id
 
+    # ------------------------------------------------------ forwarding writes
+    async def forward(self, data: bytes, timeout: float | None = None) -> Any:
+        """Relay one write to the leader (batched with concurrent ones); its result.
+
+        Raises NoLeader (not sent, or refused before being appended: safe to
+        retry), ProposalDropped, NoQuorum, or UnknownOutcome.
+        """
+        if self._stopping:
+            raise ShuttingDown("the node is shutting down")
+        f = _Forward(data)
+        try:
+            self._fwd_send.send_nowait(f)
+        except trio.WouldBlock:
+            raise Overloaded("the node's forwarding queue is full") from None
+        with trio.move_on_after(timeout or self.config.request_timeout_s):
+            await f.slot.done.wait()
+        if not f.slot.done.is_set():
+            if not f.sent:
+                f.abandoned = True
+                raise NoLeader("no leader could be reached in time")
+            raise UnknownOutcome("the leader did not answer in time")
+        if f.slot.error is not None:
+            raise f.slot.error
+        return f.slot.value
+
+    async def _forwarder(self) -> None:
+        """Drain forwarded writes into batches, several batches in flight."""
+        assert self._nursery is not None
+        async for first in self._fwd_recv:
+            batch = [first]
+            while len(batch) < FORWARD_BATCH:
+                try:
+                    batch.append(self._fwd_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            batch = [f for f in batch if not f.abandoned]
+            if not batch:
+                continue
+            await self._fwd_inflight.acquire()
+            self._nursery.start_soon(self._forward_batch, batch)
+
+    async def _forward_batch(self, batch: list[_Forward]) -> None:
+        try:
+            leader = self.leader_id
+            if leader is None or leader == self.id:
+                leader = await self.wait_for_leader(self._election_timeout[1] * 2)
+            batch = [f for f in batch if not f.abandoned]
+            if leader == self.id:
+                # We became the leader meanwhile: propose directly.
+                for f in batch:
+                    f.sent = True
+                try:
+                    results = await self.propose([f.data for f in batch])
+                except Exception as exc:  # settle every waiter with the same error
+                    for f in batch:
+                        f.slot.settle(error=exc)
+                    return
+                for f, r in zip(batch, results, strict=True):
+                    f.slot.settle(r)
+                return
+            link = self.links.get(leader) if leader else None
+            if link is None:
+                for f in batch:
+                    f.slot.settle(error=NoLeader("no leader is known"))
+                return
+            for f in batch:
+                f.sent = True
+            try:
+                raw = await link.propose([f.data for f in batch], self.config.request_timeout_s)
+                results = decode_results(raw)
+                if len(results) != len(batch):
+                    raise UnknownOutcome("the leader answered a different number of results")
+            except Exception as exc:
+                for f in batch:
+                    f.slot.settle(error=exc)
+                return
+            for f, r in zip(batch, results, strict=True):
+                f.slot.settle(r)
+        finally:
+            self._fwd_inflight.release()
+
+    async def propose_encoded(self, datas: list[bytes], timeout: float | None = None) -> bytes:
+        """The leader's side of forwarding: propose, answer with encoded results."""
+        return encode_results(await self.propose(datas, timeout))
+
     async def transfer_leadership(self, timeout: float) -> bool:
         """Hand leadership to the most caught-up peer (graceful shutdown)."""
         core = self.core
@@ -630,10 +740,8 @@ class RaftNode:
         target = max(core.progress, key=lambda p: core.progress[p].match_index)
 
         def start() -> None:
-            try:
+            with contextlib.suppress(NotLeader):
                 core.transfer_leadership(target)
-            except NotLeader:
-                pass
 
         await self._inbox_send.send(_Call(start))
         with trio.move_on_after(timeout):

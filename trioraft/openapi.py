@@ -46,7 +46,8 @@ _KEY_PARAM: dict[str, Any] = {
         "A slash may be sent as '/' or '%2F': both mean '/' in the key, so "
         "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b'. A key may not begin "
         "with '/' in the path form (use POST /kv or /txn for such keys); a key "
-        "ending in '/cas' cannot be used with POST /kv/{key}/cas. At most "
+        "ending in '/cas' cannot be used with POST /kv/{key}/cas. The empty key ('PUT /kv/') "
+        "is 400 bad_request. At most "
         f"{kv.MAX_KEY_BYTES} UTF-8 bytes, non-empty."
     ),
     "schema": {"type": "string", "minLength": 1},

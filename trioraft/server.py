@@ -59,30 +59,42 @@ async def serve(
     hconf = hypercorn_config(format_host_port(config.listen_host, config.listen_port))
     stop = trio.Event()
     http_stop = trio.Event()
+    bind_error = ""
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, stop)
             await nursery.start(node.run)
 
-            async def http(
-                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-            ) -> None:
-                await hypercorn.trio.serve(
-                    app, hconf, shutdown_trigger=http_stop.wait, task_status=task_status
-                )
-                stop.set()
+            http_done = trio.Event()
 
-            await nursery.start(http)
-            log.warning("node %s serving on %s (advertised %s)", config.id,
-                        hconf.bind[0], config.advertise_url)
-            task_status.started(node)
-            await stop.wait()
-            node.stop_accepting()
-            await node.transfer_leadership(config.election_timeout_ms[1] / 1000)
-            http_stop.set()
-            with trio.move_on_after(hconf.graceful_timeout + 1):
-                await _wait_http_done(http_stop)
-            nursery.cancel_scope.cancel()
+            async def http(
+                *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+            ) -> None:
+                try:
+                    await hypercorn.trio.serve(
+                        app, hconf, shutdown_trigger=http_stop.wait, task_status=task_status
+                    )
+                finally:
+                    http_done.set()
+                    stop.set()
+
+            try:
+                await nursery.start(http)
+            except* OSError as group:  # e.g. the port is taken: one line, not a traceback
+                bind_error = f"cannot listen on {hconf.bind[0]}: {_leaf(group)}"
+            if bind_error:
+                nursery.cancel_scope.cancel()
+            else:
+                log.warning("node %s serving on %s (advertised %s)", config.id,
+                            hconf.bind[0], config.advertise_url)
+                task_status.started(node)
+                await stop.wait()
+                node.stop_accepting()
+                await node.transfer_leadership(config.election_timeout_ms[1] / 1000)
+                http_stop.set()  # hypercorn stops accepting and drains in-flight requests
+                with trio.move_on_after(hconf.graceful_timeout + 1):
+                    await http_done.wait()
+                nursery.cancel_scope.cancel()
     finally:
         for link in links.values():
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -90,6 +102,15 @@ async def serve(
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             await trio.to_thread.run_sync(storage.close)
         log.warning("node %s stopped", config.id)
+    if bind_error:
+        print(f"trioraft: {bind_error}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _wait_http_done(ev: trio.Event) -> None:

@@ -9,21 +9,24 @@ tests use its `client` (an httpx.AsyncClient) and its node URLs.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 import trio
 
+import trioraft.server
 from trioraft.config import NodeConfig
 from trioraft.node import RaftNode
 from trioraft.server import serve
 
 LEADER_WAIT_S = 10.0
+SETTLE_S = 5.0
 TOKEN = "s3cret-token"
 
 
@@ -56,7 +59,9 @@ def make_configs(
             advertise_url=urls[i],
             peers={j: u for j, u in urls.items() if j != i},
             data_dir=data_root / i,
-            election_timeout_ms=overrides.get("election_timeout_ms", (150, 300)),
+            # All nodes share the test's one event loop, on a machine that may be
+            # busy: a timeout 10x the heartbeat keeps spurious elections rare.
+            election_timeout_ms=overrides.get("election_timeout_ms", (300, 600)),
             heartbeat_ms=overrides.get("heartbeat_ms", 30),
             cluster_token=token,
             fsync=False,
@@ -89,9 +94,9 @@ class Cluster:
     def all_urls(self) -> list[str]:
         return list(self.urls.values())
 
-    async def wait_leader(self, timeout: float = LEADER_WAIT_S) -> RaftNode:
+    async def wait_leader(self) -> RaftNode:
         """Until exactly one node leads and every node knows it (bounded)."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(LEADER_WAIT_S):
             while True:
                 leaders = [n for n in self.nodes if n.is_leader]
                 if len(leaders) == 1 and all(
@@ -100,12 +105,16 @@ class Cluster:
                     return leaders[0]
                 await trio.sleep(0.01)
 
-    async def settle(self, timeout: float = 5.0) -> None:
-        """Until every node has applied everything the leader has committed."""
+    async def settle(self) -> None:
+        """Until every node has committed and applied everything in the leader's log.
+
+        Only meaningful between requests (nothing in flight): then the leader's
+        last index, which includes its no-op, is where everyone ends up.
+        """
         leader = await self.wait_leader()
-        with trio.fail_after(timeout):
+        with trio.fail_after(SETTLE_S):
             while True:
-                target = leader.core.commit_index if leader.core else 0
+                target = leader.core.log.last_index() if leader.core else 0
                 if all(
                     n.core is not None
                     and n.core.commit_index >= target
@@ -147,48 +156,115 @@ class Cluster:
         return out
 
 
-def quote_key(key: str) -> str:
-    """Percent-encode a key for a /kv/{key} path, slashes included."""
-    from urllib.parse import quote
+def assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """No node's data or log changed between two `Cluster.state()` snapshots.
 
-    return quote(key, safe="")
+    One allowance: if a (load-induced) election happened meanwhile, each new
+    term may add the new leader's no-op entry, and nothing else.
+    """
+    assert before.keys() == after.keys()
+    for node_id, b in before.items():
+        a = after[node_id]
+        assert a["items"] == b["items"], node_id
+        elections = a["term"] - b["term"]
+        if elections == 0:
+            assert a == b, node_id
+        else:
+            grown = a["last_log_index"] - b["last_log_index"]
+            assert 0 <= grown <= elections, (node_id, b, a)
+
+
+def quote_key(key: str) -> str:
+    """Percent-encode a key for a /kv/{key} path, slashes and dots included.
+
+    Dots too: clients (httpx, browsers) remove "." and ".." path segments
+    before sending, so a key ".." must travel as "%2E%2E".
+    """
+    return quote(key, safe="").replace(".", "%2E")
 
 
 @pytest.fixture
-def data_root(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "data"
+def data_root(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+class AppCapture:
+    """Wraps `trioraft.server.create_app` to keep each node's app.
+
+    `serve` closes the app's forwarding connections only in the app's
+    after_serving hook, which runs on a graceful (signal) shutdown; a test
+    cancels `serve` instead, so the fixture runs those hooks itself. (See
+    test_serve_cancelled_from_outside_closes_forwarding_connections.)
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.apps: list[Any] = []
+        real = trioraft.server.create_app
+
+        def capture(node: RaftNode) -> Any:
+            app = real(node)
+            self.apps.append(app)
+            return app
+
+        monkeypatch.setattr(trioraft.server, "create_app", capture)
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            for app in self.apps:
+                for fn in app.after_serving_funcs:
+                    await fn()
 
 
 @asynccontextmanager
-async def start_cluster(configs: list[NodeConfig]) -> AsyncIterator[Cluster]:
-    async with trio.open_nursery() as nursery:
-        nodes: list[RaftNode] = []
-        for cfg in configs:
-            nodes.append(await nursery.start(serve, cfg))
-        async with httpx.AsyncClient(timeout=15.0) as client:
-            cluster = Cluster(nodes, client, {c.id: c.advertise_url for c in configs})
-            await cluster.wait_leader()
-            await cluster.settle()
-            yield cluster
-        nursery.cancel_scope.cancel()
+async def start_cluster(
+    configs: list[NodeConfig], capture: AppCapture | None = None, *, wait: bool = True
+) -> AsyncIterator[Cluster]:
+    try:
+        async with trio.open_nursery() as nursery:
+            nodes: list[RaftNode] = []
+            for cfg in configs:
+                nodes.append(await nursery.start(serve, cfg))
+            async with httpx.AsyncClient(timeout=15.0) as client:
+                cluster = Cluster(nodes, client, {c.id: c.advertise_url for c in configs})
+                if wait:
+                    await cluster.wait_leader()
+                    await cluster.settle()
+                yield cluster
+            nursery.cancel_scope.cancel()
+    finally:
+        if capture is not None:
+            await capture.close()
 
 
 @pytest.fixture
-async def single(data_root: Path) -> AsyncIterator[Cluster]:
+def capture(monkeypatch: pytest.MonkeyPatch) -> AppCapture:
+    return AppCapture(monkeypatch)
+
+
+@pytest.fixture
+async def single(data_root: Path, capture: AppCapture) -> AsyncIterator[Cluster]:
     """A one-node cluster, leader elected."""
-    async with start_cluster(make_configs(1, data_root)) as cluster:
+    async with start_cluster(make_configs(1, data_root), capture) as cluster:
         yield cluster
 
 
 @pytest.fixture
-async def trio3(data_root: Path) -> AsyncIterator[Cluster]:
+async def trio3(data_root: Path, capture: AppCapture) -> AsyncIterator[Cluster]:
     """A three-node cluster, leader elected and known to every node."""
-    async with start_cluster(make_configs(3, data_root)) as cluster:
+    async with start_cluster(make_configs(3, data_root), capture) as cluster:
         yield cluster
 
 
 @pytest.fixture
-async def secured(data_root: Path) -> AsyncIterator[Cluster]:
+async def secured(data_root: Path, capture: AppCapture) -> AsyncIterator[Cluster]:
     """A one-node cluster with a cluster token on /raft/*."""
-    async with start_cluster(make_configs(1, data_root, token=TOKEN)) as cluster:
+    async with start_cluster(make_configs(1, data_root, token=TOKEN), capture) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def leaderless(data_root: Path, capture: AppCapture) -> AsyncIterator[Cluster]:
+    """One node of a three-node cluster whose peers never start: no leader, ever."""
+    configs = make_configs(3, data_root)
+    async with start_cluster(configs[:1], capture, wait=False) as cluster:
         yield cluster

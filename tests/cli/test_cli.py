@@ -304,7 +304,7 @@ def test_python_dash_m_works():
 
 @pytest.fixture
 def fake_node_module(monkeypatch):
-    """Stand in for trioraft.node (the lead's module): record the config served."""
+    """Stand in for trioraft.server: record the config served."""
     import logging
     import types
 
@@ -315,10 +315,10 @@ def fake_node_module(monkeypatch):
     async def serve(config: Any) -> None:
         served.append(config)
 
-    module = types.ModuleType("trioraft.node")
+    module = types.ModuleType("trioraft.server")
     module.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "trioraft.node", module)
-    monkeypatch.setattr(trioraft, "node", module, raising=False)
+    monkeypatch.setitem(sys.modules, "trioraft.server", module)
+    monkeypatch.setattr(trioraft, "server", module, raising=False)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield served

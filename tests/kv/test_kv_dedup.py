@@ -10,6 +10,7 @@ from trioraft.kv import (
     CasResult,
     Delete,
     ExpiredRequest,
+    InvalidResult,
     KVStateMachine,
     Put,
     PutResult,
@@ -28,6 +29,15 @@ def test_the_documented_memory_bound_matches_the_limits():
 
     bound = f"{DEDUP_CLIENTS:,} x {DEDUP_WINDOW} = {DEDUP_CLIENTS * DEDUP_WINDOW:,} results"
     assert bound in (_limits.__doc__ or "")
+
+
+def test_reusing_a_request_id_for_a_different_put_is_refused_and_changes_nothing():
+    m = KVStateMachine()
+    run(m, Put("acct", "100", request_id="c:1"))
+    reused = run(m, Put("acct", "999", request_id="c:1"))
+    assert isinstance(reused, InvalidResult)
+    assert "already used" in reused.reason
+    assert m.get("acct") == "100"
 
 
 def test_a_retried_put_answers_with_its_first_index_without_storing_the_value():

@@ -168,3 +168,37 @@ async def test_overwritten_uncommitted_entry_raises_proposal_dropped(
         assert trio.current_time() - start < 5.0
         await cluster.wait_converged()
         assert all(n.kv.get("k") == "won" for n in cluster.running())
+
+
+async def test_followers_relay_concurrent_writes_to_the_leader_in_batches(
+    autojump_clock: trio.testing.MockClock,
+):
+    async with open_cluster(3, seed=14) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = cluster.followers()[0]
+        batches_before = leader.stats["batches"]
+        results: list[object] = []
+
+        async def write(i: int) -> None:
+            results.append(await follower.forward(encode_command(Put(f"f{i}", str(i)))))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(write, i)
+        assert len(results) == 50
+        assert all(r.index > 0 for r in results)  # type: ignore[attr-defined]
+        # 50 writes reached the leader in far fewer proposals than 50.
+        assert leader.stats["batches"] - batches_before < 10
+        await cluster.wait_converged()
+        assert follower.kv.get("f49") == "49"
+
+
+async def test_a_follower_without_a_reachable_leader_refuses_to_relay(
+    autojump_clock: trio.testing.MockClock,
+):
+    async with open_cluster(3, seed=15, request_timeout_s=2.0) as cluster:
+        await cluster.wait_for_leader()
+        follower = cluster.followers()[0]
+        cluster.network.isolate(follower.id)
+        with pytest.raises((NoLeader, UnknownOutcome)):
+            await follower.forward(encode_command(Put("x", "1")))

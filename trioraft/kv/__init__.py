@@ -45,6 +45,8 @@ from ._results import (
     PutResult,
     Result,
     TxnResult,
+    decode_results,
+    encode_results,
     result_to_json,
 )
 
@@ -79,7 +81,9 @@ __all__ = [
     "Txn",
     "TxnResult",
     "decode_command",
+    "decode_results",
     "encode_command",
+    "encode_results",
     "parse_request_id",
     "result_to_json",
     "validate_command",

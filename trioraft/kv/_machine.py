@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, insort
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 
 import msgspec
@@ -59,6 +59,11 @@ class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+
+def _fingerprint(value: str) -> str:
+    """A short, deterministic stand-in for a value in the exactly-once table."""
+    return "#" + hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
 
 
 def _utf8_len(text: str) -> int:
@@ -162,14 +167,25 @@ class KVStateMachine:
             if earlier is not None:
                 # A retry (or too old to tell): do not apply again. A Put's
                 # result is stored without its value (the retry carries it).
-                if isinstance(earlier, PutResult) and isinstance(command, Put):
-                    return PutResult(command.key, command.value, earlier.index)
+                if isinstance(earlier, PutResult):
+                    if (
+                        isinstance(command, Put) and command.key == earlier.key
+                        and _fingerprint(command.value) == earlier.value
+                    ):
+                        return PutResult(command.key, command.value, earlier.index)
+                    return InvalidResult(
+                        f"Idempotency-Key {command.request_id!r} was already used for a "
+                        "different request; use a new key for a new write"
+                    )
                 return earlier
         result = self._execute(index, command)
         if request is not None:
             stored = result
             if isinstance(result, PutResult):
-                stored = PutResult(result.key, "", result.index)  # keep the table small
+                # Keep the table small: the retry carries the value again, so a
+                # fingerprint is enough to recognise it (and to refuse a reused
+                # key carrying a different value).
+                stored = PutResult(result.key, _fingerprint(result.value), result.index)
             self._dedup.record(request[0], request[1], index, stored)
         return result
 
@@ -263,14 +279,29 @@ class KVStateMachine:
 
         Canonical: equal states give equal bytes.
         """
-        return _snapshot_encoder.encode(
-            _Snapshot(
-                version=_SNAPSHOT_VERSION,
-                applied_index=self._applied_index,
-                data=list(self.items()),
-                clients=self._dedup.to_state(),
+        return self.snapshot_later()()
+
+    def snapshot_later(self) -> Callable[[], bytes]:
+        """Capture the state now (cheap copies); encode it later, e.g. in a thread.
+
+        Lets the node keep applying entries while a large snapshot is encoded.
+        """
+        keys = list(self._keys)
+        data = dict(self._data)
+        clients = self._dedup.to_state()
+        applied = self._applied_index
+
+        def encode() -> bytes:
+            return _snapshot_encoder.encode(
+                _Snapshot(
+                    version=_SNAPSHOT_VERSION,
+                    applied_index=applied,
+                    data=[(k, data[k]) for k in keys],
+                    clients=clients,
+                )
             )
-        )
+
+        return encode
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a `snapshot()`; raises `InvalidSnapshot`.

@@ -37,6 +37,8 @@ __all__ = [
     "PutResult",
     "Result",
     "TxnResult",
+    "decode_results",
+    "encode_results",
     "result_to_json",
 ]
 
@@ -90,6 +92,23 @@ class InvalidResult(msgspec.Struct, frozen=True, array_like=True, tag="invalid")
 Result: TypeAlias = (
     PutResult | DeleteResult | CasResult | GetResult | TxnResult | ExpiredRequest | InvalidResult
 )
+
+
+_results_encoder = msgspec.msgpack.Encoder()
+_results_decoder = msgspec.msgpack.Decoder(list[Result])
+
+
+def encode_results(results: list[Result]) -> bytes:
+    """Results as msgpack (a follower relays them from the leader)."""
+    return _results_encoder.encode(results)
+
+
+def decode_results(data: bytes) -> list[Result]:
+    """Inverse of `encode_results`; raises ValueError on garbage."""
+    try:
+        return list(_results_decoder.decode(data))
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"malformed results: {exc}") from None
 
 
 def result_to_json(result: Result) -> dict[str, Any]:

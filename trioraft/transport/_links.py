@@ -13,11 +13,13 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import msgspec
 import trio
 
 from trioraft.core import InstallSnapshot, Message
+from trioraft.errors import NoLeader, NoQuorum, ProposalDropped, UnknownOutcome
 from trioraft.transport._codec import encode_messages, meta_to_wire
-from trioraft.transport._http_client import HttpPool, RequestError
+from trioraft.transport._http_client import ConnectError, HttpPool, RequestError
 
 __all__ = [
     "SNAPSHOT_HEADER",
@@ -38,6 +40,14 @@ class LinkError(Exception):
 
 class PeerLink(Protocol):
     async def send_messages(self, msgs: list[Message]) -> None: ...
+
+    async def propose(self, datas: list[bytes], timeout: float) -> bytes:
+        """Have this peer (the leader) replicate `datas`; its encoded results.
+
+        Raises NotLeader/NoLeader (nothing was appended: safe to retry),
+        ProposalDropped, NoQuorum, or UnknownOutcome (it may or may not apply).
+        """
+        ...
 
     async def send_snapshot_chunk(
         self, msg: InstallSnapshot, offset: int, data: bytes, done: bool
@@ -78,12 +88,43 @@ class HttpPeerLink:
         )
         await self._post("/raft/snapshot", data, [(SNAPSHOT_HEADER, head)])
 
+    async def propose(self, datas: list[bytes], timeout: float) -> bytes:
+        body = msgspec.msgpack.encode(datas)
+        try:
+            with trio.fail_after(timeout):
+                resp = await self._pool.request("POST", "/raft/propose", body, self._headers)
+        except ConnectError:
+            raise NoLeader("the leader cannot be reached") from None
+        except (RequestError, trio.TooSlowError):
+            raise UnknownOutcome("the leader did not answer in time") from None
+        if resp.status == 200:
+            return resp.body
+        try:
+            code = json.loads(resp.body).get("code", "")
+        except ValueError:
+            code = ""
+        raise _PROPOSE_ERRORS.get(code, UnknownOutcome)(
+            f"forwarded write refused by the leader: HTTP {resp.status} {code}"
+        )
+
     async def aclose(self) -> None:
         await self._pool.aclose()
 
 
+# The leader's answer to a forwarded batch -> the error it stands for.
+_PROPOSE_ERRORS: dict[str, type[Exception]] = {
+    "not_leader": NoLeader,
+    "no_leader": NoLeader,
+    "dropped": ProposalDropped,
+    "no_quorum": NoQuorum,
+    "unknown_outcome": UnknownOutcome,
+}
+
+
 class MemoryReceiver(Protocol):
     def receive_messages(self, msgs: list[Message]) -> None: ...
+
+    async def propose_encoded(self, datas: list[bytes], timeout: float | None = None) -> bytes: ...
 
     async def receive_snapshot_chunk(
         self, msg: InstallSnapshot, offset: int, data: bytes, done: bool
@@ -155,6 +196,18 @@ class MemoryLink:
             await node.receive_snapshot_chunk(msg, offset, data, done)
 
         await self._net._deliver(self._src, self._dst, go)
+
+    async def propose(self, datas: list[bytes], timeout: float) -> bytes:
+        out: list[bytes] = []
+
+        async def go(node: MemoryReceiver) -> None:
+            out.append(await node.propose_encoded(datas, timeout))
+
+        try:
+            await self._net._deliver(self._src, self._dst, go)
+        except LinkError:
+            raise NoLeader(f"{self._dst} cannot be reached") from None
+        return out[0]
 
     async def aclose(self) -> None:
         pass
