@@ -123,7 +123,10 @@ def _string(body: dict[str, Any], name: str, nullable: bool = False) -> str | No
 
 
 def _request_id() -> str | None:
-    rid = request.headers.get("Idempotency-Key")
+    return _check_request_id(request.headers.get("Idempotency-Key"))
+
+
+def _check_request_id(rid: str | None) -> str | None:
     if rid is None:
         return None
     try:
@@ -131,6 +134,55 @@ def _request_id() -> str | None:
     except kv.InvalidCommand as exc:
         raise ApiError(400, "bad_request", f"Idempotency-Key: {exc}") from None
     return rid
+
+
+# ------------------------------------------------------ the operations themselves
+# Shared by the Quart routes and the ASGI fast path: plain inputs in,
+# (status, JSON body) out, runtime errors raised for _map_error.
+
+
+def result_reply(result: kv.Result) -> tuple[int, dict[str, Any]]:
+    body = kv.result_to_json(result)
+    match result:
+        case kv.CasResult(ok=False):
+            return 409, {**body, "error": "compare-and-set precondition false",
+                         "code": "cas_failed"}
+        case kv.ExpiredRequest():
+            return 504, {**body, "code": "unknown_outcome"}
+        case kv.InvalidResult():
+            return 400, body
+    return 200, body
+
+
+async def write_op(node: RaftNode, cmd: kv.Command) -> tuple[int, dict[str, Any]]:
+    """Replicate a write: propose it here if we lead, else relay it to the leader."""
+    data = kv.encode_command(cmd)  # validates: TooLarge -> 413, InvalidCommand -> 400
+    if not node.is_leader:
+        # Relayed to the leader in a batch with other writes arriving here.
+        return result_reply(await node.forward(data))
+    try:
+        (result,) = await node.propose([data])
+    except NotLeader:
+        # Not appended, so it is safe to hand it to whoever leads now.
+        return result_reply(await node.forward(data))
+    return result_reply(result)
+
+
+async def read_barrier(node: RaftNode, consistency: str) -> None:
+    if consistency == "stale":
+        return
+    if consistency != "linearizable":
+        raise ApiError(400, "bad_request", "consistency must be 'linearizable' or 'stale'")
+    await node.read_barrier()
+
+
+async def get_op(node: RaftNode, key: str, consistency: str) -> tuple[int, dict[str, Any]]:
+    _check_key(key)
+    await read_barrier(node, consistency)
+    value = node.kv.get(key)
+    if value is None:
+        raise ApiError(404, "not_found", f"key {key!r} not found", key=key)
+    return 200, {"key": key, "value": value}
 
 
 def _raw_target() -> str:
@@ -208,30 +260,11 @@ def create_app(node: RaftNode) -> QuartTrio:
         return request.args.get("redirect") == "true" and not node.is_leader
 
     async def _write(cmd: kv.Command) -> Response:
-        data = kv.encode_command(cmd)  # validates: TooLarge -> 413, InvalidCommand -> 400
-        if not node.is_leader:
-            if _wants_redirect():
-                return await _redirect()
-            # Relayed to the leader in a batch with other writes arriving here.
-            return _result_response(await node.forward(data))
-        try:
-            (result,) = await node.propose([data])
-        except NotLeader:
-            # Not appended, so it is safe to hand it to whoever leads now.
-            return _result_response(await node.forward(data))
-        return _result_response(result)
-
-    def _result_response(result: kv.Result) -> Response:
-        body = kv.result_to_json(result)
-        match result:
-            case kv.CasResult(ok=False):
-                return _json({**body, "error": "compare-and-set precondition false",
-                              "code": "cas_failed"}, 409)
-            case kv.ExpiredRequest():
-                return _json({**body, "code": "unknown_outcome"}, 504)
-            case kv.InvalidResult():
-                return _json(body, 400)
-        return _json(body)
+        if _wants_redirect():
+            kv.encode_command(cmd)  # a bad request is refused here, not redirected
+            return await _redirect()
+        status, body = await write_op(node, cmd)
+        return _json(body, status)
 
     @app.route("/kv/<path:key>", methods=["PUT"])
     async def put_key(key: str) -> Response:
@@ -276,23 +309,15 @@ def create_app(node: RaftNode) -> QuartTrio:
 
     # ------------------------------------------------------------- read path
     async def _barrier() -> None:
-        consistency = request.args.get("consistency", "linearizable")
-        if consistency == "stale":
-            return
-        if consistency != "linearizable":
-            raise ApiError(400, "bad_request", "consistency must be 'linearizable' or 'stale'")
-        await node.read_barrier()
+        await read_barrier(node, request.args.get("consistency", "linearizable"))
 
     @app.route("/kv/<path:key>", methods=["GET"])
     async def get_key(key: str) -> Response:
         _check_key(key)
         if _wants_redirect() and request.args.get("consistency") != "stale":
             return await _redirect()
-        await _barrier()
-        value = node.kv.get(key)
-        if value is None:
-            raise ApiError(404, "not_found", f"key {key!r} not found", key=key)
-        return _json({"key": key, "value": value})
+        status, body = await get_op(node, key, request.args.get("consistency", "linearizable"))
+        return _json(body, status)
 
     @app.route("/kv", methods=["GET"])
     async def range_kv() -> Response:

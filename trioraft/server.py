@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from typing import Any
 
 import hypercorn.trio
 import trio
@@ -20,6 +21,7 @@ from hypercorn.config import Config
 
 from trioraft.api import create_app
 from trioraft.config import NodeConfig, format_host_port
+from trioraft.fastpath import FastPath
 from trioraft.node import RaftNode
 from trioraft.storage import DataDirLocked, StorageCorrupt, open_storage
 from trioraft.transport import HttpPeerLink, PeerLink
@@ -55,7 +57,7 @@ async def serve(
         p: HttpPeerLink(url, config.cluster_token) for p, url in config.peers.items()
     }
     node = RaftNode(config, storage, links)
-    app = create_app(node)
+    app: Any = FastPath(create_app(node), node)  # an ASGI app (hypercorn types it narrowly)
     hconf = hypercorn_config(format_host_port(config.listen_host, config.listen_port))
     stop = trio.Event()
     http_stop = trio.Event()
