@@ -172,13 +172,23 @@ class RaftCore:
     def hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.committed)
 
+    def _hard_state_must_sync(self) -> bool:
+        """Term and vote must be durable before we answer anyone (Figure 2).
+
+        The commit index is only a recovery hint (a restarted node learns it
+        again from the leader), so a change of commit alone never costs an
+        fsync: it rides along with the next write of entries, term or vote.
+        """
+        p = self._persisted_hs
+        return self.term != p.term or self.vote != p.vote
+
     def has_ready(self) -> bool:
         return bool(
             self._msgs
             or self._forwarded_new
             or self._read_states
             or self._pending_snapshot is not None
-            or self.hard_state() != self._persisted_hs
+            or self._hard_state_must_sync()
             or self.log.unstable_from <= self.log.last_index()
             or self.log.committed > self.log.applied
             or (self.role is Role.LEADER and (self._broadcast or self._reads_new))
@@ -786,7 +796,9 @@ class RaftCore:
                 self._send_appends()
         rd = Ready()
         hs = self.hard_state()
-        if hs != self._persisted_hs:
+        if self._hard_state_must_sync() or (
+            hs != self._persisted_hs and self.log.unstable_from <= self.log.last_index()
+        ):
             rd.hard_state = hs
         if self._pending_snapshot is not None:
             rd.snapshot, rd.snapshot_keep_entries = self._pending_snapshot
