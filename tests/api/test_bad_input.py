@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from tests.api.api_helpers import assert_error, assert_ok
 from tests.api.conftest import Cluster, assert_unchanged
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
+
 from tests.api.api_helpers import assert_error, assert_ok
 from tests.api.conftest import Cluster, assert_unchanged, quote_key
 

@@ -4,6 +4,7 @@ POST /kv (course form), CAS, range reads and /txn."""
 from __future__ import annotations
 
 import pytest
+
 from tests.api.api_helpers import assert_error, assert_ok
 from tests.api.conftest import Cluster, quote_key
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.api.api_helpers import assert_ok
 from tests.api.conftest import Cluster, make_configs
-
 from trioraft.api import create_app
 from trioraft.node import RaftNode
 from trioraft.openapi import spec

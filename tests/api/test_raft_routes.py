@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from tests.api.api_helpers import assert_error, assert_no_traceback, assert_ok
 from tests.api.conftest import TOKEN, Cluster, assert_unchanged
-
 from trioraft.transport import SNAPSHOT_HEADER, TOKEN_HEADER
 
 GARBAGE = [b"", b"\x00\xff\xfe garbage \x81", b"{", b"[1, 2, 3]", b'{"term": "x"}', b"null"]
