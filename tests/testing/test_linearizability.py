@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,13 +235,15 @@ def test_timeout_leaves_the_key_undecided():
 
 
 def test_make_history_builds_operations_from_rows():
-    history = make_history([
-        (1, "put", "k", "a", 0.0, 1.0, None),
-        (2, "cas", "k", ("a", "b"), 0.5, None, None),
-        (3, "get", "k", None, 2.0, 3.0, "b"),
-        (3, "delete", "k", None, 4.0, 5.0, True),
-        (4, "put", "k", "z", 6.0, 7.0, None, "fail"),
-    ])
+    history = make_history(
+        [
+            (1, "put", "k", "a", 0.0, 1.0, None),
+            (2, "cas", "k", ("a", "b"), 0.5, None, None),
+            (3, "get", "k", None, 2.0, 3.0, "b"),
+            (3, "delete", "k", None, 4.0, 5.0, True),
+            (4, "put", "k", "z", 6.0, 7.0, None, "fail"),
+        ]
+    )
     assert history[0] == put(1, "k", "a", 0.0, 1.0)
     assert history[1] == cas(2, "k", "a", "b", None, 0.5, None, outcome="unknown")
     assert history[2] == get(3, "k", "b", 2.0, 3.0)
@@ -295,7 +299,7 @@ def test_history_round_trips_through_json_lines(tmp_path: Path):
 
 def test_load_history_names_the_bad_line(tmp_path: Path):
     path = tmp_path / "h.jsonl"
-    path.write_text(json.dumps(put(1, "k", "a", 0.0, 1.0).to_dict()) + "\n\n{\"kind\": 1}\n")
+    path.write_text(json.dumps(put(1, "k", "a", 0.0, 1.0).to_dict()) + '\n\n{"kind": 1}\n')
     with pytest.raises(ValueError, match=r"h\.jsonl:3:"):
         load_history(path)
 
@@ -308,6 +312,77 @@ def test_command_line_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main([str(bad)]) == 1
     assert "key 'k': not linearizable" in capsys.readouterr().out
     assert main([str(tmp_path / "missing.jsonl")]) == 2
+
+
+# -- agreement with brute force on small histories ----------------------------
+
+
+def brute_force_ok(history: list[Operation]) -> bool:
+    """Try every order of the operations that matter: the definition itself."""
+    ops = [op for op in history if op.outcome != "fail"]
+    ops = [op for op in ops if not (op.kind == "get" and op.outcome == "unknown")]
+
+    def ret(op: Operation) -> float:
+        return op.ret if op.outcome == "ok" and op.ret is not None else math.inf
+
+    def run(order: tuple[Operation, ...]) -> bool:
+        value: str | None = None
+        for op in order:
+            answered = op.outcome == "ok"
+            if op.kind == "put":
+                value = op.value
+            elif op.kind == "get" and value != op.result:
+                return False
+            elif op.kind == "delete":
+                if answered and op.deleted is not None and op.deleted != (value is not None):
+                    return False
+                value = None
+            elif op.kind == "cas":
+                if answered and op.ok is not None and op.ok != (value == op.expected):
+                    return False
+                if value == op.expected:
+                    value = op.value
+        return True
+
+    return any(
+        all(ret(later) >= earlier.call for a, earlier in enumerate(order) for later in order[a:])
+        and run(order)
+        for order in itertools.permutations(ops)
+    )
+
+
+def random_small_history(rng: random.Random) -> list[Operation]:
+    values = ["a", "b", None]
+    ops = []
+    for client in range(rng.randrange(1, 7)):
+        call = float(rng.randrange(10))
+        ret = call + rng.randrange(5)
+        outcome = rng.choices(["ok", "unknown", "fail"], [6, 3, 1])[0]
+        r = None if outcome == "unknown" and rng.random() < 0.5 else ret
+        kind = rng.choice(["put", "get", "delete", "cas"])
+        if kind == "put":
+            ops.append(put(client, "k", rng.choice(["a", "b", "c"]), call, r, outcome))
+        elif kind == "get":
+            ops.append(get(client, "k", rng.choice(values), call, r, outcome))
+        elif kind == "delete":
+            ops.append(delete(client, "k", rng.choice([True, False, None]), call, r, outcome))
+        else:
+            answer = rng.choice([True, False, None])
+            ops.append(
+                cas(client, "k", rng.choice(values), rng.choice(values), answer, call, r, outcome)
+            )
+    return ops
+
+
+def test_agrees_with_brute_force_on_random_small_histories():
+    rng = random.Random(1234)
+    verdicts = set()
+    for _ in range(1500):
+        history = random_small_history(rng)
+        expected = brute_force_ok(history)
+        assert check(history).ok is expected, format_history(history)
+        verdicts.add(expected)
+    assert verdicts == {True, False}
 
 
 # -- generated histories -------------------------------------------------------
@@ -397,7 +472,8 @@ def stale_reads(history: list[Operation]) -> Iterator[tuple[int, str]]:
         for writer in ops:
             if writer.kind != "put" or writer.outcome != "ok" or writer.value == read.result:
                 continue
-            assert writer.ret is not None and writer.value is not None
+            assert writer.ret is not None
+            assert writer.value is not None
             if any(
                 overwrites(w) and w.call > writer.ret and w.ret is not None and w.ret < read.call
                 for w in ops

@@ -51,10 +51,15 @@ The algorithm
 Wing & Gong's search with Lowe's memoization, as in Porcupine: the history is
 split per key, and for each key a depth-first search linearizes operations one
 at a time from a linked list of call/return events, backtracking when a return
-is reached, and never revisiting a (set of linearized operations, value) pair.
-Tens of thousands of operations over a few dozen keys check in seconds. The
-search is exponential in the worst case (many concurrent or unknown operations
-on one key); give ``timeout`` to bound it, per key.
+is reached, and never revisiting a (set of linearized operations, value) pair
+known to fail. On top of that: reads that fit are linearized without
+branching, unobservable values and unknown-outcome operations are folded in
+the memo, and restarts alternate two search orders (see ``_KeySearch``).
+Twenty thousand operations over twenty keys check in well under a second; a
+single key with twenty concurrent clients takes seconds per few thousand
+operations. The problem is NP-complete, so the search is exponential in the
+worst case (many concurrent or unknown operations on one key); give
+``timeout`` to bound it, per key.
 
 When a key is not linearizable, the explanation shows the longest linearizable
 prefix the search found (its length, the value after it and its last few
@@ -85,8 +90,8 @@ from typing import Any, Final, Literal, TypeAlias
 __all__ = [
     "CheckResult",
     "Client",
-    "Kind",
     "KeyVerdict",
+    "Kind",
     "Operation",
     "Outcome",
     "check",
@@ -105,9 +110,18 @@ Client: TypeAlias = str | int
 _KINDS: Final = ("put", "get", "delete", "cas")
 _OUTCOMES: Final = ("ok", "fail", "unknown")
 _FIELDS: Final = (
-    "client", "kind", "key", "value", "expected", "call", "ret", "outcome", "result", "ok",
+    "client",
+    "kind",
+    "key",
+    "value",
+    "expected",
+    "call",
+    "ret",
+    "outcome",
+    "result",
+    "ok",
     "deleted",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,38 +178,67 @@ class Operation:
 
     @classmethod
     def put(
-        cls, client: Client, key: str, value: str, call: float, ret: float | None,
+        cls,
+        client: Client,
+        key: str,
+        value: str,
+        call: float,
+        ret: float | None,
         outcome: Outcome = "ok",
-    ) -> Operation:  # fmt: skip
+    ) -> Operation:
         """A put of ``value``."""
         return cls(client, "put", key, value=value, call=call, ret=ret, outcome=outcome)
 
     @classmethod
     def get(
-        cls, client: Client, key: str, result: str | None, call: float, ret: float | None,
+        cls,
+        client: Client,
+        key: str,
+        result: str | None,
+        call: float,
+        ret: float | None,
         outcome: Outcome = "ok",
-    ) -> Operation:  # fmt: skip
+    ) -> Operation:
         """A get that read ``result`` (``None``: absent)."""
         return cls(client, "get", key, result=result, call=call, ret=ret, outcome=outcome)
 
     @classmethod
     def delete(
-        cls, client: Client, key: str, deleted: bool | None, call: float, ret: float | None,
+        cls,
+        client: Client,
+        key: str,
+        deleted: bool | None,
+        call: float,
+        ret: float | None,
         outcome: Outcome = "ok",
-    ) -> Operation:  # fmt: skip
+    ) -> Operation:
         """A delete that answered ``deleted`` (``None``: not recorded)."""
         return cls(client, "delete", key, deleted=deleted, call=call, ret=ret, outcome=outcome)
 
     @classmethod
     def cas(
-        cls, client: Client, key: str, expected: str | None, value: str | None,
-        ok: bool | None, call: float, ret: float | None, outcome: Outcome = "ok",
-    ) -> Operation:  # fmt: skip
+        cls,
+        client: Client,
+        key: str,
+        expected: str | None,
+        value: str | None,
+        ok: bool | None,
+        call: float,
+        ret: float | None,
+        outcome: Outcome = "ok",
+    ) -> Operation:
         """A compare-and-set from ``expected`` to ``value`` that answered ``ok``."""
         return cls(
-            client, "cas", key, value=value, expected=expected, call=call, ret=ret,
-            outcome=outcome, ok=ok,
-        )  # fmt: skip
+            client,
+            "cas",
+            key,
+            value=value,
+            expected=expected,
+            call=call,
+            ret=ret,
+            outcome=outcome,
+            ok=ok,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: every field that is not ``None``."""
@@ -220,11 +263,18 @@ class Operation:
             if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
                 raise TypeError(f"times must be numbers, not {t!r}")
         return cls(
-            client=data["client"], kind=data["kind"], key=data["key"],
-            value=data.get("value"), expected=data.get("expected"), call=float(call),
-            ret=None if ret is None else float(ret), outcome=data.get("outcome", "ok"),
-            result=data.get("result"), ok=data.get("ok"), deleted=data.get("deleted"),
-        )  # fmt: skip
+            client=data["client"],
+            kind=data["kind"],
+            key=data["key"],
+            value=data.get("value"),
+            expected=data.get("expected"),
+            call=float(call),
+            ret=None if ret is None else float(ret),
+            outcome=data.get("outcome", "ok"),
+            result=data.get("result"),
+            ok=data.get("ok"),
+            deleted=data.get("deleted"),
+        )
 
 
 def make_history(rows: Iterable[Sequence[Any]]) -> list[Operation]:
@@ -246,7 +296,7 @@ def make_history(rows: Iterable[Sequence[Any]]) -> list[Operation]:
         if len(row) not in (7, 8):
             raise ValueError(f"expected 7 or 8 fields, got {row!r}")
         client, kind, key, args, call, ret, result = row[:7]
-        outcome = row[7] if len(row) == 8 else ("unknown" if ret is None else "ok")
+        outcome: Outcome = row[7] if len(row) == 8 else ("unknown" if ret is None else "ok")
         if kind == "put":
             op = Operation.put(client, key, args, call, ret, outcome)
         elif kind == "get":
@@ -385,7 +435,21 @@ class _Invalid:
 _INVALID: Final = _Invalid()
 
 
-def _step(op: Operation, state: str | None) -> str | None | _Invalid:
+class _Dead:
+    pass
+
+
+_DEAD: Final = _Dead()
+
+
+class _OverBudget:
+    pass
+
+
+_OVER_BUDGET: Final = _OverBudget()
+
+
+def _step(op: Operation, state: str | None) -> str | _Invalid | None:
     """The value after ``op`` runs on ``state``, or ``_INVALID`` if its answer is impossible."""
     kind = op.kind
     known = op.outcome == "ok"
@@ -410,6 +474,7 @@ def _relevant(op: Operation) -> bool:
 
 
 _Frame: TypeAlias = tuple[list[int], int, str | None, int, int, bool]
+_MemoKey: TypeAlias = tuple[int, "str | _Dead | None"]
 
 
 def _is_observer(op: Operation) -> bool:
@@ -423,132 +488,232 @@ def _is_observer(op: Operation) -> bool:
     return op.kind == "cas" and (op.ok is False or (op.ok is True and op.expected == op.value))
 
 
-def _check_key(key: str, ops: list[Operation], timeout: float | None) -> KeyVerdict:
+def _is_constrained(op: Operation) -> bool:
+    """Whether ``op`` changes the value only from some values (a cas or delete that answered)."""
+    if op.outcome != "ok":
+        return False
+    return (op.kind == "cas" and op.ok is not None) or (
+        op.kind == "delete" and op.deleted is not None
+    )
+
+
+class _KeySearch:
     """Wing & Gong / Lowe search on the operations of one key, sorted by call time.
 
-    Two refinements over Porcupine's plain list-order search, both sound and
-    complete: an observer (a get, a refused cas...) whose answer matches the
-    value now is linearized at once without trying alternatives (in any
-    linearization from here it could move to the front), and the other
-    candidates are tried earliest return first (unknown outcomes last).
+    The operations live in a doubly linked list of call and return entries;
+    the candidates to linearize next are the calls before the first return.
+    Refinements over Porcupine's search, all sound and complete:
+
+    - An observer (get, refused cas, ...) whose answer fits the value now is
+      linearized at once, without trying alternatives: in any linearization
+      from here it could move to the front.
+    - The memo holds configurations (linearized set, value) known to fail. A
+      value that no operation left reads or expects is equivalent to any other
+      such ("dead"). Operations of unknown outcome (no return, answer free)
+      can always go last, so a failed configuration also fails with more of
+      them linearized: the memo maps (other operations, value) to their sets.
+    - Search order is a heuristic: restarts alternate two orders (constrained
+      writes first, then by call or by return time) with growing budgets of
+      failures, keeping the memo, which avoids most heavy-tailed runs.
     """
+
+    def __init__(self, ops: list[Operation], deadline: float | None) -> None:
+        self.ops = ops
+        self.deadline = deadline
+        n = self.n = len(ops)
+        # Events: (time, 0 = call / 1 = return, op). Calls sort before returns
+        # at equal times, so touching operations count as concurrent.
+        events = [(op.call, 0, i) for i, op in enumerate(ops)]
+        events += [
+            (op.ret if op.outcome == "ok" and op.ret is not None else math.inf, 1, i)
+            for i, op in enumerate(ops)
+        ]
+        events.sort()
+        # Entries 1..2n, with sentinels head = 0 and tail = 2n + 1.
+        self.tail = 2 * n + 1
+        self.nxt = [*range(1, 2 * n + 2), -1]
+        self.prv = [-1, *range(0, 2 * n + 1)]
+        self.entry_op = [-1] * (2 * n + 2)
+        self.is_call = [False] * (2 * n + 2)
+        self.match = [-1] * (2 * n + 2)  # call entry -> its return entry
+        call_entry = [-1] * n
+        for e, (_, kind, i) in enumerate(events, start=1):
+            self.entry_op[e] = i
+            if kind == 0:
+                self.is_call[e] = True
+                call_entry[i] = e
+            else:
+                self.match[call_entry[i]] = e
+        self.observer = [_is_observer(op) for op in ops]
+        # Two candidate orders, as sort keys per call entry.
+        big = 4 * n + 4
+        self.orders: list[list[int]] = [[0] * (2 * n + 2), [0] * (2 * n + 2)]
+        for i, op in enumerate(ops):
+            e = call_entry[i]
+            late = 0 if _is_constrained(op) else big
+            self.orders[0][e] = late + e
+            self.orders[1][e] = late + self.match[e]
+        self.floating = 0
+        self.mentions: dict[str, int] = {}
+        for i, op in enumerate(ops):
+            if op.outcome != "ok":
+                self.floating |= 1 << i
+            seen = op.result if op.kind == "get" else op.expected if op.kind == "cas" else None
+            if seen is not None:
+                self.mentions[seen] = self.mentions.get(seen, 0) | 1 << i
+        self.fixed = (1 << n) - 1 & ~self.floating
+        self.memo: dict[_MemoKey, list[int]] = {}
+        self.best_depth = 0
+        self.best_lin = 0
+        self.best_state: str | None = None
+        self.best_recent: tuple[Operation, ...] = ()
+
+    def _key(self, lin: int, value: str | None) -> _MemoKey:
+        if value is not None:
+            m = self.mentions.get(value, 0)
+            if m & lin == m:
+                return lin & self.fixed, _DEAD
+        return lin & self.fixed, value
+
+    def _failed(self, lin: int, value: str | None) -> bool:
+        subsets = self.memo.get(self._key(lin, value))
+        if subsets is None:
+            return False
+        f = lin & self.floating
+        return any(u & f == u for u in subsets)
+
+    def run(self) -> bool | None:
+        """True: linearizable; False: not; None: out of time."""
+        budget = 1000
+        while True:
+            for order in self.orders:
+                verdict = self._dfs(order, budget)
+                if verdict is not _OVER_BUDGET:
+                    assert not isinstance(verdict, _OverBudget)
+                    return verdict
+            budget *= 4
+
+    def _dfs(self, order: list[int], budget: int) -> bool | _OverBudget | None:
+        ops, nxt, prv, match = self.ops, self.nxt, self.prv, self.match
+        entry_op, is_call, observer = self.entry_op, self.is_call, self.observer
+        head, tail, deadline = 0, self.tail, self.deadline
+        linearized = 0  # bitset of linearized operations
+        state: str | None = None
+        # One frame per linearized operation: (the candidates to try there,
+        # index of the next, state before, bitset before, call entry, forced).
+        frames: list[_Frame] = []
+        cands: list[int] = []
+        idx = 0
+        fresh = True
+        countdown = 256
+        verdict: bool | _OverBudget | None = True
+        while nxt[head] != tail:
+            countdown -= 1
+            if countdown == 0:
+                countdown = 256
+                if deadline is not None and time.monotonic() > deadline:
+                    verdict = None
+                    break
+            chosen, new_state, forced = -1, state, False
+            if fresh:
+                fresh = False
+                cands = []
+                e = nxt[head]
+                while is_call[e]:  # the candidates: calls before the first return
+                    i = entry_op[e]
+                    if observer[i]:
+                        if chosen < 0 and _step(ops[i], state) is not _INVALID:
+                            chosen, forced = e, True
+                    else:
+                        cands.append(e)
+                    e = nxt[e]
+                cands.sort(key=order.__getitem__)
+                idx = 0
+                if forced and self._failed(linearized | 1 << entry_op[chosen], state):
+                    chosen = -2
+            if chosen == -1:
+                while idx < len(cands):
+                    e = cands[idx]
+                    idx += 1
+                    i = entry_op[e]
+                    after = _step(ops[i], state)
+                    if isinstance(after, _Invalid) or self._failed(linearized | 1 << i, after):
+                        continue
+                    chosen, new_state = e, after
+                    break
+            if chosen >= 0:
+                frames.append((cands, idx, state, linearized, chosen, forced))
+                state, linearized = new_state, linearized | 1 << entry_op[chosen]
+                r = match[chosen]  # lift the call and its return out of the list
+                nxt[prv[chosen]] = nxt[chosen]
+                prv[nxt[chosen]] = prv[chosen]
+                nxt[prv[r]] = nxt[r]
+                prv[nxt[r]] = prv[r]
+                fresh = True
+                if len(frames) > self.best_depth:
+                    self.best_depth, self.best_lin, self.best_state = (
+                        len(frames),
+                        linearized,
+                        state,
+                    )
+                    self.best_recent = tuple(ops[entry_op[f[4]]] for f in frames[-5:])
+                continue
+            # Nothing (more) to try here: this configuration fails. Backtrack,
+            # past forced choices.
+            budget -= 1
+            if budget < 0:
+                verdict = _OVER_BUDGET
+                break
+            resumed = False
+            while frames:
+                self.memo.setdefault(self._key(linearized, state), []).append(
+                    linearized & self.floating
+                )
+                cands, idx, state, linearized, e, forced = frames.pop()
+                self._unlift(e)
+                if not forced:
+                    resumed = True
+                    break
+            if not resumed:
+                verdict = False
+                break
+        while frames:  # restore the list for another run
+            self._unlift(frames.pop()[4])
+        return verdict
+
+    def _unlift(self, e: int) -> None:
+        nxt, prv, r = self.nxt, self.prv, self.match[e]
+        prv[nxt[r]] = r
+        nxt[prv[r]] = r
+        prv[nxt[e]] = e
+        nxt[prv[e]] = e
+
+
+def _check_key(key: str, ops: list[Operation], timeout: float | None) -> KeyVerdict:
     started = time.monotonic()
-    deadline = None if timeout is None else started + timeout
-    n = len(ops)
-    # Events: (time, 0 = call / 1 = return, op). Calls sort before returns at
-    # equal times, so touching operations count as concurrent.
-    events = [(op.call, 0, i) for i, op in enumerate(ops)]
-    events += [
-        (op.ret if op.outcome == "ok" and op.ret is not None else math.inf, 1, i)
-        for i, op in enumerate(ops)
-    ]
-    events.sort()
-    # Doubly linked list over entries 1..2n, with sentinels head=0 and tail=2n+1.
-    head, tail = 0, 2 * n + 1
-    nxt = [*range(1, 2 * n + 2), -1]
-    prv = [-1, *range(0, 2 * n + 1)]
-    entry_op = [-1] * (2 * n + 2)
-    is_call = [False] * (2 * n + 2)
-    match = [-1] * (2 * n + 2)  # call entry -> its return entry (ordered by return time)
-    call_entry = [-1] * n
-    for e, (_, kind, i) in enumerate(events, start=1):
-        entry_op[e] = i
-        if kind == 0:
-            is_call[e] = True
-            call_entry[i] = e
-        else:
-            match[call_entry[i]] = e
-    observer = [_is_observer(op) for op in ops]
-
-    linearized = 0  # bitset of linearized operations
-    state: str | None = None
-    # One frame per linearized operation: (the candidates left to try there,
-    # index of the next, state before, bitset before, its call entry, forced).
-    frames: list[_Frame] = []
-    seen: set[tuple[int, str | None]] = set()
-    best_depth, best_lin, best_state = 0, 0, state
-    best_recent: tuple[Operation, ...] = ()
-    cands: list[int] = []
-    idx = 0
-    fresh = True
-    countdown = 1024
-    outcome: bool | None = True
-    while nxt[head] != tail:
-        countdown -= 1
-        if countdown == 0:
-            countdown = 1024
-            if deadline is not None and time.monotonic() > deadline:
-                outcome = None
-                break
-        chosen, new_state, forced = -1, state, False
-        if fresh:
-            fresh = False
-            cands = []
-            e = nxt[head]
-            while is_call[e]:  # the candidates: calls before the first return
-                i = entry_op[e]
-                if observer[i]:
-                    if chosen < 0 and _step(ops[i], state) is not _INVALID:
-                        chosen, forced = e, True
-                else:
-                    cands.append(e)
-                e = nxt[e]
-            cands.sort(key=match.__getitem__)
-            idx = 0
-            if forced and (linearized | 1 << entry_op[chosen], state) in seen:
-                chosen = -2  # explored before, and failed
-        if chosen == -1:
-            while idx < len(cands):
-                e = cands[idx]
-                idx += 1
-                i = entry_op[e]
-                after = _step(ops[i], state)
-                if isinstance(after, _Invalid) or (linearized | 1 << i, after) in seen:
-                    continue
-                chosen, new_state = e, after
-                break
-        if chosen >= 0:
-            frames.append((cands, idx, state, linearized, chosen, forced))
-            state, linearized = new_state, linearized | 1 << entry_op[chosen]
-            seen.add((linearized, state))
-            r = match[chosen]  # lift the call and its return out of the list
-            nxt[prv[chosen]] = nxt[chosen]
-            prv[nxt[chosen]] = prv[chosen]
-            nxt[prv[r]] = nxt[r]
-            prv[nxt[r]] = prv[r]
-            fresh = True
-            if len(frames) > best_depth:
-                best_depth, best_lin, best_state = len(frames), linearized, state
-                best_recent = tuple(ops[entry_op[f[4]]] for f in frames[-5:])
-            continue
-        # Nothing (more) to try here: backtrack, past forced choices.
-        resumed = False
-        while frames:
-            cands, idx, state, linearized, e, forced = frames.pop()
-            r = match[e]  # unlift, in the reverse order of the lift
-            prv[nxt[r]] = r
-            nxt[prv[r]] = r
-            prv[nxt[e]] = e
-            nxt[prv[e]] = e
-            if not forced:
-                resumed = True
-                break
-        if not resumed:
-            outcome = False
-            break
-
+    search = _KeySearch(ops, None if timeout is None else started + timeout)
+    verdict = search.run()
     elapsed = time.monotonic() - started
-    if outcome is True:
-        return KeyVerdict(key, True, n, n, state, elapsed=elapsed)
+    n = len(ops)
+    if verdict is True:
+        return KeyVerdict(key, True, n, n, None, elapsed=elapsed)
     # The pending operations after the longest prefix: those not linearized
     # that were called before the earliest return among them.
-    rest = [op for i, op in enumerate(ops) if not best_lin >> i & 1]
-    first_ret = min(op.ret if op.outcome == "ok" and op.ret is not None else math.inf
-                    for op in rest)  # fmt: skip
+    rest = [op for i, op in enumerate(ops) if not search.best_lin >> i & 1]
+    first_ret = min(
+        op.ret if op.outcome == "ok" and op.ret is not None else math.inf for op in rest
+    )
     pending = tuple(op for op in rest if op.call <= first_ret)
     return KeyVerdict(
-        key, outcome, n, best_depth, best_state, best_recent, pending, elapsed,
-    )  # fmt: skip
+        key,
+        verdict,
+        n,
+        search.best_depth,
+        search.best_state,
+        search.best_recent,
+        pending,
+        elapsed,
+    )
 
 
 def check(history: Iterable[Operation], timeout: float | None = None) -> CheckResult:
@@ -632,8 +797,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = check(history, timeout=args.timeout)
     if args.verbose:
         for key, verdict in result.details.items():
-            print(f"{key!r}: {verdict.ok} ({verdict.operations} operations, "
-                  f"{verdict.elapsed:.2f} s)")  # fmt: skip
+            print(
+                f"{key!r}: {verdict.ok} ({verdict.operations} operations, {verdict.elapsed:.2f} s)"
+            )
     if result.explanation:
         print(result.explanation)
     print(result.summary())
