@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -198,6 +199,25 @@ def _raw_target() -> str:
     return target
 
 
+async def _drain_body(resp: Response) -> None:
+    """Read what is left of the request body before answering.
+
+    hypercorn (0.18) can leave a keep-alive connection stuck when a response
+    goes out while the request body is still unread (an early 401, 404 or
+    307): the next request on it gets no answer. Draining (bounded in time)
+    avoids that; if the body cannot be drained, the connection is closed.
+    """
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+        return
+    try:
+        with trio.move_on_after(1.0) as scope:
+            await request.get_data(cache=False)
+        if scope.cancelled_caught:
+            resp.headers["Connection"] = "close"
+    except Exception:  # e.g. the body exceeds MAX_CONTENT_LENGTH
+        resp.headers["Connection"] = "close"
+
+
 def _check_key(key: str) -> str:
     if not key:
         raise ApiError(400, "bad_request", "the key must not be empty")
@@ -218,6 +238,7 @@ def create_app(node: RaftNode) -> QuartTrio:
         lid = node.leader_id
         if lid is not None:
             resp.headers[LEADER_HEADER] = lid
+        await _drain_body(resp)
         return resp
 
     @app.errorhandler(HTTPException)
