@@ -121,10 +121,13 @@ async def _read_body(receive: Receive) -> bytes:
             raise ApiError(400, "bad_request", "the client went away")
         chunk = msg.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
+        if size <= MAX_BODY_BYTES:
+            chunks.append(chunk)
         if not msg.get("more_body"):
+            if size > MAX_BODY_BYTES:
+                # Read to the end first (as the Quart routes do), so the
+                # client sees the 413 rather than a reset mid-upload.
+                raise ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
             return b"".join(chunks)
 
 
@@ -136,7 +139,7 @@ def _put_value(raw: bytes) -> object:
         return msgspec.json.decode(raw, type=_PutBody).value
     except msgspec.ValidationError:  # (a subclass of DecodeError: catch it first)
         pass
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise ApiError(400, "bad_request", "the body is not valid JSON") from None
     # Valid JSON but not {"value": "..."}: say exactly what is wrong.
     body = msgspec.json.decode(raw)

@@ -17,6 +17,8 @@ CASES: list[tuple[str, str, Any, dict[str, str]]] = [
     ("GET", "/kv/present?consistency=linearizable", None, {}),
     ("PUT", "/kv/k", b"not json", {}),
     ("PUT", "/kv/k", b"", {}),
+    ("PUT", "/kv/k", b'{"value": "\xff"}', {}),
+    ("PUT", "/kv/k", b"\xff\xfe", {}),
     ("PUT", "/kv/k", b"[1, 2]", {}),
     ("PUT", "/kv/k", {"nope": "x"}, {}),
     ("PUT", "/kv/k", {"value": 5}, {}),
