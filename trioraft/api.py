@@ -446,6 +446,10 @@ def create_app(node: RaftNode) -> QuartTrio:
             msg = request_vote_from_json(await _raw_body(cache=False), node.id)
         except CodecError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
+        if msg.src not in node.peer_ids:
+            # Never a vote for a node outside the configuration (the core
+            # ignores it); answer in the course's shape all the same.
+            return _json({"term": node.term, "voteGranted": False})
         resp = await node.rpc(msg)
         if not isinstance(resp, RequestVoteResponse):
             raise ApiError(503, "no_quorum", "no answer from the node in time")
@@ -458,6 +462,8 @@ def create_app(node: RaftNode) -> QuartTrio:
             msg = append_entries_from_json(await _raw_body(cache=False), node.id)
         except CodecError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
+        if msg.src not in node.peer_ids:
+            return _json({"term": node.term, "success": False, "matchIndex": 0})
         resp = await node.rpc(msg)
         if not isinstance(resp, AppendEntriesResponse):
             raise ApiError(503, "no_quorum", "no answer from the node in time")

@@ -199,6 +199,15 @@ class RaftNode:
         return self.core.role.value if self.core else "follower"
 
     @property
+    def term(self) -> int:
+        return self.core.term if self.core else 0
+
+    @property
+    def peer_ids(self) -> frozenset[str]:
+        """The other members of the configuration."""
+        return frozenset(self.members) - {self.id}
+
+    @property
     def is_leader(self) -> bool:
         return self.core is not None and self.core.role is Role.LEADER
 

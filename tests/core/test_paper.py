@@ -112,3 +112,17 @@ def test_a_new_leader_appends_a_no_op_of_its_term() -> None:
     c.elect("a")
     assert c.core("a").role is Role.LEADER
     assert c.terms("a") == [c.core("a").term]
+
+
+def test_messages_from_outside_the_configuration_change_nothing() -> None:
+    from trioraft.core import RequestVote
+
+    c = Cluster(["a", "b", "c"])
+    c.elect("a")
+    c.deliver()
+    core = c.core("b")
+    term, vote = core.term, core.vote
+    core.step(RequestVote("intruder", "b", term + 100, 10**6, 10**6), c.now + 100)
+    c.process("b")
+    assert (core.term, core.vote) == (term, vote)
+    assert not c.queue  # not even answered

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             per_round = a.writes // a.rounds
             print(f"soak: {a.writes} writes over {a.keys} keys, snapshot every "
                   f"{a.snapshot_entries} entries, {a.concurrency} clients")
-            print("round  writes  ops/s   log-beyond-snapshot  rss MiB (per node)     data MiB")
+            print("round  writes  ops/s   log-beyond-snapshot  rss MiB (per node)     data MiB"
+                  "  snapshot (bytes, ms)")
             done = 0
             for rnd in range(1, a.rounds + 1):
                 spec = LoadSpec(endpoints=urls, concurrency=a.concurrency, duration=600,
@@ -69,13 +70,17 @@ def main(argv: list[str] | None = None) -> int:
                 res = trio.run(run_load, spec)
                 done += res.outcomes.get("200", 0)
                 logs = []
+                snap = ""
                 for u in urls:
                     st = _status(u)
                     logs.append(int(st["last_log_index"]) - int(st["snapshot_index"]))  # type: ignore[call-overload]
+                    stats = st.get("stats") or {}
+                    if isinstance(stats, dict) and "last_snapshot_bytes" in stats and not snap:
+                        snap = f"{stats['last_snapshot_bytes']}, {stats['last_snapshot_ms']}"
                 rss = [f"{_rss_mib(pr.pid):.0f}" for pr in started]
                 data = sum(_du_mib(d) for d in root.iterdir() if d.is_dir())
                 print(f"{rnd:5d}  {done:6d}  {res.ops_per_s:6.0f}   {max(logs):18d}  "
-                      f"{' / '.join(rss):22s} {data:8.1f}", flush=True)
+                      f"{' / '.join(rss):22s} {data:8.1f}  {snap}", flush=True)
             # Recovery: SIGKILL a follower, restart it, time until it caught up.
             st = _status(urls[0])
             leader = str(st["leader"])

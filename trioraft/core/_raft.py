@@ -411,7 +411,9 @@ class RaftCore:
     # ============================================================== messages
     def step(self, msg: Message, now: float) -> None:
         self._now = now
-        if msg.dst != self.id:
+        if msg.dst != self.id or msg.src not in self.voters or msg.src == self.id:
+            # Not for us, or from a node outside the configuration: a stray or
+            # hostile sender must not move our term or win our vote.
             return
         if msg.term > self.term:
             if isinstance(msg, RequestVote):
