@@ -759,7 +759,11 @@ class RaftNode:
         return core.role is not Role.LEADER
 
     def stop_accepting(self) -> None:
+        """Shutdown has begun: refuse new requests, and never campaign again
+        (a node on its way out must not start elections while it drains)."""
         self._stopping = True
+        if self.core is not None:
+            self.core.retire()
 
 
 # Course routes answer synchronously: which request type each response answers.

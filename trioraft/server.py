@@ -39,7 +39,10 @@ def hypercorn_config(bind: str) -> Config:
     config.errorlog = None
     config.keep_alive_timeout = 75.0  # clients and peers hold connections between bursts
     config.keep_alive_max_requests = 1_000_000  # the default (1000) forces reconnect storms
-    config.graceful_timeout = 5.0
+    # On SIGTERM hypercorn waits this long for connections to close; idle
+    # keep-alive connections (peers, client pools) would hold every shutdown
+    # for the full time. In-flight requests settle well within it.
+    config.graceful_timeout = 2.0
     config.backlog = 1024
     config.include_server_header = False
     return config

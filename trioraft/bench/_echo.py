@@ -30,26 +30,11 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from trioraft.server import hypercorn_config  # the settings a node serves with
+
 __all__ = ["create_echo_app", "hypercorn_config", "main", "serve_echo", "serve_raw"]
 
 _PING = msgspec.json.encode({"ok": True, "server": "echo"})
-
-
-def hypercorn_config(bind: str) -> Config:
-    """The hypercorn settings a node serves with (keep in step with trioraft.api)."""
-    config = Config()
-    config.bind = [bind]
-    config.accesslog = None
-    config.errorlog = None
-    # Clients (and peers) hold connections open between bursts.
-    config.keep_alive_timeout = 75.0
-    # Hypercorn's default closes a connection every 1000 requests; under load that
-    # is a reconnect storm for nothing.
-    config.keep_alive_max_requests = 1_000_000
-    config.graceful_timeout = 5.0
-    config.backlog = 1024
-    config.include_server_header = False
-    return config
 
 
 def _error(status: int) -> Response:

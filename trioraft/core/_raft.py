@@ -145,6 +145,7 @@ class RaftCore:
         self._forwarded_reads: list[int] = []
         self._forwarded_new: list[int] = []  # not yet sent
         self._leader_contact = -1e9  # when we last heard from the current leader
+        self._retired = False  # shutting down: never campaign again
         self._election_deadline = 0.0
         self._reset_election_timer()
         if self.id not in self.voters:
@@ -303,7 +304,7 @@ class RaftCore:
                 self._heartbeat_due = now + self.config.heartbeat_interval
                 self._heartbeat()
         elif now >= self._election_deadline:
-            if self.role is Role.LEARNER:
+            if self.role is Role.LEARNER or self._retired:
                 self._reset_election_timer()
                 return
             self._campaign(pre_vote=self.config.pre_vote)
@@ -397,6 +398,10 @@ class RaftCore:
         t = self._transfer_target
         if t is not None and self.progress[t].match_index == self.log.last_index():
             self._send(TimeoutNow(self.id, t, self.term))
+
+    def retire(self) -> None:
+        """Stop campaigning (the node is shutting down); it still follows and votes."""
+        self._retired = True
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
         """The runtime tells us a snapshot transfer to `peer` failed (or finished)."""

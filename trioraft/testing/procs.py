@@ -10,12 +10,16 @@ and statuses into the message of every timeout it raises::
 
     async with ProcCluster(3, tmp_path) as cluster:   # starts node1..node3
         leader = await cluster.wait_for_leader()      # "node2"
-        await cluster.put("k", "v")                   # on the leader, 200 or raises
+        await cluster.put("k", "v")                   # on the leader (retried), or raises
         cluster.kill(leader)                          # SIGKILL
         new = await cluster.wait_for_leader(exclude={leader})
         cluster.start(leader)                         # same port, same data dir
         await cluster.wait_caught_up()
     # leaving the block stops every process it started (SIGTERM, then SIGKILL)
+
+``boot()`` = ``start_all()``, then wait until every node answers ``/status`` and
+one is leader; it records ``first_leader``, ``first_election_s`` (first spawn to
+the first ``role: leader``), ``quorum_up_s`` and ``all_up_s``.
 
 Process control (synchronous; they only send signals or spawn):
 
@@ -23,6 +27,8 @@ Process control (synchronous; they only send signals or spawn):
 ``start(id)``              spawn the node (again), same port and data directory
 ``start_all()``            spawn every node that is not running
 ``kill(id, sig=SIGKILL)``  send a signal and wait for the process to be gone
+``kill_all(sig=SIGKILL)``  signal every running node at once, then reap them
+``send_signal(id, sig)``   just send it
 ``pause(id)`` / ``resume``  SIGSTOP / SIGCONT
 ``close()``                stop everything this cluster started; idempotent, never
                            raises, also run at interpreter exit as a safety net
@@ -31,14 +37,26 @@ Process control (synchronous; they only send signals or spawn):
 Async (Trio) helpers: ``stop(id)`` (SIGTERM, wait, SIGKILL after a grace period),
 ``stop_all()``, ``status(id)``, ``statuses()``, ``leader()``,
 ``wait_for_leader()``, ``wait_caught_up()``, ``wait_converged()``,
-``state_machine(id)``, ``put()``/``get()`` straight over HTTP. Failures raise
+``state_machine(id)``, ``put()``/``get()`` over HTTP (on the leader by default,
+retried on 503/504/connection errors with one ``Idempotency-Key``), ``request()``
+for anything else (no retries). Failures raise
 :class:`ClusterTimeout` (an ``AssertionError``) whose message holds every node's
 ``/status`` and the tail of every node's log; :meth:`ProcCluster.describe` gives
 the same text on demand, and :meth:`ProcCluster.logs` just the logs.
 
-Ports come from :func:`free_ports` (the kernel's choice for port 0, so never the
-3001-3005 a developer's own cluster uses) unless given. Children get
-``PR_SET_PDEATHSIG`` on Linux, so even a SIGKILLed test run leaves no node behind.
+:func:`eventually` retries an async check until its assertions hold.
+
+Ports come from :func:`free_ports` unless given: bound-checked, below the
+kernel's ephemeral range (so no outgoing connection takes a down node's port),
+never the 3001-3005 a developer's own cluster uses. Children get
+``PR_SET_PDEATHSIG`` on Linux, so even a SIGKILLed test run leaves no node behind
+(it follows the spawning *thread*: call ``start()`` from the Trio thread, not from
+``trio.to_thread``).
+
+Note: a graceful stop (SIGTERM) currently takes about 5 s whenever a keep-alive
+connection is open to the node (see tests/integration/test_durability.py,
+``test_sigterm_stops_a_node_promptly``); pass a short ``grace`` to ``close()``
+where a clean exit does not matter.
 """
 
 from __future__ import annotations
@@ -46,29 +64,46 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 import trio
 
 __all__ = [
+    "HTTPX_BYTESTREAM_WARNING",
     "ClusterTimeout",
     "NodeProc",
     "ProcCluster",
+    "eventually",
+    "free_port_range",
     "free_ports",
     "pid_alive",
 ]
+
+T = TypeVar("T")
+
+#: A ``filterwarnings`` entry for tests that kill servers under httpx.AsyncClient:
+#: a request cut off while sending its body leaves httpx's ``ByteStream.__aiter__``
+#: async generator unfinished, and Trio warns when it is collected (httpx issue
+#: #3686, fix pending in encode/httpx#3777). Harmless; with ``filterwarnings =
+#: error`` it would fail the test. Use ``pytest.mark.filterwarnings(HTTPX_...)``.
+HTTPX_BYTESTREAM_WARNING = (
+    "ignore:Async generator 'httpx._content.ByteStream.__aiter__' was garbage "
+    "collected:ResourceWarning"
+)
 
 #: Ports a developer's own `trioraft cluster` uses; never handed out here.
 RESERVED_PORTS = frozenset(range(3001, 3006))
@@ -78,22 +113,79 @@ class ClusterTimeout(AssertionError):
     """A wait on the cluster did not succeed in time. The message has statuses and logs."""
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct ports the kernel says are free now (all held open at once)."""
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _try_bind(host: str, ports: Iterable[int]) -> bool:
     socks: list[socket.socket] = []
+    try:
+        for port in ports:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, port))
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+    return True
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports that can be bound now.
+
+    Chosen at random below the kernel's ephemeral range (checked by binding them),
+    not with port 0: a port from the ephemeral range can be taken as the source
+    port of some outgoing connection while its node is down -- on loopback even by
+    a peer's own reconnect attempt to it (TCP self-connect) -- and then the node
+    cannot restart on it. Falls back to port 0 if that range is too small. Never
+    3001-3005."""
+    low, high = 20000, _ephemeral_low()
+    rng = random.Random()
     ports: list[int] = []
+    if high - low > 100 * n:
+        for _ in range(100 * n):
+            port = rng.randrange(low, high)
+            if port in ports or port in RESERVED_PORTS:
+                continue
+            if _try_bind(host, [port]):
+                ports.append(port)
+                if len(ports) == n:
+                    return ports
+    socks: list[socket.socket] = []
     try:
         while len(ports) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(s)
             s.bind((host, 0))
             port = s.getsockname()[1]
-            if port not in RESERVED_PORTS:
+            if port not in RESERVED_PORTS and port not in ports:
                 ports.append(port)
     finally:
         for s in socks:
             s.close()
     return ports
+
+
+def free_port_range(
+    n: int, host: str = "127.0.0.1", low: int = 20000, high: int | None = None
+) -> int:
+    """A base port B such that B..B+n-1 can all be bound now (for ``--base-port``),
+    at random in [low, high); `high` defaults to the start of the kernel's ephemeral
+    range, for the reason given in :func:`free_ports`."""
+    if high is None:
+        high = max(_ephemeral_low(), low + 200 * n)
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(low, high - n)
+        block = range(base, base + n)
+        if not any(p in RESERVED_PORTS for p in block) and _try_bind(host, block):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports found in {low}-{high}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -109,6 +201,21 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # not Linux, or it just went away: kill(0) said it existed
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], timeout: float = 10.0, poll: float = 0.05
+) -> T:
+    """Run ``await check()`` until it returns without raising AssertionError (or an
+    httpx error); return its result. After `timeout`, the last error propagates."""
+    deadline = trio.current_time() + timeout
+    while True:
+        try:
+            return await check()
+        except (AssertionError, httpx.HTTPError):
+            if trio.current_time() >= deadline:
+                raise
+        await trio.sleep(poll)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -177,6 +284,8 @@ class ProcCluster:
         extra_args: more ``serve`` flags for every node.
         env: extra environment for the children (serve's own variables are removed).
         http_timeout: per-request timeout of the helper's own HTTP calls.
+        status_timeout: timeout of one ``/status`` poll (a node that does not answer
+            in time counts as down for that poll).
     """
 
     def __init__(
@@ -193,7 +302,8 @@ class ProcCluster:
         log_level: str = "info",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
-        http_timeout: float = 1.0,
+        http_timeout: float = 5.0,
+        status_timeout: float = 1.0,
     ) -> None:
         ids = list(ids) if ids is not None else [f"node{k}" for k in range(1, n + 1)]
         ports = list(ports) if ports is not None else free_ports(len(ids))
@@ -203,6 +313,7 @@ class ProcCluster:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.cluster_token = cluster_token
         self.http_timeout = http_timeout
+        self.status_timeout = status_timeout
         urls = {i: f"http://127.0.0.1:{p}" for i, p in zip(ids, ports, strict=True)}
         common = ["--fsync" if fsync else "--no-fsync", f"--log-level={log_level}"]
         if election_timeout_ms is not None:
@@ -234,6 +345,14 @@ class ProcCluster:
         self._env.setdefault("PYTHONUNBUFFERED", "1")
         self._http: httpx.AsyncClient | None = None
         self._closed = False
+        self._client_id = f"procs-{os.getpid()}-{id(self):x}"
+        self._seq = itertools.count(1)
+        #: Set by :meth:`boot`: the first leader, and seconds from the first spawn to
+        #: the first node reporting ``role: leader``.
+        self.first_leader: str | None = None
+        self.first_election_s: float | None = None
+        self.quorum_up_s: float | None = None
+        self.all_up_s: float | None = None
         _LIVE.add(self)
 
     # ------------------------------------------------------------ identity
@@ -270,10 +389,8 @@ class ProcCluster:
             raise RuntimeError(f"{node_id} is already running (pid {node.pid})")
         node.starts += 1
         with open(node.log_path, "ab") as log:
-            log.write(
-                f"=== start #{node.starts} of {node_id} at {time.strftime('%H:%M:%S')} ===\n"
-                .encode()
-            )
+            stamp = time.strftime("%H:%M:%S")
+            log.write(f"=== start #{node.starts} of {node_id} at {stamp} ===\n".encode())
             log.flush()
             node.proc = subprocess.Popen(
                 node.argv,
@@ -281,7 +398,7 @@ class ProcCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._env,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         node.paused = False
         node.pids.append(node.proc.pid)
@@ -292,7 +409,7 @@ class ProcCluster:
             if not node.running:
                 self.start(node_id)
 
-    def signal(self, node_id: str, sig: int) -> None:
+    def send_signal(self, node_id: str, sig: int) -> None:
         """Send `sig` to the node's process (no-op if it is not running)."""
         node = self.nodes[node_id]
         if node.proc is not None and node.proc.poll() is None:
@@ -305,9 +422,9 @@ class ProcCluster:
         node = self.nodes[node_id]
         if node.proc is None:
             return None
-        self.signal(node_id, sig)
+        self.send_signal(node_id, sig)
         if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT) and node.paused:
-            self.signal(node_id, signal.SIGCONT)
+            self.send_signal(node_id, signal.SIGCONT)
         try:
             return node.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -321,18 +438,18 @@ class ProcCluster:
         wait for all of them."""
         live = self.running()
         for node_id in live:
-            self.signal(node_id, sig)
+            self.send_signal(node_id, sig)
         for node_id in live:
             self.kill(node_id, sig)
 
     def pause(self, node_id: str) -> None:
         """SIGSTOP: the process stays, but answers nothing (a crude partition)."""
-        self.signal(node_id, signal.SIGSTOP)
+        self.send_signal(node_id, signal.SIGSTOP)
         self.nodes[node_id].paused = True
 
     def resume(self, node_id: str) -> None:
         """SIGCONT after :meth:`pause`."""
-        self.signal(node_id, signal.SIGCONT)
+        self.send_signal(node_id, signal.SIGCONT)
         self.nodes[node_id].paused = False
 
     async def stop(self, node_id: str, grace: float = 10.0) -> int | None:
@@ -341,11 +458,11 @@ class ProcCluster:
         node = self.nodes[node_id]
         if node.proc is None:
             return None
-        self.signal(node_id, signal.SIGTERM)
+        self.send_signal(node_id, signal.SIGTERM)
         if node.paused:
             self.resume(node_id)
         with trio.move_on_after(grace):
-            while node.proc.poll() is None:
+            while node.proc.poll() is None:  # noqa: ASYNC110 - polling a Popen
                 await trio.sleep(0.02)
         if node.proc.poll() is None:
             node.proc.kill()
@@ -405,11 +522,47 @@ class ProcCluster:
                 await self._http.aclose()
             self._http = None
 
+    async def boot(self, timeout: float = 30.0, poll: float = 0.02) -> str:
+        """Start every node; wait until there is a leader and every node answers
+        ``/status``. Records :attr:`first_leader`; :attr:`first_election_s`, from the
+        first spawn to a node first reporting ``role: leader``; :attr:`quorum_up_s`,
+        from the first spawn to a majority answering ``/status`` (process start-up,
+        mostly imports); :attr:`all_up_s`, to every node answering. Returns the
+        current leader."""
+        t0 = time.monotonic()
+        self.start_all()
+        majority = len(self.nodes) // 2 + 1
+        with trio.move_on_after(timeout):
+            while True:
+                sts = await self.statuses()
+                now = time.monotonic() - t0
+                answering = [st for st in sts.values() if st is not None]
+                if self.quorum_up_s is None and len(answering) >= majority:
+                    self.quorum_up_s = now
+                if self.all_up_s is None and len(answering) == len(self.nodes):
+                    self.all_up_s = now
+                leaders = [
+                    (int(st["term"]), i)
+                    for i, st in sts.items()
+                    if st is not None and st.get("role") == "leader"
+                ]
+                if leaders and self.first_election_s is None:
+                    self.first_election_s = now
+                    self.first_leader = max(leaders)[1]
+                    if self.quorum_up_s is None:
+                        self.quorum_up_s = now
+                if leaders and self.all_up_s is not None:
+                    return max(leaders)[1]
+                await trio.sleep(poll)
+        raise ClusterTimeout(
+            f"no leader, or not every node up, within {timeout:g}s of starting\n"
+            + await self.describe()
+        )
+
     async def __aenter__(self) -> Self:
-        """Start every node and wait for a leader."""
+        """:meth:`boot`: start every node and wait for a leader."""
         try:
-            self.start_all()
-            await self.wait_for_leader()
+            await self.boot()
         except BaseException:
             await self.aclose()
             raise
@@ -423,9 +576,7 @@ class ProcCluster:
     ) -> None:
         await self.aclose()
 
-    async def request(
-        self, node_id: str, method: str, path: str, **kwargs: Any
-    ) -> httpx.Response:
+    async def request(self, node_id: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One HTTP request to one node (raises httpx errors as they come)."""
         return await self.http.request(method, self.nodes[node_id].url + path, **kwargs)
 
@@ -435,7 +586,7 @@ class ProcCluster:
         if not node.running or node.paused:
             return None
         try:
-            resp = await self.http.get(node.url + "/status", timeout=self.http_timeout)
+            resp = await self.http.get(node.url + "/status", timeout=self.status_timeout)
             body = resp.json() if resp.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
@@ -515,7 +666,9 @@ class ProcCluster:
                         ):
                             return commit
                 await trio.sleep(poll)
-        raise ClusterTimeout(f"nodes did not catch up within {timeout:g}s\n" + await self.describe())
+        raise ClusterTimeout(
+            f"nodes did not catch up within {timeout:g}s\n" + await self.describe()
+        )
 
     async def state_machine(self, node_id: str) -> dict[str, str]:
         """The node's whole key-value state (``/debug`` ``stateMachine``; no checks)."""
@@ -553,29 +706,78 @@ class ProcCluster:
             f"nodes did not converge within {timeout:g}s (last: {last})\n" + await self.describe()
         )
 
-    async def put(self, key: str, value: str, node_id: str | None = None) -> dict[str, Any]:
-        """PUT on `node_id` (default: the current leader); asserts a 200."""
-        node_id = node_id or await self.wait_for_leader()
-        resp = await self.request(node_id, "PUT", "/kv/" + _quote(key), json={"value": value})
-        assert resp.status_code == 200, f"PUT {key} on {node_id}: {resp.status_code} {resp.text}"
-        body = resp.json()
-        assert isinstance(body, dict)
+    async def put(
+        self, key: str, value: str, node_id: str | None = None, *, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """PUT key=value and return the 200 body.
+
+        The first attempt goes to `node_id` (default: the current leader). A 503,
+        504 or connection error is retried on the current leader until `timeout`,
+        always with the same ``Idempotency-Key``, so the write applies at most once.
+        Any other answer fails the test (AssertionError)."""
+        headers = {"Idempotency-Key": f"{self._client_id}:{next(self._seq)}"}
+        body = await self._retrying(
+            "PUT", key, node_id, timeout, json={"value": value}, headers=headers
+        )
+        assert isinstance(body, dict), body
         return body
 
     async def get(
-        self, key: str, node_id: str | None = None, consistency: str = "linearizable"
+        self,
+        key: str,
+        node_id: str | None = None,
+        consistency: str = "linearizable",
+        *,
+        timeout: float = 20.0,
     ) -> str | None:
-        """GET on `node_id` (default: the leader): the value, None on 404; else raises."""
-        node_id = node_id or await self.wait_for_leader()
-        resp = await self.request(
-            node_id, "GET", "/kv/" + _quote(key), params={"consistency": consistency}
-        )
-        if resp.status_code == 404:
+        """GET key on `node_id` (default: the leader): the value, or None on 404.
+
+        Retried like :meth:`put` (on `node_id` again if it was given: a stale read
+        must come from the node asked)."""
+        body = await self._retrying(
+            "GET", key, node_id, timeout, params={"consistency": consistency},
+            sticky=node_id is not None,
+        )  # fmt: skip
+        if body is None:
             return None
-        assert resp.status_code == 200, f"GET {key} on {node_id}: {resp.status_code} {resp.text}"
-        value = resp.json()["value"]
+        value = body["value"]
         assert isinstance(value, str)
         return value
+
+    async def _retrying(
+        self,
+        method: str,
+        key: str,
+        node_id: str | None,
+        timeout: float,
+        sticky: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        path = "/kv/" + _quote(key)
+        last = "no attempt"
+        with trio.move_on_after(timeout):
+            target = node_id
+            while True:
+                if target is None:
+                    target = await self.wait_for_leader(timeout)
+                try:
+                    resp = await self.request(target, method, path, **kwargs)
+                except httpx.HTTPError as exc:
+                    last = f"{target}: {type(exc).__name__}: {exc}"
+                else:
+                    if resp.status_code == 200:
+                        return resp.json()
+                    if resp.status_code == 404 and method == "GET":
+                        return None
+                    last = f"{target}: {resp.status_code} {resp.text}"
+                    if resp.status_code not in (502, 503, 504):
+                        raise AssertionError(f"{method} {key} on {last}")
+                await trio.sleep(0.05)
+                target = node_id if sticky else None
+        raise ClusterTimeout(
+            f"{method} {key} not answered within {timeout:g}s (last: {last})\n"
+            + await self.describe()
+        )
 
     # -------------------------------------------------------- diagnostics
 
@@ -619,4 +821,3 @@ def _quote(key: str) -> str:
     from urllib.parse import quote
 
     return quote(key, safe="")
-
