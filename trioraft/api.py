@@ -169,6 +169,40 @@ async def write_op(node: RaftNode, cmd: kv.Command) -> tuple[int, dict[str, Any]
     return result_reply(result)
 
 
+def authorize(token: str | None, token_header: str | None, authorization: str | None) -> None:
+    """The cluster token check of every /raft/* route (401 changes nothing)."""
+    if token is None:
+        return
+    given = token_header or ""
+    if not given and authorization and authorization.startswith("Bearer "):
+        given = authorization[7:]
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "unauthorized", "missing or wrong cluster token")
+
+
+def raft_messages_op(node: RaftNode, raw: bytes) -> None:
+    """A peer's batch of Raft messages, handed to the driver (never blocks)."""
+    try:
+        msgs = decode_messages(raw)
+    except CodecError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    node.receive_messages([m for m in msgs if m.dst == node.id])
+
+
+async def raft_propose_op(node: RaftNode, raw: bytes) -> bytes:
+    """A follower's batch of forwarded writes: propose, answer encoded results."""
+    try:
+        datas = msgspec.msgpack.decode(raw, type=list[bytes])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ApiError(400, "bad_request", f"malformed proposal batch: {exc}") from None
+    try:
+        return await node.propose_encoded(datas)
+    except NotLeader:
+        raise ApiError(503, "not_leader", "this node is not the leader") from None
+    except ProposalDropped as exc:
+        raise ApiError(503, "dropped", str(exc)) from None
+
+
 async def read_barrier(node: RaftNode, consistency: str) -> None:
     if consistency == "stale":
         return
@@ -381,43 +415,19 @@ def create_app(node: RaftNode) -> QuartTrio:
 
     # ------------------------------------------------------------ peer routes
     def _authorize() -> None:
-        if token is None:
-            return
-        given = request.headers.get(TOKEN_HEADER, "")
-        auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            given = given or auth[7:]
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong cluster token")
+        authorize(token, request.headers.get(TOKEN_HEADER), request.headers.get("Authorization"))
 
     @app.route("/raft/messages", methods=["POST"])
     async def raft_messages() -> Response:
         _authorize()
-        raw = await _raw_body(cache=False)
-        try:
-            msgs = decode_messages(raw)
-        except CodecError as exc:
-            raise ApiError(400, "bad_request", str(exc)) from None
-        msgs = [m for m in msgs if m.dst == node.id]
-        node.receive_messages(msgs)
+        raft_messages_op(node, await _raw_body(cache=False))
         return Response("", status=204)
 
     @app.route("/raft/propose", methods=["POST"])
     async def raft_propose() -> Response:
         """A follower's batch of forwarded writes (msgpack list of encoded commands)."""
         _authorize()
-        raw = await request.get_data(cache=False)
-        assert isinstance(raw, bytes)
-        try:
-            datas = msgspec.msgpack.decode(raw, type=list[bytes])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ApiError(400, "bad_request", f"malformed proposal batch: {exc}") from None
-        try:
-            body = await node.propose_encoded(datas)
-        except NotLeader:
-            raise ApiError(503, "not_leader", "this node is not the leader") from None
-        except ProposalDropped as exc:
-            raise ApiError(503, "dropped", str(exc)) from None
+        body = await raft_propose_op(node, await _raw_body(cache=False))
         return Response(body, status=200, content_type="application/x-msgpack")
 
     @app.route("/raft/snapshot", methods=["POST"])

@@ -22,14 +22,19 @@ from trioraft import kv
 from trioraft.api import (
     LEADER_HEADER,
     MAX_BODY_BYTES,
+    MAX_RAFT_BODY_BYTES,
     ApiError,
     _check_key,
     _check_request_id,
     _map_error,
+    authorize,
     get_op,
+    raft_messages_op,
+    raft_propose_op,
     write_op,
 )
 from trioraft.node import RaftNode
+from trioraft.transport import TOKEN_HEADER
 
 __all__ = ["FastPath"]
 
@@ -61,6 +66,9 @@ class FastPath:
             path: str = scope["path"]
             method: str = scope["method"]
             query: bytes = scope["query_string"]
+            if method == "POST" and path in _PEER_ROUTES:
+                await self._serve_peer(scope, receive, send, path)
+                return
             if (
                 path.startswith("/kv/")
                 and len(path) > 4
@@ -112,7 +120,48 @@ class FastPath:
         await send({"type": "http.response.body", "body": payload})
 
 
-async def _read_body(receive: Receive) -> bytes:
+    async def _serve_peer(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """POST /raft/messages and /raft/propose: the replication hot path."""
+        node = self.node
+        status, payload, ctype = 204, b"", b"application/x-msgpack"
+        try:
+            headers = dict(scope["headers"])
+            raw = await _read_body(receive, MAX_RAFT_BODY_BYTES)
+            authorize(
+                node.config.cluster_token,
+                _text(headers.get(_TOKEN)),
+                _text(headers.get(b"authorization")),
+            )
+            if path == "/raft/messages":
+                raft_messages_op(node, raw)
+            else:
+                payload = await raft_propose_op(node, raw)
+                status = 200
+        except Exception as exc:
+            err = _map_error(exc)
+            if err.status == 500:
+                log.exception("node=%s unhandled error in POST %s", node.id, path)
+            status, ctype = err.status, b"application/json"
+            payload = msgspec.json.encode({"error": err.message, "code": err.code})
+        out = [(b"content-type", ctype), (b"content-length", b"%d" % len(payload))]
+        lid = node.leader_id
+        if lid is not None:
+            out.append((_LEADER, lid.encode()))
+        if status == 503:
+            out.append((b"retry-after", b"1"))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
+
+
+_PEER_ROUTES = frozenset({"/raft/messages", "/raft/propose"})
+_TOKEN = TOKEN_HEADER.lower().encode()
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+async def _read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -121,13 +170,13 @@ async def _read_body(receive: Receive) -> bytes:
             raise ApiError(400, "bad_request", "the client went away")
         chunk = msg.get("body", b"")
         size += len(chunk)
-        if size <= MAX_BODY_BYTES:
+        if size <= limit:
             chunks.append(chunk)
         if not msg.get("more_body"):
-            if size > MAX_BODY_BYTES:
+            if size > limit:
                 # Read to the end first (as the Quart routes do), so the
                 # client sees the 413 rather than a reset mid-upload.
-                raise ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
+                raise ApiError(413, "too_large", f"request body over {limit} bytes")
             return b"".join(chunks)
 
 

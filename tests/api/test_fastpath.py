@@ -31,6 +31,9 @@ CASES: list[tuple[str, str, Any, dict[str, str]]] = [
     ("PUT", "/kv/" + "k" * 1025, {"value": 5}, {}),
     ("PUT", "/kv/k", b"nope", {"Idempotency-Key": "bad"}),
     ("PUT", "/kv/" + "k" * 1025, {"value": "v"}, {"Idempotency-Key": "bad"}),
+    ("POST", "/raft/messages", b"\xff\x00", {}),
+    ("POST", "/raft/propose", b"garbage", {}),
+    ("POST", "/raft/propose", b"\x91\x01", {}),
 ]
 
 
