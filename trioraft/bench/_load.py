@@ -55,6 +55,7 @@ OPS: Mapping[str, frozenset[int]] = {
     "cas": frozenset({200, 409}),
     "delete": frozenset({200}),
     "txn": frozenset({200, 409}),
+    "bulk": frozenset({200}),
     "echo": frozenset({200}),  # POST {path} with a body of value_size bytes
     "get": frozenset({200}),  # GET {path}
 }
@@ -421,7 +422,20 @@ class _Workload:
             return _Request(op, b"DELETE", b"/kv/" + key, None)
         if op == "txn":
             return _Request(op, b"POST", b"/txn", txn_body(key.decode(), self.value))
+        if op == "bulk":
+            return _Request(op, b"POST", b"/txn", self.bulk_body(key))
         raise AssertionError(op)
+
+    def bulk_body(self, key: bytes) -> bytes:
+        """A transaction of BULK_PUTS puts (no guard): the bulk-write path."""
+        k = key.decode()
+        return msgspec.json.encode(
+            {"success": [{"op": "put", "key": f"{k}-{i}", "value": self.value}
+                         for i in range(BULK_PUTS)]}
+        )
+
+
+BULK_PUTS = 100  # puts per "bulk" transaction
 
 
 def txn_body(key: str, value: str) -> bytes:

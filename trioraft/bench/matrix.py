@@ -37,7 +37,7 @@ from typing import IO, TypeVar
 import httpx
 import trio
 
-from ._load import ClientKind, LoadResult, LoadSpec, parse_mix, run_load, txn_body
+from ._load import BULK_PUTS, ClientKind, LoadResult, LoadSpec, parse_mix, run_load, txn_body
 
 __all__ = ["BEGIN", "END", "main", "render_markdown", "replace_section"]
 
@@ -529,6 +529,12 @@ def _cluster_rows(
         )
     run(
         Row(
+            "writes, 3 nodes, spread over all nodes",
+            replace(three, concurrency=64, mix=write, target="all"),
+        )
+    )
+    run(
+        Row(
             "writes 4 KiB, 3 nodes, via leader",
             replace(three, concurrency=64, mix=write, target="leader", value_size=4096),
         )
@@ -568,6 +574,12 @@ def _cluster_rows(
     why = probe_txn(leader_url) if leader_url else "no leader URL"
     if why is None:
         run(Row("txn (POST /txn), 3 nodes, via leader", txn_spec))
+        run(
+            Row(
+                f"bulk txn ({BULK_PUTS} puts each; x{BULK_PUTS} = puts/s), 3 nodes, via leader",
+                replace(three, concurrency=16, mix=parse_mix("bulk"), target="leader"),
+            )
+        )
     else:
         rows.append(Row("txn (POST /txn), 3 nodes, via leader", txn_spec, note=why))
         notes.append(why)
