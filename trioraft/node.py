@@ -496,7 +496,17 @@ class RaftNode:
         try:
             t0 = trio.current_time()
             data = await self._run_cpu(encode)
-            await self._run_disk(self.storage.save_snapshot, meta, data)
+            # A snapshot installed from the leader meanwhile may have overtaken
+            # this one; storage refuses an older snapshot, and that is right.
+            if meta.index <= self._c.log.snapshot.index:
+                self._snapshotting = False
+                return
+            try:
+                await self._run_disk(self.storage.save_snapshot, meta, data)
+            except ValueError as exc:  # overtaken while waiting for the disk
+                log.info("node=%s local snapshot at %d dropped: %s", self.id, meta.index, exc)
+                self._snapshotting = False
+                return
             self.stats["snapshots"] += 1
             self.stats["last_snapshot_bytes"] = len(data)
             self.stats["last_snapshot_ms"] = round((trio.current_time() - t0) * 1000)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
+import pytest
 import trio
 
 from tests.node.helpers import put
+from trioraft.kv import KVStateMachine
 from trioraft.testing.cluster import open_cluster
 
 SNAPSHOT_ENTRIES = 20
@@ -71,3 +76,50 @@ async def test_follower_down_past_the_snapshot_threshold_catches_up(
         assert back.kv.state_digest() == digest
         assert back.kv.get("early") == "1"
         assert back.stats.get("snapshots_installed", 0) >= 1
+
+
+async def test_a_local_snapshot_overtaken_by_an_installed_one_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (found by chaos, seed 301): a follower's own snapshot, still being
+    encoded when the leader's InstallSnapshot landed, reached storage late; storage
+    refused the older snapshot and the ValueError stopped the node."""
+    gate = threading.Event()
+    slow_ids: set[int] = set()
+    original = KVStateMachine.snapshot_later
+
+    def snapshot_later(self: KVStateMachine) -> Callable[[], bytes]:
+        encode = original(self)
+        if id(self) not in slow_ids:
+            return encode
+
+        def slow() -> bytes:  # the follower's encode waits for the gate
+            gate.wait(20)
+            return encode()
+
+        return slow
+
+    monkeypatch.setattr(KVStateMachine, "snapshot_later", snapshot_later)
+    async with open_cluster(3, seed=5, snapshot_entries=20, run_disk_inline=False) as cluster:
+        leader = await cluster.wait_for_leader()
+        follower = cluster.followers()[0]
+        slow_ids.add(id(follower.kv))
+        for i in range(25):  # the follower starts its own snapshot, which now hangs
+            await put(leader, f"k{i}", str(i))
+        with trio.fail_after(10):
+            while not follower._snapshotting:  # noqa: ASYNC110 -- no event exists for it
+                await trio.sleep(0.01)
+        cluster.network.isolate(follower.id)
+        for i in range(100):  # the leader compacts far past the follower's log
+            await put(leader, f"k{i % 10}", f"v{i}")
+        cluster.network.heal()
+        with trio.fail_after(10):  # the leader brings the follower up by InstallSnapshot
+            while follower.stats.get("snapshots_installed", 0) == 0:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        gate.set()  # the stale local snapshot now reaches storage, and is dropped
+        await trio.sleep(1)
+        digest = await cluster.wait_converged()
+        assert follower.kv.state_digest() == digest
+        await put(leader, "after", "ok")  # the follower is still alive and following
+        await cluster.wait_converged()
+        assert follower.kv.get("after") == "ok"
