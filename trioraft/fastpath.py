@@ -48,7 +48,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _QUERIES = {b"": "linearizable", b"consistency=linearizable": "linearizable",
             b"consistency=stale": "stale"}
-_JSON = (b"content-type", b"application/json")
 _LEADER = LEADER_HEADER.lower().encode()
 
 
@@ -109,15 +108,7 @@ class FastPath:
             if err.status == 500:
                 log.exception("node=%s unhandled error in %s %s", node.id, method, scope["path"])
             status, body = err.status, {"error": err.message, "code": err.code, **err.extra}
-        payload = msgspec.json.encode(body)
-        headers = [_JSON, (b"content-length", b"%d" % len(payload))]
-        lid = node.leader_id
-        if lid is not None:
-            headers.append((_LEADER, lid.encode()))
-        if status == 503:
-            headers.append((b"retry-after", b"1"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        await self._respond(send, status, msgspec.json.encode(body), b"application/json")
 
 
     async def _serve_peer(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
@@ -143,13 +134,17 @@ class FastPath:
                 log.exception("node=%s unhandled error in POST %s", node.id, path)
             status, ctype = err.status, b"application/json"
             payload = msgspec.json.encode({"error": err.message, "code": err.code})
-        out = [(b"content-type", ctype), (b"content-length", b"%d" % len(payload))]
-        lid = node.leader_id
+        await self._respond(send, status, payload, ctype)
+
+    async def _respond(self, send: Send, status: int, payload: bytes, ctype: bytes) -> None:
+        """Send one whole response, with the headers every answer of a node carries."""
+        headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(payload))]
+        lid = self.node.leader_id
         if lid is not None:
-            out.append((_LEADER, lid.encode()))
+            headers.append((_LEADER, lid.encode()))
         if status == 503:
-            out.append((b"retry-after", b"1"))
-        await send({"type": "http.response.start", "status": status, "headers": out})
+            headers.append((b"retry-after", b"1"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
 
