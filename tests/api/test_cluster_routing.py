@@ -85,6 +85,20 @@ async def test_redirect_true_on_a_follower_answers_307_to_the_leader(trio3: Clus
     assert body["key"] == "a?b"
 
 
+async def test_redirect_true_on_a_follower_redirects_linearizable_reads_only(
+    trio3: Cluster,
+) -> None:
+    assert_ok(await trio3.client.put(f"{trio3.leader_url}/kv/r", json={"value": "1"}))
+    follower = trio3.follower_urls[0]
+    r = await trio3.client.get(f"{follower}/kv/r?redirect=true")
+    assert r.status_code == 307
+    assert r.headers["Location"] == f"{trio3.leader_url}/kv/r?redirect=true"
+    assert assert_ok(await trio3.client.get(r.headers["Location"])) == {"key": "r", "value": "1"}
+    await trio3.settle()
+    stale = await trio3.client.get(f"{follower}/kv/r?redirect=true&consistency=stale")
+    assert assert_ok(stale) == {"key": "r", "value": "1"}  # served locally, not redirected
+
+
 async def test_redirect_true_on_the_leader_just_writes(trio3: Cluster) -> None:
     r = await trio3.client.put(f"{trio3.leader_url}/kv/k?redirect=true", json={"value": "v"})
     assert assert_ok(r)["value"] == "v"
