@@ -126,3 +126,29 @@ def test_messages_from_outside_the_configuration_change_nothing() -> None:
     c.process("b")
     assert (core.term, core.vote) == (term, vote)
     assert not c.queue  # not even answered
+
+
+def test_commit_notices_ask_for_no_reply() -> None:
+    from trioraft.core import AppendEntries, AppendEntriesResponse
+
+    c = Cluster(["a", "b", "c"])
+    c.elect("a")
+    c.deliver()  # the no-op commits
+    c.propose("a", b"x")
+    seen: list[object] = []
+
+    def record(m: object) -> bool:
+        seen.append(m)
+        return True
+
+    c.deliver(record)
+    notices = [m for m in seen if isinstance(m, AppendEntries) and m.commit_only]
+    assert notices  # followers hear about the new commit index at once...
+    assert all(c.core(f).commit_index == c.core("a").commit_index for f in ("b", "c"))
+    replies_to_notices = [
+        m for m in seen if isinstance(m, AppendEntriesResponse)
+    ]
+    # ...and only the entries themselves were acknowledged, not the notices.
+    assert len(replies_to_notices) == len(
+        [m for m in seen if isinstance(m, AppendEntries) and not m.commit_only]
+    )

@@ -574,6 +574,8 @@ class RaftCore:
         last_new = msg.prev_log_index + len(msg.entries)
         # Figure 2: commit_index = min(leader_commit, index of last new entry).
         log.commit_to(min(msg.leader_commit, last_new))
+        if msg.commit_only:
+            return  # a commit notice: the leader needs no acknowledgement
         self._send(
             AppendEntriesResponse(
                 self.id, msg.src, self.term, True, match_index=last_new, read_seq=msg.read_seq
@@ -706,7 +708,9 @@ class RaftCore:
         # The leader counts only entries it has itself persisted (advance()).
         return self.log.unstable_from - 1
 
-    def _send_heartbeat(self, peer: str, pr: Progress, read_seq: int) -> None:
+    def _send_heartbeat(
+        self, peer: str, pr: Progress, read_seq: int, commit_only: bool = False
+    ) -> None:
         # prev = match_index: the follower is known to hold it, so a heartbeat
         # never fails spuriously; the commit sent is capped to what it holds.
         prev = pr.match_index
@@ -718,7 +722,8 @@ class RaftCore:
         pr.commit_sent = max(pr.commit_sent, commit)
         self._send(
             AppendEntries(
-                self.id, peer, self.term, prev, prev_term, (), commit, read_seq=read_seq
+                self.id, peer, self.term, prev, prev_term, (), commit, read_seq=read_seq,
+                commit_only=commit_only,
             )
         )
 
@@ -740,7 +745,9 @@ class RaftCore:
             if peer not in sent_to and min(self.log.committed, pr.match_index) > pr.commit_sent:
                 # Tell it about the new commit index promptly, so reads served
                 # on followers (ReadIndex) need not wait for the next heartbeat.
-                self._send_heartbeat(peer, pr, self._read_seq)
+                # It asks for no reply: at low load these notices would
+                # otherwise double the messages of every write.
+                self._send_heartbeat(peer, pr, 0, commit_only=True)
 
     def _send_append(self, peer: str, pr: Progress) -> None:
         prev = pr.next_index - 1

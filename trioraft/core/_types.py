@@ -97,6 +97,9 @@ class AppendEntries:
     # ReadIndex round this message confirms leadership for (0: none). A
     # follower echoes it so the leader can count a heartbeat quorum.
     read_seq: int = 0
+    # A notice of a new commit index only (no entries, prev = match_index):
+    # the follower applies it and does not answer when it succeeds.
+    commit_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

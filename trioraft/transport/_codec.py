@@ -88,6 +88,7 @@ class _WAppend(msgspec.Struct, array_like=True, tag=3):
     entries: list[_WEntry]
     leader_commit: int
     read_seq: int
+    commit_only: bool = False
 
 
 class _WAppendResp(msgspec.Struct, array_like=True, tag=4):
@@ -161,7 +162,7 @@ def _to_wire(m: Message) -> msgspec.Struct:
             return _WAppend(
                 m.src, m.dst, m.term, m.prev_log_index, m.prev_log_term,
                 [_WEntry(e.index, e.term, int(e.kind), e.data) for e in m.entries],
-                m.leader_commit, m.read_seq,
+                m.leader_commit, m.read_seq, m.commit_only,
             )
         case AppendEntriesResponse():
             return _WAppendResp(
@@ -205,7 +206,7 @@ def _from_wire(w: Any) -> Message:
                 raise CodecError("entries must follow prev_log_index")
             return AppendEntries(
                 w.src, w.dst, w.term, w.prev_log_index, w.prev_log_term, tuple(entries),
-                w.leader_commit, w.read_seq,
+                w.leader_commit, w.read_seq, w.commit_only,
             )
         case _WAppendResp():
             return AppendEntriesResponse(
