@@ -21,7 +21,7 @@ import heapq
 import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -56,7 +56,7 @@ from trioraft.kv import KVStateMachine, Result, decode_results, encode_results
 from trioraft.storage import Storage
 from trioraft.transport import LinkError, PeerLink
 
-__all__ = ["RaftNode"]
+__all__ = ["RaftNode", "open_node"]
 
 log = logging.getLogger("trioraft.node")
 T = TypeVar("T")
@@ -774,6 +774,23 @@ class RaftNode:
         self._stopping = True
         if self.core is not None:
             self.core.retire()
+
+
+@contextlib.asynccontextmanager
+async def open_node(
+    config: NodeConfig, storage: Storage, links: dict[str, PeerLink], **kwargs: Any
+) -> AsyncIterator[RaftNode]:
+    """Run a RaftNode for the duration of the block; its tasks stop on exit.
+
+    The node has recovered from `storage` by the time the block starts.
+    """
+    node = RaftNode(config, storage, links, **kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 # Course routes answer synchronously: which request type each response answers.
