@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +20,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trioraft import kv, openapi
-from trioraft.core import AppendEntriesResponse, InstallSnapshot, NotLeader, RequestVoteResponse
+from trioraft.core import (
+    AppendEntriesResponse,
+    InstallSnapshot,
+    Message,
+    NotLeader,
+    RequestVoteResponse,
+)
 from trioraft.errors import (
     NoLeader,
     NoQuorum,
@@ -70,7 +77,7 @@ def _error(status: int, code: str, message: str, **extra: Any) -> Response:
     return _json({"error": message, "code": code, **extra}, status, headers)
 
 
-def _map_error(exc: BaseException) -> ApiError:
+def map_error(exc: BaseException) -> ApiError:
     """Every runtime error's HTTP meaning, in one place (API.md §3 Errors)."""
     match exc:
         case ApiError():
@@ -124,10 +131,10 @@ def _string(body: dict[str, Any], name: str, nullable: bool = False) -> str | No
 
 
 def _request_id() -> str | None:
-    return _check_request_id(request.headers.get("Idempotency-Key"))
+    return check_request_id(request.headers.get("Idempotency-Key"))
 
 
-def _check_request_id(rid: str | None) -> str | None:
+def check_request_id(rid: str | None) -> str | None:
     if rid is None:
         return None
     try:
@@ -139,7 +146,7 @@ def _check_request_id(rid: str | None) -> str | None:
 
 # ------------------------------------------------------ the operations themselves
 # Shared by the Quart routes and the ASGI fast path: plain inputs in,
-# (status, JSON body) out, runtime errors raised for _map_error.
+# (status, JSON body) out, runtime errors raised for map_error.
 
 
 def result_reply(result: kv.Result) -> tuple[int, dict[str, Any]]:
@@ -212,7 +219,7 @@ async def read_barrier(node: RaftNode, consistency: str) -> None:
 
 
 async def get_op(node: RaftNode, key: str, consistency: str) -> tuple[int, dict[str, Any]]:
-    _check_key(key)
+    check_key(key)
     await read_barrier(node, consistency)
     value = node.kv.get(key)
     if value is None:
@@ -252,7 +259,7 @@ async def _drain_body(resp: Response) -> None:
         resp.headers["Connection"] = "close"
 
 
-def _check_key(key: str) -> str:
+def check_key(key: str) -> str:
     if not key:
         raise ApiError(400, "bad_request", "the key must not be empty")
     kv.validate_key(key)
@@ -294,7 +301,7 @@ def create_app(node: RaftNode) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def _crash(exc: Exception) -> Response:
-        mapped = _map_error(exc)
+        mapped = map_error(exc)
         if mapped.status == 500:
             log.exception("node=%s unhandled error in %s %s", node.id, request.method,
                           request.path)
@@ -325,24 +332,24 @@ def create_app(node: RaftNode) -> QuartTrio:
     async def put_key(key: str) -> Response:
         body = await _body_json(("value",))
         return await _write(
-            kv.Put(_check_key(key), _string(body, "value") or "", request_id=_request_id())
+            kv.Put(check_key(key), _string(body, "value") or "", request_id=_request_id())
         )
 
     @app.route("/kv", methods=["POST"])
     async def post_kv() -> Response:
         body = await _body_json(("key", "value"))
-        key = _check_key(_string(body, "key") or "")
+        key = check_key(_string(body, "key") or "")
         return await _write(kv.Put(key, _string(body, "value") or "", request_id=_request_id()))
 
     @app.route("/kv/<path:key>", methods=["DELETE"])
     async def delete_key(key: str) -> Response:
-        return await _write(kv.Delete(_check_key(key), request_id=_request_id()))
+        return await _write(kv.Delete(check_key(key), request_id=_request_id()))
 
     @app.route("/kv/<path:key>/cas", methods=["POST"])
     async def cas_key(key: str) -> Response:
         body = await _body_json(("expected", "value"))
         cmd = kv.Cas(
-            _check_key(key),
+            check_key(key),
             _string(body, "expected", nullable=True),
             _string(body, "value", nullable=True),
             request_id=_request_id(),
@@ -368,7 +375,7 @@ def create_app(node: RaftNode) -> QuartTrio:
 
     @app.route("/kv/<path:key>", methods=["GET"])
     async def get_key(key: str) -> Response:
-        _check_key(key)
+        check_key(key)
         if _wants_redirect() and request.args.get("consistency") != "stale":
             return await _redirect()
         status, body = await get_op(node, key, request.args.get("consistency", "linearizable"))
@@ -449,35 +456,40 @@ def create_app(node: RaftNode) -> QuartTrio:
             raise ApiError(409, "bad_request", str(exc)) from None
         return Response("", status=204)
 
-    @app.route("/raft/request-vote", methods=["POST"])
-    async def request_vote() -> Response:
+    async def _course_rpc(
+        parse: Callable[[bytes, str], Message],
+        answer_type: type,
+        to_json: Callable[[Any], dict[str, Any]],
+        refusal: dict[str, Any],
+    ) -> Response:
+        """A course-form JSON request stepped into the core, its answer as JSON."""
         _authorize()
         try:
-            msg = request_vote_from_json(await _raw_body(cache=False), node.id)
+            msg = parse(await _raw_body(cache=False), node.id)
         except CodecError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         if msg.src not in node.peer_ids:
-            # Never a vote for a node outside the configuration (the core
-            # ignores it); answer in the course's shape all the same.
-            return _json({"term": node.term, "voteGranted": False})
+            # Nothing for a node outside the configuration (the core ignores
+            # it); answer in the course's shape all the same.
+            return _json({"term": node.term, **refusal})
         resp = await node.rpc(msg)
-        if not isinstance(resp, RequestVoteResponse):
+        if not isinstance(resp, answer_type):
             raise ApiError(503, "no_quorum", "no answer from the node in time")
-        return _json(vote_response_to_json(resp))
+        return _json(to_json(resp))
+
+    @app.route("/raft/request-vote", methods=["POST"])
+    async def request_vote() -> Response:
+        return await _course_rpc(
+            request_vote_from_json, RequestVoteResponse, vote_response_to_json,
+            {"voteGranted": False},
+        )
 
     @app.route("/raft/append-entries", methods=["POST"])
     async def append_entries() -> Response:
-        _authorize()
-        try:
-            msg = append_entries_from_json(await _raw_body(cache=False), node.id)
-        except CodecError as exc:
-            raise ApiError(400, "bad_request", str(exc)) from None
-        if msg.src not in node.peer_ids:
-            return _json({"term": node.term, "success": False, "matchIndex": 0})
-        resp = await node.rpc(msg)
-        if not isinstance(resp, AppendEntriesResponse):
-            raise ApiError(503, "no_quorum", "no answer from the node in time")
-        return _json(append_response_to_json(resp))
+        return await _course_rpc(
+            append_entries_from_json, AppendEntriesResponse, append_response_to_json,
+            {"success": False, "matchIndex": 0},
+        )
 
     return app
 

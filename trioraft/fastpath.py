@@ -6,7 +6,7 @@ are served straight from the ASGI scope: Quart's per-request machinery
 consensus write's own work on this stack. Everything else -- other routes,
 other query parameters, anything unusual -- falls through to the Quart app,
 which remains the reference implementation. Both call the same operations
-(`api.write_op`, `api.get_op`) and the same error mapping (`api._map_error`),
+(`api.write_op`, `api.get_op`) and the same error mapping (`api.map_error`),
 so a request gets the same answer either way; tests/api runs against both.
 """
 
@@ -24,11 +24,11 @@ from trioraft.api import (
     MAX_BODY_BYTES,
     MAX_RAFT_BODY_BYTES,
     ApiError,
-    _check_key,
-    _check_request_id,
-    _map_error,
     authorize,
+    check_key,
+    check_request_id,
     get_op,
+    map_error,
     raft_messages_op,
     raft_propose_op,
     write_op,
@@ -91,20 +91,20 @@ class FastPath:
                 value: object = ""
                 if method == "PUT":
                     value = _put_value(await _read_body(receive))
-                _check_key(key)
+                check_key(key)
                 if not isinstance(value, str):
                     raise ApiError(400, "bad_request", "field 'value' must be a string")
                 rid = None
                 for name, raw_value in scope["headers"]:
                     if name == b"idempotency-key":
-                        rid = _check_request_id(raw_value.decode("latin-1"))
+                        rid = check_request_id(raw_value.decode("latin-1"))
                 cmd: kv.Command = (
                     kv.Put(key, value, request_id=rid) if method == "PUT"
                     else kv.Delete(key, request_id=rid)
                 )
                 status, body = await write_op(node, cmd)
         except Exception as exc:  # the same mapping as the Quart app's handlers
-            err = _map_error(exc)
+            err = map_error(exc)
             if err.status == 500:
                 log.exception("node=%s unhandled error in %s %s", node.id, method, scope["path"])
             status, body = err.status, {"error": err.message, "code": err.code, **err.extra}
@@ -129,7 +129,7 @@ class FastPath:
                 payload = await raft_propose_op(node, raw)
                 status = 200
         except Exception as exc:
-            err = _map_error(exc)
+            err = map_error(exc)
             if err.status == 500:
                 log.exception("node=%s unhandled error in POST %s", node.id, path)
             status, ctype = err.status, b"application/json"
