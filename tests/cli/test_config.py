@@ -317,3 +317,14 @@ def test_help_mentions_env_vars_and_the_fsync_warning(capsys):
         assert name in out
     assert "benchmarks only" in out
     assert "UNSAFE" in out
+
+
+def test_snapshot_bytes_defaults_to_64_mib_and_the_flag_beats_the_env():
+    assert parse().snapshot_bytes == 64 * 1024 * 1024
+    assert parse(SNAPSHOT_BYTES="4096").snapshot_bytes == 4096
+    assert parse("--snapshot-bytes", "1024", SNAPSHOT_BYTES="4096").snapshot_bytes == 1024
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "lots"])
+def test_snapshot_bytes_must_be_a_positive_integer(capsys, bad):
+    assert "--snapshot-bytes" in usage_error(capsys, "--snapshot-bytes", bad)

@@ -152,3 +152,16 @@ def test_commit_notices_ask_for_no_reply() -> None:
     assert len(replies_to_notices) == len(
         [m for m in seen if isinstance(m, AppendEntries) and not m.commit_only]
     )
+
+
+def test_a_retired_node_never_campaigns_but_still_follows() -> None:
+    c = Cluster(["a", "b", "c"])
+    c.core("b").retire()  # b is shutting down
+    for _ in range(5):  # its election timer fires again and again
+        c.tick("b")
+    assert c.core("b").role is Role.FOLLOWER
+    assert c.core("b").term == 0
+    assert not c.queue  # it asked nobody for a vote
+    c.elect("a")
+    c.deliver()
+    assert c.core("b").leader_id == "a"  # it still follows (and voted)

@@ -123,3 +123,18 @@ async def test_a_local_snapshot_overtaken_by_an_installed_one_is_dropped(
         await put(leader, "after", "ok")  # the follower is still alive and following
         await cluster.wait_converged()
         assert follower.kv.get("after") == "ok"
+
+
+async def test_a_snapshot_is_taken_at_the_byte_threshold_too(
+    autojump_clock: trio.testing.MockClock,
+):
+    # The entry threshold is out of reach; 40 writes of 1 KiB pass the byte one.
+    limits = {"snapshot_entries": 10**6, "snapshot_bytes": 16 * 1024}
+    async with open_cluster(3, seed=22, **limits) as cluster:
+        leader = await cluster.wait_for_leader()
+        for i in range(40):
+            await put(leader, f"k{i}", "x" * 1024)
+        await cluster.wait_converged()
+        for n in cluster.running():
+            assert n.status()["snapshot_index"] > 0
+            assert n.stats["snapshots"] >= 1
