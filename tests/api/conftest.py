@@ -8,7 +8,6 @@ tests use its `client` (an httpx.AsyncClient) and its node URLs.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,25 +23,11 @@ import trioraft.server
 from trioraft.config import NodeConfig
 from trioraft.node import RaftNode
 from trioraft.server import serve
+from trioraft.testing.procs import free_ports
 
 LEADER_WAIT_S = 10.0
 SETTLE_S = 5.0
 TOKEN = "s3cret-token"
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct loopback ports that were free a moment ago (bound to port 0, then closed)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def make_configs(

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from typing import IO, TypeVar
 
 import httpx
 import trio
+
+from trioraft.testing.procs import free_ports
 
 from ._load import BULK_PUTS, ClientKind, LoadResult, LoadSpec, parse_mix, run_load, txn_body
 
@@ -66,20 +67,6 @@ class Row:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (bound together so they differ, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Processes:
