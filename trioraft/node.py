@@ -484,7 +484,7 @@ class RaftNode:
         term = core.log.term_at(index)
         if term is None:
             return
-        meta = SnapshotMeta(index, term, core.voters)
+        meta = SnapshotMeta(index, term, core.configuration)
         # Copy the state now (cheap); encode and write it off the event loop,
         # so clients are not stalled by a large snapshot.
         encode = self.kv.snapshot_later()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trioraft.core import Entry, EntryKind, HardState, SnapshotMeta
+from trioraft.core import Configuration, Entry, EntryKind, HardState, SnapshotMeta
 from trioraft.storage import PersistedState, Storage
 
 
@@ -12,7 +12,7 @@ def entries(first: int, last: int, term: int = 1) -> list[Entry]:
     return [Entry(i, term, EntryKind.NORMAL, f"cmd{i}".encode()) for i in range(first, last + 1)]
 
 
-META = SnapshotMeta(index=6, term=1, voters=frozenset({"a", "b", "c"}))
+META = SnapshotMeta(index=6, term=1, config=Configuration.of_voters({"a", "b", "c"}))
 
 
 def stage(s: Storage, meta: SnapshotMeta, data: bytes, chunk: int = 3) -> None:
@@ -123,7 +123,7 @@ def test_older_snapshot_is_refused(storage: Storage) -> None:
 def test_newer_snapshot_replaces_the_older(storage: Storage) -> None:
     storage.save(None, entries(1, 10))
     storage.save_snapshot(META, b"six")
-    newer = SnapshotMeta(index=9, term=1, voters=frozenset({"a"}))
+    newer = SnapshotMeta(index=9, term=1, config=Configuration.of_voters({"a"}))
     storage.save_snapshot(newer, b"nine")
     assert storage.load_snapshot() == (newer, b"nine")
     assert storage.load().entries == entries(10, 10)
@@ -182,7 +182,7 @@ def test_chunk_at_offset_zero_restarts_the_transfer(storage: Storage) -> None:
 
 
 def test_new_transfer_replaces_an_unfinished_one(storage: Storage) -> None:
-    other = SnapshotMeta(index=9, term=2, voters=frozenset({"a"}))
+    other = SnapshotMeta(index=9, term=2, config=Configuration.of_voters({"a"}))
     storage.write_incoming_chunk(META, 0, b"old transfer")
     storage.write_incoming_chunk(other, 0, b"new")
     with pytest.raises(ValueError, match="no staged"):

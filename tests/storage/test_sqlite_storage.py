@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from trioraft.core import Entry, EntryKind, HardState, SnapshotMeta
+from trioraft.core import Configuration, Entry, EntryKind, HardState, SnapshotMeta
 from trioraft.storage import DataDirLocked, SqliteStorage, StorageCorrupt, open_storage
 
-META = SnapshotMeta(index=6, term=2, voters=frozenset({"n1", "n2", "n3"}))
+META = SnapshotMeta(index=6, term=2, config=Configuration.of_voters({"n1", "n2", "n3"}))
 
 
 def entries(first: int, last: int, term: int = 2) -> list[Entry]:

@@ -13,7 +13,7 @@ Invariants (asserted where they can break):
 
 from __future__ import annotations
 
-from trioraft.core._types import Entry, SnapshotMeta
+from trioraft.core._types import Configuration, Entry, SnapshotMeta
 
 __all__ = ["RaftLog"]
 
@@ -119,7 +119,7 @@ class RaftLog:
             return True
         return False
 
-    def compact(self, index: int, voters: frozenset[str]) -> None:
+    def compact(self, index: int, config: Configuration) -> None:
         """Forget entries <= index: a snapshot now covers them."""
         if index <= self.snapshot.index:
             return
@@ -127,7 +127,7 @@ class RaftLog:
         term = self.term_at(index)
         assert term is not None
         del self.entries[: index - self.snapshot.index]
-        self.snapshot = SnapshotMeta(index=index, term=term, voters=voters)
+        self.snapshot = SnapshotMeta(index=index, term=term, config=config)
 
     def restore(self, meta: SnapshotMeta, keep_suffix: bool) -> None:
         """Install a snapshot received from the leader."""

@@ -27,6 +27,7 @@ from trioraft.core._progress import Progress, ProgressState
 from trioraft.core._types import (
     AppendEntries,
     AppendEntriesResponse,
+    Configuration,
     Entry,
     EntryKind,
     HardState,
@@ -118,7 +119,11 @@ class RaftCore:
         self._rng = rng
         hs = hard_state or HardState()
         snap = snapshot or SnapshotMeta()
-        self.voters: frozenset[str] = snap.voters or config.voters
+        # A snapshot's membership overrides the bootstrap set in the config.
+        self.configuration = (
+            snap.config if snap.config.members else Configuration.of_voters(config.voters)
+        )
+        self.voters: frozenset[str] = self.configuration.voters
         self.term = hs.term  # current_term: never decreases
         self.vote = hs.vote  # voted_for in `term`: at most one grant per term
         self.log = RaftLog(snap, list(entries), hs.commit)
@@ -411,7 +416,7 @@ class RaftCore:
 
     def compact(self, index: int) -> None:
         """A snapshot covering entries <= index is durable: forget them."""
-        self.log.compact(index, self.voters)
+        self.log.compact(index, self.configuration)
 
     # ============================================================== messages
     def step(self, msg: Message, now: float) -> None:
@@ -595,7 +600,9 @@ class RaftCore:
             return
         keep = self.log.term_at(meta.index) == meta.term
         self.log.restore(meta, keep)
-        self.voters = meta.voters or self.voters
+        if meta.config.members:
+            self.configuration = meta.config
+            self.voters = meta.config.voters
         self._pending_snapshot = (meta, keep)
         self._send(InstallSnapshotResponse(self.id, msg.src, self.term, meta.index))
 

@@ -8,16 +8,21 @@ reader's feet. Field names follow Figure 2 of the Raft paper.
 from __future__ import annotations
 
 import enum
+import itertools
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
     "AppendEntries",
     "AppendEntriesResponse",
+    "Configuration",
     "Entry",
     "EntryKind",
     "HardState",
     "InstallSnapshot",
     "InstallSnapshotResponse",
+    "Member",
     "Message",
     "ReadIndexRequest",
     "ReadIndexResponse",
@@ -31,7 +36,7 @@ __all__ = [
 class EntryKind(enum.IntEnum):
     NORMAL = 0  # a client command, opaque to the core
     NOOP = 1  # appended by every new leader so it can commit its term (paper §5.4.2)
-    CONFIG = 2  # a membership change; data is the encoded voter set
+    CONFIG = 2  # a membership change; data is `Configuration.encode()`
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +57,122 @@ class HardState:
 
 
 @dataclass(frozen=True, slots=True)
+class Member:
+    """One member of a configuration.
+
+    `id` is the member id: the `src`/`dst` of every message and the only name
+    the core knows. It identifies one *incarnation* of a node: a node that
+    lost its disk comes back under a fresh id, so an amnesiac can never vote
+    or count under the id whose promises (votes, acknowledged entries) it has
+    forgotten. `name` (the operator's name, e.g. "node1") and `url` are
+    carried for the runtime and are opaque to the core.
+    """
+
+    id: str
+    voter: bool = True
+    name: str = ""  # "" means: the same as `id`
+    url: str = ""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "voter": self.voter, "name": self.name, "url": self.url}
+
+
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    """The cluster membership: voters and learners (non-voting members).
+
+    `members` is sorted by id and ids are unique (use `Configuration.of`).
+    Carried in CONFIG entries and in every snapshot.
+    """
+
+    members: tuple[Member, ...] = ()
+
+    @classmethod
+    def of(cls, members: Iterable[Member]) -> Configuration:
+        ms = sorted(members, key=lambda m: m.id)
+        for a, b in itertools.pairwise(ms):
+            if a.id == b.id:
+                raise ValueError(f"member id {a.id!r} appears twice")
+        return cls(tuple(ms))
+
+    @classmethod
+    def of_voters(cls, ids: Iterable[str]) -> Configuration:
+        """All voters, named by their ids (tests, simulations, static clusters)."""
+        return cls.of(Member(i) for i in ids)
+
+    @property
+    def voters(self) -> frozenset[str]:
+        return frozenset(m.id for m in self.members if m.voter)
+
+    @property
+    def learners(self) -> frozenset[str]:
+        return frozenset(m.id for m in self.members if not m.voter)
+
+    @property
+    def ids(self) -> frozenset[str]:
+        return frozenset(m.id for m in self.members)
+
+    def get(self, member_id: str) -> Member | None:
+        for m in self.members:
+            if m.id == member_id:
+                return m
+        return None
+
+    def to_json(self) -> list[dict[str, object]]:
+        return [m.to_json() for m in self.members]
+
+    @classmethod
+    def from_json(cls, obj: object) -> Configuration:
+        """The inverse of `to_json`; raises ValueError on anything malformed."""
+        if not isinstance(obj, list):
+            raise ValueError("a configuration is a list of members")
+        out = []
+        for m in obj:
+            if not isinstance(m, dict):
+                raise ValueError("a member is an object")
+            mid, voter = m.get("id"), m.get("voter", True)
+            name, url = m.get("name", ""), m.get("url", "")
+            if not isinstance(mid, str) or not mid or len(mid) > MAX_MEMBER_ID_LEN:
+                raise ValueError("a member id is a non-empty string")
+            if not isinstance(voter, bool) or not isinstance(name, str) or not isinstance(url, str):
+                raise ValueError("member fields have the wrong types")
+            if len(name) > MAX_MEMBER_ID_LEN or len(url) > MAX_URL_LEN:
+                raise ValueError("member name or url too long")
+            out.append(Member(mid, voter, name, url))
+        if len(out) > MAX_MEMBERS:
+            raise ValueError(f"more than {MAX_MEMBERS} members")
+        return cls.of(out)
+
+    def encode(self) -> bytes:
+        """Canonical bytes (JSON): the data of a CONFIG entry, a snapshot header field."""
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Configuration:
+        try:
+            return cls.from_json(json.loads(data))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"malformed configuration: {exc}") from None
+
+
+MAX_MEMBERS = 64
+MAX_MEMBER_ID_LEN = 128
+MAX_URL_LEN = 2048
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotMeta:
     index: int = 0  # last included index
     term: int = 0  # term of the last included entry
-    voters: frozenset[str] = frozenset()  # membership as of `index`
+    config: Configuration = Configuration()  # membership as of `index`
+
+    @property
+    def voters(self) -> frozenset[str]:
+        return self.config.voters
 
 
 # --------------------------------------------------------------------- messages

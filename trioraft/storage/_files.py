@@ -3,13 +3,13 @@
 Snapshot file layout (all integers big-endian)::
 
     magic       8 bytes   b"TRRSNAP\\x00"
-    version     u16       1
+    version     u16       2 (version 1 files are still read)
     index       u64       last included index
     term        u64       term of that entry
     data_len    u64       length of the data that follows the header
     data_crc    u32       CRC32 of the data
-    voters_len  u32       length of the voters JSON
-    voters      JSON      sorted list of voter ids (UTF-8)
+    config_len  u32       length of the configuration JSON
+    config      JSON      `Configuration.encode()` (version 1: a sorted list of voter ids)
     header_crc  u32       CRC32 of everything above
     data        data_len bytes (the state machine's snapshot, opaque here)
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from trioraft.core import SnapshotMeta
+from trioraft.core import Configuration, SnapshotMeta
 from trioraft.storage._protocol import StorageCorrupt
 
 __all__ = [
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 MAGIC = b"TRRSNAP\x00"
-VERSION = 1
+VERSION = 2
 _FIXED = struct.Struct(">8sHQQQII")
 _CRC = struct.Struct(">I")
 _MAX_VOTERS_JSON = 1 << 20  # a sanity bound: a larger length means a damaged header
@@ -87,7 +87,7 @@ def parse_snapshot_name(name: str) -> tuple[int, int] | None:
 
 
 def encode_header(meta: SnapshotMeta, data_len: int, data_crc: int) -> bytes:
-    voters = json.dumps(sorted(meta.voters), separators=(",", ":")).encode()
+    voters = meta.config.encode()
     fixed = _FIXED.pack(MAGIC, VERSION, meta.index, meta.term, data_len, data_crc, len(voters))
     head = fixed + voters
     return head + _CRC.pack(zlib.crc32(head))
@@ -122,7 +122,7 @@ def open_snapshot(path: Path) -> tuple[BinaryIO, SnapFile]:
         magic, version, index, term, data_len, data_crc, voters_len = _FIXED.unpack(fixed)
         if magic != MAGIC:
             raise corrupt(path, "not a trioraft snapshot file (bad magic)")
-        if version != VERSION:
+        if version not in (1, VERSION):
             raise corrupt(path, f"unsupported snapshot format version {version}")
         if voters_len > _MAX_VOTERS_JSON:
             raise corrupt(path, "snapshot header is damaged (voters length)")
@@ -130,9 +130,16 @@ def open_snapshot(path: Path) -> tuple[BinaryIO, SnapFile]:
         (header_crc,) = _CRC.unpack(_read_exact(f, _CRC.size, path, "header"))
         if zlib.crc32(fixed + voters_raw) != header_crc:
             raise corrupt(path, "snapshot header checksum mismatch")
-        voters = json.loads(voters_raw)
-        if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
-            raise corrupt(path, "snapshot header is damaged (voters)")
+        try:
+            if version == 1:
+                voters = json.loads(voters_raw)
+                if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
+                    raise ValueError("voters")
+                config = Configuration.of_voters(voters)
+            else:
+                config = Configuration.decode(voters_raw)
+        except ValueError:
+            raise corrupt(path, "snapshot header is damaged (configuration)") from None
         data_offset = _FIXED.size + voters_len + _CRC.size
         size = os.fstat(f.fileno()).st_size
         if size != data_offset + data_len:
@@ -140,7 +147,7 @@ def open_snapshot(path: Path) -> tuple[BinaryIO, SnapFile]:
                 path,
                 f"snapshot file is {size} bytes, its header says {data_offset + data_len}",
             )
-        meta = SnapshotMeta(index=index, term=term, voters=frozenset(voters))
+        meta = SnapshotMeta(index=index, term=term, config=config)
         return f, SnapFile(path, meta, data_offset, data_len, data_crc)
     except BaseException:
         f.close()

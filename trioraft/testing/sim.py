@@ -327,7 +327,7 @@ class Simulation:
                 idx = core.applied_index
                 term = core.log.term_at(idx)
                 assert term is not None
-                n.disk.snapshot = SnapshotMeta(idx, term, core.voters)
+                n.disk.snapshot = SnapshotMeta(idx, term, core.configuration)
                 n.disk.snapshot_data = tuple(n.applied[:idx])
                 n.disk.entries = [e for e in n.disk.entries if e.index > idx]
                 if self._crash_point(n):  # snapshot durable, memory not yet compacted

@@ -18,6 +18,7 @@ import msgspec
 from trioraft.core import (
     AppendEntries,
     AppendEntriesResponse,
+    Configuration,
     Entry,
     EntryKind,
     InstallSnapshot,
@@ -58,7 +59,7 @@ class _WEntry(msgspec.Struct, array_like=True):
 class _WMeta(msgspec.Struct, array_like=True):
     index: int
     term: int
-    voters: list[str]
+    config: bytes  # Configuration.encode()
 
 
 class _WVote(msgspec.Struct, array_like=True, tag=1):
@@ -148,12 +149,21 @@ _decoder = msgspec.msgpack.Decoder(list[_Wire])
 
 
 def meta_to_wire(meta: SnapshotMeta) -> list[Any]:
-    return [meta.index, meta.term, sorted(meta.voters)]
+    return [meta.index, meta.term, meta.config.encode().decode()]
 
 
 def meta_from_wire(w: Any) -> SnapshotMeta:
-    m = msgspec.convert(w, _WMeta)
-    return SnapshotMeta(m.index, m.term, frozenset(m.voters))
+    if not isinstance(w, list) or len(w) != 3 or not isinstance(w[2], str):
+        raise CodecError("a snapshot meta is [index, term, configuration]")
+    m = msgspec.convert([w[0], w[1], w[2].encode()], _WMeta)
+    return SnapshotMeta(m.index, m.term, _config(m.config))
+
+
+def _config(raw: bytes) -> Configuration:
+    try:
+        return Configuration.decode(raw)
+    except ValueError as exc:
+        raise CodecError(str(exc)) from None
 
 
 def _to_wire(m: Message) -> msgspec.Struct:
@@ -176,7 +186,7 @@ def _to_wire(m: Message) -> msgspec.Struct:
         case RequestVoteResponse():
             return _WVoteResp(m.src, m.dst, m.term, m.granted, m.pre_vote)
         case InstallSnapshot():
-            meta = _WMeta(m.meta.index, m.meta.term, sorted(m.meta.voters))
+            meta = _WMeta(m.meta.index, m.meta.term, m.meta.config.encode())
             return _WSnap(m.src, m.dst, m.term, meta, m.leader_commit)
         case InstallSnapshotResponse():
             return _WSnapResp(m.src, m.dst, m.term, m.match_index)
@@ -220,7 +230,7 @@ def _from_wire(w: Any) -> Message:
         case _WVoteResp():
             return RequestVoteResponse(w.src, w.dst, w.term, w.granted, w.pre_vote)
         case _WSnap():
-            meta = SnapshotMeta(w.meta.index, w.meta.term, frozenset(w.meta.voters))
+            meta = SnapshotMeta(w.meta.index, w.meta.term, _config(w.meta.config))
             return InstallSnapshot(w.src, w.dst, w.term, meta, w.leader_commit)
         case _WSnapResp():
             return InstallSnapshotResponse(w.src, w.dst, w.term, w.match_index)
