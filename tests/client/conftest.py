@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import httpx
 import pytest
+
+from trioraft.client import AsyncClient, Client
 
 URLS = {
     "node1": "http://127.0.0.1:3001",
@@ -211,3 +216,32 @@ class FakeCluster:
 @pytest.fixture
 def fake() -> FakeCluster:
     return FakeCluster()
+
+
+async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a sync or async client method alike."""
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+@pytest.fixture(params=["sync", "async"])
+async def make(request, fake) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Client | AsyncClient] = []
+
+    def factory(endpoints: Any = ENDPOINTS, **kwargs: Any) -> Client | AsyncClient:
+        kwargs.setdefault("rng", random.Random(1))
+        kwargs.setdefault("retry_base", 0.001)
+        kwargs.setdefault("retry_cap", 0.01)
+        client: Client | AsyncClient
+        if request.param == "sync":
+            client = Client(endpoints, transport=fake.transport(), **kwargs)
+        else:
+            client = AsyncClient(endpoints, transport=fake.transport(), **kwargs)
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        await call(client.aclose if isinstance(client, AsyncClient) else client.close)

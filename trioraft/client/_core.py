@@ -121,7 +121,8 @@ def error_of(resp: httpx.Response) -> tuple[str, str]:
     body = _json_or_none(resp)
     if isinstance(body, dict) and isinstance(body.get("code"), str):
         return str(body["code"]), str(body.get("error", resp.reason_phrase))
-    return "error", f"HTTP {resp.status_code} {resp.reason_phrase}".strip() + " (not a trioraft answer)"
+    status = f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
+    return "error", f"{status} (not a trioraft answer)"
 
 
 def json_dict(resp: httpx.Response) -> dict[str, Any]:
@@ -138,6 +139,12 @@ def json_dict(resp: httpx.Response) -> dict[str, Any]:
 def _check_consistency(consistency: str) -> None:
     if consistency not in ("linearizable", "stale"):
         raise ValueError(f"consistency must be 'linearizable' or 'stale', not {consistency!r}")
+
+
+@dataclass(slots=True)
+class _Lane:
+    id: str  # the client part of the Idempotency-Key
+    seq: int = 0  # the last sequence number used
 
 
 class Core:
@@ -167,7 +174,16 @@ class Core:
         self.client_id = client_id or uuid.uuid4().hex
         self._now = now
         self._rng = rng or random.Random()
-        self._seq = itertools.count(1)  # next() is atomic under the GIL: thread-safe
+        # Write lanes: one Idempotency-Key client id each, holding at most one write
+        # (and its retries) at a time. The server remembers the results of only the
+        # newest DEDUP_WINDOW (64) sequence numbers per client id, so one id shared
+        # by 64+ concurrent writes gets "too old" answers for the stragglers (seen:
+        # 64 tasks on one AsyncClient). With a lane per concurrent write, every
+        # lane's writes are strictly sequential and no retry is ever too old.
+        # Lane 0 is the client id itself; more are made as concurrency needs them.
+        # list.pop/append are atomic under the GIL: safe across threads.
+        self._free_lanes: list[_Lane] = [_Lane(self.client_id)]
+        self._lane_count = itertools.count(1)
         self._cursor = 0  # index into endpoints: where non-leader requests go
         self.leader_id: str | None = None
         self.leader_url: str | None = None
@@ -248,10 +264,33 @@ class Core:
         leader: bool = True,
         accept: frozenset[int] = frozenset({200}),
     ) -> Gen[httpx.Response]:
-        headers: dict[str, str] = {}
-        if write:
+        if not write:
+            return (yield from self._request(method, path, params, body, {}, False, leader,
+                                             accept))
+        try:
+            lane = self._free_lanes.pop()
+        except IndexError:
+            lane = _Lane(f"{self.client_id}-{next(self._lane_count)}")
+        try:
+            lane.seq += 1
             # One key per operation, reused by every retry: the server applies it once.
-            headers[IDEMPOTENCY_HEADER] = f"{self.client_id}:{next(self._seq)}"
+            headers = {IDEMPOTENCY_HEADER: f"{lane.id}:{lane.seq}"}
+            return (yield from self._request(method, path, params, body, headers, True, leader,
+                                             accept))
+        finally:
+            self._free_lanes.append(lane)  # also when abandoned (cancelled): seq moves on
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        body: Any,
+        headers: dict[str, str],
+        write: bool,
+        leader: bool,
+        accept: frozenset[int],
+    ) -> Gen[httpx.Response]:
         start = self._now()
         deadline = start + self.timeout
         maybe_applied = False  # some attempt of this write may have reached a leader
@@ -359,9 +398,8 @@ class Core:
             # this key. Any other 404 (a proxy, a wrong endpoint, a path the
             # server did not route) is an error, never a silent None.
             body = _json_or_none(resp)
-            if not (
-                isinstance(body, dict) and body.get("code") == "not_found" and body.get("key") == key
-            ):
+            ours = isinstance(body, dict) and body.get("code") == "not_found"
+            if not (ours and body.get("key") == key):
                 code, message = error_of(resp)
                 raise TrioraftError(
                     f"{resp.request.url}: 404 that is not a trioraft 'key not found': {message}",
