@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from trioraft import kv, openapi
+from trioraft import kv, observability, openapi
 from trioraft.core import (
     AppendEntriesResponse,
     InstallSnapshot,
@@ -433,6 +433,8 @@ def create_app(node: RaftNode) -> QuartTrio:
     @app.route("/openapi.json", methods=["GET"])
     async def openapi_json() -> Response:
         return _json(openapi.spec())
+
+    observability.register(app, node)  # /metrics, /ui, /ui/state (docs/operations.md)
 
     # ------------------------------------------------------------ peer routes
     def _authorize() -> None:

@@ -144,6 +144,9 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--snapshot-entries", metavar="N")
     group.add_argument("--snapshot-bytes", metavar="N")
     group.add_argument("--log-level", metavar="LEVEL")
+    group.add_argument("--log-format", metavar="FORMAT")
+    group.add_argument("--access-log", action="store_true", default=None,
+                       help="log every HTTP request of every node")
     group.add_argument("--request-timeout-ms", metavar="N")
     group.add_argument(
         "--no-fsync",
@@ -294,26 +297,12 @@ def _usage(args: argparse.Namespace, message: str) -> NoReturn:
 # ---------------------------------------------------------------- serve / cluster
 
 
-class _NodeIdFilter(logging.Filter):
-    def __init__(self, node_id: str) -> None:
-        super().__init__()
-        self.node_id = node_id
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.node = self.node_id
-        return True
-
-
 def configure_logging(config: NodeConfig) -> None:
-    """One line per event on stderr: time, level, node, logger, message."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_NodeIdFilter(config.id))
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s node=%(node)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(config.log_level.upper())
+    """One line per event on stderr, text or JSON (trioraft.logs), tagged with the node."""
+    from . import logs
+
+    logs.configure(config.id, config.log_level, config.log_format,
+                   access_log=config.access_log)
 
 
 def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -346,6 +335,7 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "snapshot_entries",
         "snapshot_bytes",
         "log_level",
+        "log_format",
         "request_timeout_ms",
     ):
         value = getattr(args, flag)
@@ -353,6 +343,8 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             serve_args.append(f"--{flag.replace('_', '-')}={value}")
     if args.no_fsync:
         serve_args.append("--no-fsync")
+    if args.access_log:
+        serve_args.append("--access-log")
     opts = cluster.ClusterOptions(
         nodes=args.nodes,
         base_port=args.base_port,

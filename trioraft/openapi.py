@@ -446,6 +446,28 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics of this node (text exposition format 0.0.4)",
+            "responses": {"200": {"description": "the metrics (docs/operations.md, Metrics)",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/ui": {
+        "get": {
+            "summary": "The live cluster view: one self-contained HTML page",
+            "responses": {"200": {"description": "the page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/ui/state": {
+        "get": {
+            "summary": "What the live view polls: /status, recent role and leader changes, "
+            "request counters, event-loop lag",
+            "responses": {"200": _body({"type": "object", "required": ["status", "changes",
+                                        "requests", "loop_lag_ms"]}, "the view's data")},
+        }
+    },
 }
 
 _SPEC: dict[str, Any] = {
