@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# No `*_created` series: they double the exposition and no alert here uses them.
+# (A process-wide switch of prometheus_client; it affects only that series.)
+disable_created_metrics()
 ROLES = ("leader", "follower", "candidate", "precandidate", "learner")
 PROGRESS_STATES = ("probe", "replicate", "snapshot")
 # Latency buckets (seconds): 100 µs to 10 s.
