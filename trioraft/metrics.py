@@ -58,7 +58,7 @@ __all__ = [
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # No `*_created` series: they double the exposition and no alert here uses them.
 # (A process-wide switch of prometheus_client; it affects only that series.)
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 ROLES = ("leader", "follower", "candidate", "precandidate", "learner")
 PROGRESS_STATES = ("probe", "replicate", "snapshot")
 # Latency buckets (seconds): 100 µs to 10 s.
