@@ -55,6 +55,11 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 _CONTROL |= {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
+# json.dumps(ensure_ascii=False) leaves DEL, the C1 controls and U+2028/2029 as
+# they are; each can end a line for some reader (str.splitlines does).
+_JSON_UNSAFE = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
+
+
 def escape(text: str) -> str:
     """`text` with every control character written as an escape (``\\n``, ``\\x1b``)."""
     return text.translate(_CONTROL)
@@ -130,7 +135,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
+        return json.dumps(out, default=str, ensure_ascii=False).translate(_JSON_UNSAFE)
 
 
 def configure(
