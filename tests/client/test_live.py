@@ -90,7 +90,7 @@ async def test_async_client_under_asyncio_against_a_real_node(node: Cluster) -> 
 
 
 async def test_64_concurrent_tasks_share_kept_alive_connections(node: Cluster) -> None:
-    tasks, per_task = 64, 10
+    tasks, per_task = 64, 4
     async with AsyncClient([node.leader_url], timeout=30.0) as client:
         async def worker(t: int) -> None:
             for i in range(per_task):
