@@ -1,16 +1,51 @@
 """Developer and CI sessions. `nox -s tests` is what CI runs (see .ci/run)."""
 
+import os
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
+# A session whose interpreter is missing fails; it never passes by being skipped.
+nox.options.error_on_missing_interpreters = True
 
 PY = "3.11"
+MIN_PYTHON = (3, 11)
 
 
-@nox.session(python=PY)
+def _check_python(session: nox.Session) -> None:
+    """Fail loudly unless the session's interpreter is 3.11 or newer."""
+    version = session.run(
+        "python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])", silent=True
+    )
+    found = tuple(int(part) for part in str(version).strip().split("."))
+    if found < MIN_PYTHON:
+        session.error(f"trioraft needs Python {'.'.join(map(str, MIN_PYTHON))}+; "
+                      f"this session runs {'.'.join(map(str, found))}")
+
+
+def _ensure_chromium(session: nox.Session) -> None:
+    """The /ui browser test drives Debian's chromium: install it when missing (as root)."""
+    if shutil.which("chromium"):
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-q", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium",
+                    external=True, env=env)
+    else:
+        session.warn("no chromium and no way to install it (needs root and apt-get): "
+                     "the /ui browser test will be skipped, saying so")
+
+
+# python=None: the interpreter nox itself runs on (CI's, whatever its minor
+# version), checked to be 3.11+ rather than skipped when "3.11" is not installed.
+@nox.session(python=None)
 def tests(session: nox.Session) -> None:
-    """The default suite: unit, simulation (300+ seeds), node and process tests."""
+    """The default suite: unit, simulation (300+ seeds), node, process and browser tests."""
+    _check_python(session)
+    _ensure_chromium(session)
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "not slow", *session.posargs)
 

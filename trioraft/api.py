@@ -18,8 +18,9 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
-from trioraft import kv, openapi
+from trioraft import kv, observability, openapi
 from trioraft.core import (
     AppendEntriesResponse,
     InstallSnapshot,
@@ -266,8 +267,20 @@ def check_key(key: str) -> str:
     return key
 
 
+class KeyConverter(PathConverter):
+    """A /kv/{key} path key: any non-empty string, a leading "/" included.
+
+    werkzeug's `path` converter (``[^/].*?``) cannot match a key beginning with
+    "/" (sent as ``/kv/%2Flead``, decoded to ``/kv//lead``).
+    """
+
+    regex = ".+?"
+    part_isolating = False  # explicit: werkzeug infers True from a regex without "/"
+
+
 def create_app(node: RaftNode) -> QuartTrio:
     app = QuartTrio("trioraft")
+    app.url_map.converters["key"] = KeyConverter
     app.config["MAX_CONTENT_LENGTH"] = MAX_RAFT_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     # Never answer "/kv//k" with a 308 to "/kv/k": that is another key.
@@ -328,7 +341,7 @@ def create_app(node: RaftNode) -> QuartTrio:
         status, body = await write_op(node, cmd)
         return _json(body, status)
 
-    @app.route("/kv/<path:key>", methods=["PUT"])
+    @app.route("/kv/<key:key>", methods=["PUT"])
     async def put_key(key: str) -> Response:
         body = await _body_json(("value",))
         return await _write(
@@ -341,11 +354,11 @@ def create_app(node: RaftNode) -> QuartTrio:
         key = check_key(_string(body, "key") or "")
         return await _write(kv.Put(key, _string(body, "value") or "", request_id=_request_id()))
 
-    @app.route("/kv/<path:key>", methods=["DELETE"])
+    @app.route("/kv/<key:key>", methods=["DELETE"])
     async def delete_key(key: str) -> Response:
         return await _write(kv.Delete(check_key(key), request_id=_request_id()))
 
-    @app.route("/kv/<path:key>/cas", methods=["POST"])
+    @app.route("/kv/<key:key>/cas", methods=["POST"])
     async def cas_key(key: str) -> Response:
         body = await _body_json(("expected", "value"))
         cmd = kv.Cas(
@@ -373,7 +386,7 @@ def create_app(node: RaftNode) -> QuartTrio:
     async def _barrier() -> None:
         await read_barrier(node, request.args.get("consistency", "linearizable"))
 
-    @app.route("/kv/<path:key>", methods=["GET"])
+    @app.route("/kv/<key:key>", methods=["GET"])
     async def get_key(key: str) -> Response:
         check_key(key)
         if _wants_redirect() and request.args.get("consistency") != "stale":
@@ -390,10 +403,11 @@ def create_app(node: RaftNode) -> QuartTrio:
             raise ApiError(400, "bad_request", "limit must be an integer") from None
         if not 1 <= limit <= 10_000:
             raise ApiError(400, "bad_request", "limit must be between 1 and 10000")
+        after = request.args.get("after")  # a cursor: only keys greater than it
         if _wants_redirect() and request.args.get("consistency") != "stale":
             return await _redirect()
         await _barrier()
-        items, more = node.kv.range(prefix, limit)
+        items, more = node.kv.range(prefix, limit, after=after)
         return _json({"items": [{"key": k, "value": v} for k, v in items], "more": more})
 
     # ---------------------------------------------------------- observability
@@ -419,6 +433,8 @@ def create_app(node: RaftNode) -> QuartTrio:
     @app.route("/openapi.json", methods=["GET"])
     async def openapi_json() -> Response:
         return _json(openapi.spec())
+
+    observability.register(app, node)  # /metrics, /ui, /ui/state (docs/operations.md)
 
     # ------------------------------------------------------------ peer routes
     def _authorize() -> None:

@@ -1,4 +1,4 @@
-"""The `trioraft` command line (API.md §1, §2, §6).
+"""The `trioraft` command line (docs/api.md, docs/configuration.md, docs/quickstart.md).
 
 Exit status: 0 success; 1 clean failure (absent key, CAS precondition false, request
 rejected by the server); 2 usage error; 3 the cluster cannot be reached or could not
@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, kv
 from .client import (
     DEFAULT_ENDPOINTS,
+    MAX_PAGE,
     Client,
     EndpointStatus,
     TrioraftError,
@@ -46,6 +47,7 @@ EXIT_INTERRUPTED = 130
 
 ENDPOINTS_ENV = "TRIORAFT_ENDPOINTS"
 DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_UNREACHABLE_S = 1.0
 
 _CLIENT_EPILOG = (
     "Exit status: 0 success, 1 clean failure (absent key, CAS failed), 2 usage error, "
@@ -94,6 +96,14 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         help=f"give up after this long, retries included [default {DEFAULT_TIMEOUT_S:g}]",
     )
     parser.add_argument(
+        "--unreachable-timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=argparse.SUPPRESS,
+        help="give up sooner, after this long, when every endpoint refuses connections (the "
+        f"cluster is down or the endpoints are wrong) [default {DEFAULT_UNREACHABLE_S:g}]",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         default=argparse.SUPPRESS,
@@ -134,6 +144,9 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--snapshot-entries", metavar="N")
     group.add_argument("--snapshot-bytes", metavar="N")
     group.add_argument("--log-level", metavar="LEVEL")
+    group.add_argument("--log-format", metavar="FORMAT")
+    group.add_argument("--access-log", action="store_true", default=None,
+                       help="log every HTTP request of every node")
     group.add_argument("--request-timeout-ms", metavar="N")
     group.add_argument(
         "--no-fsync",
@@ -176,9 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_arguments(cluster)
     cluster.set_defaults(handler=_cmd_cluster, parser=cluster)
 
-    p = client_command("put", "set KEY to VALUE")
+    p = client_command(
+        "put", "set KEY to VALUE (VALUE '-': read it from standard input; or --file PATH)"
+    )
     p.add_argument("key", metavar="KEY")
-    p.add_argument("value", metavar="VALUE")
+    p.add_argument(
+        "value", metavar="VALUE", nargs="?",
+        help="the value; '-' reads it from standard input, byte for byte (UTF-8)",
+    )
+    p.add_argument(
+        "--file", metavar="PATH", type=Path,
+        help="read the value from this file, byte for byte (UTF-8)",
+    )
     p.set_defaults(handler=_cmd_put, parser=p)
 
     p = client_command("get", "print the value of KEY (exit 1 if absent)")
@@ -191,8 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_get, parser=p)
 
-    p = client_command("del", "delete KEY (exit 1 if it was absent)")
+    p = client_command(
+        "del", "delete KEY (exit 1 if it was absent); with --prefix every key starting with KEY"
+    )
     p.add_argument("key", metavar="KEY")
+    p.add_argument(
+        "--prefix", action="store_true",
+        help="delete every key starting with KEY, atomically; prints how many",
+    )
     p.set_defaults(handler=_cmd_del, parser=p)
 
     p = client_command(
@@ -210,13 +238,24 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--delete", action="store_true", help="delete KEY instead of setting it")
     p.set_defaults(handler=_cmd_cas, parser=p)
 
-    p = client_command("range", "list keys starting with PREFIX, in order, as KEY<tab>VALUE")
+    p = client_command(
+        "range",
+        "list every key starting with PREFIX, in order, as KEY<tab>VALUE (fetched "
+        f"{MAX_PAGE:,} at a time)",
+    )
     p.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
-    p.add_argument("--limit", type=_positive_int, default=None, help="at most this many keys")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="at most this many keys (default: all)")
+    p.add_argument("--after", metavar="KEY", default=None,
+                   help="only keys after KEY (a cursor: the last key of a previous listing)")
     p.add_argument("--consistency", choices=("linearizable", "stale"), default="linearizable")
     p.set_defaults(handler=_cmd_range, parser=p)
 
-    p = client_command("status", "show every node: role, term, leader and log indexes")
+    p = client_command(
+        "status",
+        "show every node: role, term, leader, log indexes, replication lag behind the "
+        "leader and event-loop lag",
+    )
     p.set_defaults(handler=_cmd_status, parser=p)
 
     _add_bench(sub)
@@ -258,26 +297,12 @@ def _usage(args: argparse.Namespace, message: str) -> NoReturn:
 # ---------------------------------------------------------------- serve / cluster
 
 
-class _NodeIdFilter(logging.Filter):
-    def __init__(self, node_id: str) -> None:
-        super().__init__()
-        self.node_id = node_id
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.node = self.node_id
-        return True
-
-
 def configure_logging(config: NodeConfig) -> None:
-    """One line per event on stderr: time, level, node, logger, message."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_NodeIdFilter(config.id))
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s node=%(node)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(config.log_level.upper())
+    """One line per event on stderr, text or JSON (trioraft.logs), tagged with the node."""
+    from . import logs
+
+    logs.configure(config.id, config.log_level, config.log_format,
+                   access_log=config.access_log)
 
 
 def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -310,6 +335,7 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "snapshot_entries",
         "snapshot_bytes",
         "log_level",
+        "log_format",
         "request_timeout_ms",
     ):
         value = getattr(args, flag)
@@ -317,6 +343,8 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             serve_args.append(f"--{flag.replace('_', '-')}={value}")
     if args.no_fsync:
         serve_args.append("--no-fsync")
+    if args.access_log:
+        serve_args.append("--access-log")
     opts = cluster.ClusterOptions(
         nodes=args.nodes,
         base_port=args.base_port,
@@ -339,7 +367,11 @@ def _client(args: argparse.Namespace, env: Mapping[str, str]) -> Client:
         endpoints = normalize_endpoints(raw)
     except ValueError as exc:
         _usage(args, f"--endpoints: {exc}")
-    return Client(endpoints, timeout=getattr(args, "timeout", DEFAULT_TIMEOUT_S))
+    return Client(
+        endpoints,
+        timeout=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
+        unreachable_timeout=getattr(args, "unreachable_timeout", DEFAULT_UNREACHABLE_S),
+    )
 
 
 def _check_key(args: argparse.Namespace) -> None:
@@ -354,11 +386,37 @@ def _emit(args: argparse.Namespace, obj: Any, text: str | None) -> None:
         print(text)
 
 
+def _read_value(args: argparse.Namespace) -> str:
+    """VALUE, or the bytes of stdin ('-') or --file, decoded as UTF-8."""
+    if (args.value is None) == (args.file is None):
+        _usage(args, "give VALUE ('-' for standard input) or --file PATH, not both")
+    if args.value is not None and args.value != "-":
+        return str(args.value)
+    limit = kv.MAX_VALUE_BYTES
+    try:
+        if args.file is not None:
+            with open(args.file, "rb") as f:
+                raw = f.read(limit + 1)
+        else:
+            raw = sys.stdin.buffer.read(limit + 1)
+    except OSError as exc:
+        _usage(args, f"cannot read the value: {exc.strerror or exc}: {exc.filename or 'stdin'}")
+    if len(raw) > limit:
+        print(f"trioraft: the value is over the limit of {limit} bytes (too_large)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _usage(args, f"the value is not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
 def _cmd_put(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     _check_key(args)
+    value = _read_value(args)
     with _client(args, env) as client:
-        index = client.put(args.key, args.value)
-    _emit(args, {"key": args.key, "value": args.value, "index": index}, "OK")
+        index = client.put(args.key, value)
+    _emit(args, {"key": args.key, "value": value, "index": index}, "OK")
     return EXIT_OK
 
 
@@ -376,6 +434,11 @@ def _cmd_get(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _cmd_del(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     _check_key(args)
+    if args.prefix:
+        with _client(args, env) as client:
+            count = client.delete_prefix(args.key)
+        _emit(args, {"prefix": args.key, "deleted": count}, str(count))
+        return EXIT_OK
     with _client(args, env) as client:
         deleted = client.delete(args.key)
     _emit(args, {"key": args.key, "deleted": deleted}, "OK" if deleted else None)
@@ -403,16 +466,27 @@ def _cmd_cas(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _cmd_range(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    as_json = getattr(args, "json", False)
+    items: list[dict[str, str]] = []
+    more = False
+    last: str | None = None
     with _client(args, env) as client:
-        page = client.range(args.prefix, args.limit, consistency=args.consistency)
-    if getattr(args, "json", False):
-        items = [{"key": k, "value": v} for k, v in page.items]
-        _emit(args, {"items": items, "more": page.more}, None)
-    else:
-        for key, value in page.items:
-            print(f"{key}\t{value}")
-        if page.more:
-            print("(more keys: raise --limit)", file=sys.stderr)
+        scan = client.scan(args.prefix, consistency=args.consistency, after=args.after,
+                           page_size=min(MAX_PAGE, args.limit or MAX_PAGE))
+        for n, (key, value) in enumerate(scan):
+            if args.limit is not None and n == args.limit:
+                more = True  # one more key exists than asked for
+                break
+            last = key
+            if as_json:
+                items.append({"key": key, "value": value})
+            else:
+                print(f"{key}\t{value}")
+    if as_json:
+        _emit(args, {"items": items, "more": more}, None)
+    elif more:
+        print(f"(more keys: continue with --after {last!r}, or raise --limit)",
+              file=sys.stderr)
     return EXIT_OK
 
 
@@ -421,20 +495,54 @@ def _cell(status: Mapping[str, Any], name: str) -> str:
     return "-" if value is None else str(value)
 
 
+def _leader_status(results: Sequence[EndpointStatus]) -> Mapping[str, Any] | None:
+    """The /status of the leader in the highest term among the answers, if any."""
+    leaders = [r.status for r in results if r.status and r.status.get("role") == "leader"]
+    return max(leaders, key=lambda s: s.get("term") or 0, default=None)
+
+
+def replication_lag(status: Mapping[str, Any], leader: Mapping[str, Any] | None) -> str:
+    """How far `status`'s node is behind, from the leader's progress for it.
+
+    Entries the leader has that this node is not known to have (the leader's
+    last log index minus its match index), with the leader's replication state
+    when it is not streaming (probe: finding where the logs agree; snapshot:
+    being sent one).
+    """
+    if leader is None:
+        return "?"
+    if status.get("id") == leader.get("id"):
+        return "-"
+    progress = leader.get("progress")
+    peer = progress.get(status.get("id")) if isinstance(progress, Mapping) else None
+    if not isinstance(peer, Mapping) or not isinstance(peer.get("match_index"), int):
+        return "?"
+    lag = max(0, int(leader.get("last_log_index") or 0) - peer["match_index"])
+    state = peer.get("state")
+    return f"{lag}" if state in (None, "replicate") else f"{lag} ({state})"
+
+
+def loop_lag(status: Mapping[str, Any]) -> str:
+    value = status.get("loop_lag_ms")
+    return f"{value:.0f} ms" if isinstance(value, int | float) else "-"
+
+
 def _status_table(results: Sequence[EndpointStatus]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="trioraft cluster")
-    for name in ("id", "url", "role", "term", "leader", "commit", "applied", "last log"):
-        table.add_column(name, justify="right" if name in ("term", "commit", "applied") else "left")
-    table.add_column("snapshot", justify="right")
+    right = {"term", "commit", "applied", "last log", "snapshot", "lag", "loop lag"}
+    for name in ("id", "url", "role", "term", "leader", "commit", "applied", "last log",
+                 "snapshot", "lag", "loop lag"):  # fmt: skip
+        table.add_column(name, justify="right" if name in right else "left")
     styles = {"leader": "bold green", "candidate": "yellow", "precandidate": "yellow"}
+    leader = _leader_status(results)
     for result in results:
         s = result.status
         if s is None:
             error = result.error or "unreachable"
-            table.add_row("?", result.url, f"[red]{error}[/red]", *["-"] * 6)
+            table.add_row("?", result.url, f"[red]{error}[/red]", *["-"] * 8)
             continue
         role = _cell(s, "role")
         style = styles.get(role)
@@ -448,9 +556,13 @@ def _status_table(results: Sequence[EndpointStatus]) -> None:
             _cell(s, "applied_index"),
             _cell(s, "last_log_index"),
             _cell(s, "snapshot_index"),
+            replication_lag(s, leader),
+            loop_lag(s),
         )
     console = Console() if sys.stdout.isatty() else Console(width=200, no_color=True)
     console.print(table)
+    if leader is None and any(r.reachable for r in results):
+        print("no leader among the nodes that answered", file=sys.stderr)
 
 
 def _cmd_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -1,4 +1,4 @@
-"""`trioraft cluster`: run node1..nodeN as local OS processes (API.md §2).
+"""`trioraft cluster`: run node1..nodeN as local OS processes (docs/quickstart.md).
 
 Lifecycle:
 
@@ -7,8 +7,10 @@ Lifecycle:
 2. Start the children, print each node's URL, pid and log file.
 3. Poll ``GET /status`` on every node (every 100 ms) and print ``leader: nodeK`` when
    a leader is first known and whenever it changes; ``no leader (was nodeK)`` when it
-   is lost. A child that exits on its own is reported (with its log file); when all
-   have exited the command ends with status 1.
+   is lost. Every child that exits on its own is reported, each on its own line with
+   its log file: exit status 0 as "stopped" (a clean shutdown, e.g. a SIGTERM sent
+   to it), anything else as "exited unexpectedly" with the status or signal. When
+   all have exited (and been reported) the command ends with status 1.
 4. On SIGINT (Ctrl-C) or SIGTERM: SIGTERM every child, wait up to the grace period,
    SIGKILL whatever is left, reap everything, exit 0. A second signal during the
    grace period kills at once. Ctrl-C in a terminal signals the whole process group,
@@ -48,6 +50,7 @@ __all__ = [
     "SpawnCommand",
     "check_ports_free",
     "default_command",
+    "exit_line",
     "plan_cluster",
     "run_cluster",
 ]
@@ -149,6 +152,21 @@ def _child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in SERVE_ENV_VARS}
 
 
+def exit_line(spec: NodeSpec, code: int) -> str:
+    """How a child's exit is reported: 0 is a clean stop, anything else is not."""
+    if code == 0:
+        return f"{spec.id} stopped (exit status 0: a clean shutdown); see {spec.log_path}"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"killed by {name}"
+    else:
+        how = f"exit status {code}"
+    return f"{spec.id} exited unexpectedly ({how}); see {spec.log_path}"
+
+
 def _leader_of(statuses: Sequence[dict[str, Any] | None]) -> tuple[str | None, int]:
     """The leader reported with the highest term (a deposed leader reports a lower one)."""
     best: tuple[int, str] | None = None
@@ -178,6 +196,7 @@ class _Runner:
         self.procs: dict[str, trio.Process] = {}
         self.stopping = False
         self.exit_code = 0
+        self.reported = 0  # children whose exit has been reported
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -207,9 +226,11 @@ class _Runner:
         await trio.sleep(0.3)
         if self.stopping:
             return
-        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        self.say(f"{spec.id} exited unexpectedly ({how}); see {spec.log_path}")
-        if not any(self.running()):
+        self.say(exit_line(spec, code))
+        # Count reports, not running processes: when several nodes die at once,
+        # the last one to be reported ends the run, so none goes unreported.
+        self.reported += 1
+        if self.reported == len(self.procs):
             self.say("all nodes have exited")
             self.exit_code = 1
             cancel.cancel()

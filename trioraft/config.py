@@ -46,6 +46,7 @@ DEFAULT_SNAPSHOT_ENTRIES = 10_000
 DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_MS = 5_000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 #: Every environment variable `serve` reads. `trioraft cluster` removes them from its
 #: children's environment so that each child runs exactly the configuration planned.
@@ -64,6 +65,8 @@ SERVE_ENV_VARS = (
     "SNAPSHOT_BYTES",
     "FSYNC",
     "LOG_LEVEL",
+    "LOG_FORMAT",
+    "ACCESS_LOG",
     "REQUEST_TIMEOUT_MS",
 )
 
@@ -101,6 +104,10 @@ class NodeConfig:
     # False only for benchmarks: acknowledged writes can be lost on power failure.
     fsync: bool = True
     log_level: str = "warning"
+    # "text" or "json" (one object per line); see trioraft.logs.
+    log_format: str = "text"
+    # One INFO line per HTTP request on the trioraft.access logger.
+    access_log: bool = False
     # How long a client write waits for its commit before answering 504.
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_MS / 1000
 
@@ -300,6 +307,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"one of {', '.join(LOG_LEVELS)} [env LOG_LEVEL; default warning]",
     )
     parser.add_argument(
+        "--log-format",
+        metavar="FORMAT",
+        help="text (one line per event: time level node=ID event k=v ...) or json (one "
+        "object per line: time, level, node, event, fields) [env LOG_FORMAT; default text]",
+    )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log every HTTP request (method, encoded path, status, bytes, duration) at "
+        "info level on the trioraft.access logger, whatever --log-level is "
+        "[env ACCESS_LOG=1; default off]",
+    )
+    parser.add_argument(
         "--request-timeout-ms",
         metavar="N",
         help="how long a client write waits for its commit before the node answers "
@@ -411,6 +432,17 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
     text, what = pick(args.log_level, "--log-level", "LOG_LEVEL")
     log_level = _parse_log_level(text, what) if text is not None else "warning"
 
+    text, what = pick(getattr(args, "log_format", None), "--log-format", "LOG_FORMAT")
+    log_format = text.strip().lower() if text is not None else "text"
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"{what}: expected one of {', '.join(LOG_FORMATS)}, got {text!r}")
+    if getattr(args, "access_log", None) is not None:
+        access_log = bool(args.access_log)
+    elif (access_env := _env(env, "ACCESS_LOG")) is not None:
+        access_log = _parse_bool(access_env, "ACCESS_LOG")
+    else:
+        access_log = False
+
     text, what = pick(args.request_timeout_ms, "--request-timeout-ms", "REQUEST_TIMEOUT_MS")
     timeout_ms = _parse_int(text, what, 1) if text is not None else DEFAULT_REQUEST_TIMEOUT_MS
 
@@ -428,6 +460,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
         snapshot_bytes=snapshot_bytes,
         fsync=fsync,
         log_level=log_level,
+        log_format=log_format,
+        access_log=access_log,
         request_timeout_s=timeout_ms / 1000,
     )
 

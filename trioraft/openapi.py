@@ -44,8 +44,9 @@ _KEY_PARAM: dict[str, Any] = {
     "description": (
         "The key, percent-encoded and percent-decoded by the server (UTF-8). "
         "A slash may be sent as '/' or '%2F': both mean '/' in the key, so "
-        "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b'. A key may not begin "
-        "with '/' in the path form (use POST /kv or /txn for such keys); a key "
+        "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b'. A key beginning "
+        "with '/' is sent as '%2F...'; the keys '.' and '..' must be sent as '%2E' and "
+        "'%2E%2E' (HTTP clients remove literal dot segments). A key "
         "ending in '/cas' cannot be used with POST /kv/{key}/cas. The empty key ('PUT /kv/') "
         "is 400 bad_request. At most "
         f"{kv.MAX_KEY_BYTES} UTF-8 bytes, non-empty."
@@ -321,6 +322,15 @@ _PARAMETERS: dict[str, Any] = {
         "description": "only keys starting with this string (default: all keys)",
         "schema": {"type": "string", "default": ""},
     },
+    "after": {
+        "name": "after",
+        "in": "query",
+        "description": (
+            "a cursor: only keys greater than this one (pass the last key of the previous "
+            "page to get the next page)"
+        ),
+        "schema": {"type": "string"},
+    },
     "limit": {
         "name": "limit",
         "in": "query",
@@ -393,7 +403,9 @@ _PATHS: dict[str, Any] = {
     "/kv": {
         "get": {
             "summary": "Range read by prefix, in key order",
-            "parameters": [_param("prefix"), _param("limit"), _param("consistency")],
+            "parameters": [
+                _param("prefix"), _param("after"), _param("limit"), _param("consistency"),
+            ],
             "responses": {"200": _body(_ref("RangeResult"), "the items"), **_READ_ERRORS},
         },
         "post": _write_op(
@@ -432,6 +444,28 @@ _PATHS: dict[str, Any] = {
                 "200": _body(_ref("Ready"), "ready"),
                 "503": _resp("Unavailable"),
             },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics of this node (text exposition format 0.0.4)",
+            "responses": {"200": {"description": "the metrics (docs/operations.md, Metrics)",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/ui": {
+        "get": {
+            "summary": "The live cluster view: one self-contained HTML page",
+            "responses": {"200": {"description": "the page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/ui/state": {
+        "get": {
+            "summary": "What the live view polls: /status, recent role and leader changes, "
+            "request counters, event-loop lag",
+            "responses": {"200": _body({"type": "object", "required": ["status", "changes",
+                                        "requests", "loop_lag_ms"]}, "the view's data")},
         }
     },
 }

@@ -23,6 +23,7 @@ from trioraft.api import create_app
 from trioraft.config import NodeConfig, format_host_port
 from trioraft.fastpath import FastPath
 from trioraft.node import RaftNode
+from trioraft.observability import instrument
 from trioraft.storage import DataDirLocked, StorageCorrupt, open_storage
 from trioraft.transport import HttpPeerLink, PeerLink
 
@@ -60,7 +61,8 @@ async def serve(
         p: HttpPeerLink(url, config.cluster_token) for p, url in config.peers.items()
     }
     node = RaftNode(config, storage, links)
-    app: Any = FastPath(create_app(node), node)  # an ASGI app (hypercorn types it narrowly)
+    # An ASGI app (hypercorn types it narrowly); `instrument` times every request.
+    app: Any = instrument(FastPath(create_app(node), node), node)
     hconf = hypercorn_config(format_host_port(config.listen_host, config.listen_port))
     stop = trio.Event()
     http_stop = trio.Event()

@@ -112,11 +112,16 @@ async def test_key_with_leading_slash_is_not_rewritten_to_another_key(single: Cl
     assert {"key": "lead", "value": "v"} not in items
 
 
-@pytest.mark.xfail(strict=True, reason="api.py: keys beginning with '/' cannot be addressed "
-                   "in the path form (the path converter needs a non-slash first character)")
-async def test_key_with_leading_slash_round_trips_in_the_path(single: Cluster) -> None:
-    url = f"{single.leader_url}/kv/{quote_key('/lead')}"
-    assert assert_ok(await single.client.put(url, json={"value": "v"}))["key"] == "/lead"
+@pytest.mark.parametrize("key", ["/lead", "/", "//a/", "/x/cas"])
+async def test_key_with_leading_slash_round_trips_in_the_path(single: Cluster, key: str) -> None:
+    url = f"{single.leader_url}/kv/{quote_key(key)}"
+    assert assert_ok(await single.client.put(url, json={"value": "v"}))["key"] == key
+    assert assert_ok(await single.client.get(url)) == {"key": key, "value": "v"}
+    assert assert_ok(await single.client.post(f"{url}/cas", json={"expected": "v",
+                                                                  "value": "w"}))["ok"]
+    items = assert_ok(await single.client.get(f"{single.leader_url}/kv"))["items"]
+    assert items == [{"key": key, "value": "w"}]
+    assert assert_ok(await single.client.delete(url)) == {"key": key, "deleted": True}
 
 
 async def test_key_with_leading_slash_works_in_the_course_form(single: Cluster) -> None:

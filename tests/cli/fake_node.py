@@ -3,6 +3,8 @@
 usage: fake_node.py NODE_ID PORT MODE
   MODE ok        serve /status (node1 is the leader) until SIGTERM/SIGINT, then exit 0
   MODE die       serve for 0.5 s, then exit with status 3
+  MODE clean     serve for 0.5 s, then stop as on SIGTERM: exit status 0
+  MODE killed    serve for 0.5 s, then SIGKILL itself
   MODE stubborn  like ok, but ignore SIGTERM and SIGINT (only SIGKILL stops it)
 """
 
@@ -55,6 +57,12 @@ else:
     signal.signal(signal.SIGINT, stop)
 if mode == "die":
     threading.Timer(0.5, lambda: __import__("os")._exit(3)).start()
+if mode == "clean":
+    threading.Timer(0.5, lambda: __import__("os").kill(__import__("os").getpid(),
+                                                       signal.SIGTERM)).start()
+if mode == "killed":
+    threading.Timer(0.5, lambda: __import__("os").kill(__import__("os").getpid(),
+                                                       signal.SIGKILL)).start()
 
 server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
 print(f"fake {node_id} listening on {port}", flush=True)

@@ -4,74 +4,15 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from typing import Any
-from urllib.parse import unquote
 
 import httpx
 import pytest
 
 from trioraft import cli
 from trioraft.client import DEFAULT_ENDPOINTS, Client
-
-
-class FakeNode:
-    """One node that is its own leader; enough of API.md §3-4 for the CLI."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-        self.forced: list[httpx.Response] = []
-        self.endpoints_seen: list[tuple[str, ...]] = []
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        if self.forced and request.url.path != "/status":
-            return self.forced.pop(0)
-        headers = {"X-Raft-Leader": "node1"}
-        parts = request.url.raw_path.decode().split("?")[0].split("/")
-        if parts[1] == "status":
-            member = {"url": "http://127.0.0.1:3001", "voter": True}
-            body = {"id": "node1", "role": "leader", "term": 2, "leader": "node1",
-                    "commit_index": 5, "applied_index": 5, "last_log_index": 5,
-                    "snapshot_index": 0, "members": {"node1": member}}  # fmt: skip
-            return httpx.Response(200, json=body, headers=headers)
-        if len(parts) == 2:
-            items = [{"key": k, "value": v} for k, v in sorted(self.data.items())]
-            return httpx.Response(200, json={"items": items, "more": False}, headers=headers)
-        key = unquote(parts[2])
-        body = json.loads(request.content) if request.content else {}
-        if len(parts) == 4:
-            if self.data.get(key) != body["expected"]:
-                return httpx.Response(409, json={"ok": False, "code": "cas_failed"})
-            if body["value"] is None:
-                self.data.pop(key, None)
-            else:
-                self.data[key] = body["value"]
-            return httpx.Response(200, json={"ok": True}, headers=headers)
-        if request.method == "GET":
-            if key not in self.data:
-                return httpx.Response(404, json={"error": "no", "code": "not_found"})
-            return httpx.Response(200, json={"key": key, "value": self.data[key]})
-        if request.method == "PUT":
-            self.data[key] = body["value"]
-            return httpx.Response(200, json={"key": key, "value": body["value"], "index": 7})
-        existed = self.data.pop(key, None) is not None
-        return httpx.Response(200, json={"key": key, "deleted": existed})
-
-
-@pytest.fixture
-def node(monkeypatch) -> FakeNode:
-    fake = FakeNode()
-
-    def make_client(endpoints: tuple[str, ...], **kwargs: Any) -> Client:
-        fake.endpoints_seen.append(endpoints)
-        return Client(
-            endpoints, transport=httpx.MockTransport(fake.handler), retry_base=0.001, **kwargs
-        )
-
-    monkeypatch.setattr(cli, "Client", make_client)
-    return fake
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> int:
@@ -83,13 +24,6 @@ def usage(capsys, *argv: str) -> str:
         run(*argv)
     assert info.value.code == 2
     return capsys.readouterr().err
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------- usage errors: 2

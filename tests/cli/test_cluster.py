@@ -201,9 +201,25 @@ def test_a_node_ignoring_sigterm_is_killed_after_the_grace_period(start):
     assert_gone(pids, driver.proc.pid)
 
 
-def test_when_every_node_exits_the_command_fails(start):
-    driver = start({"node1": "die", "node2": "die"})
+def test_a_clean_stop_is_not_unexpected(start):
+    driver = start({"node1": "ok", "node2": "clean"})
     pids = driver.node_pids(2)
+    match = driver.wait_for(r"node2 stopped \(exit status 0: a clean shutdown\); see (\S+)")
+    assert match.group(1).endswith("node2.log")
+    assert not any("unexpectedly" in line for line in driver.seen)
+    driver.proc.send_signal(signal.SIGINT)
+    returncode, _ = driver.finish()
+    assert returncode == 0
+    assert_gone(pids, driver.proc.pid)
+
+
+def test_when_every_node_exits_the_command_fails(start):
+    # All three go within the same instant: every one of them is reported.
+    driver = start({"node1": "die", "node2": "killed", "node3": "clean"})
+    pids = driver.node_pids(3)
+    driver.wait_for(r"node1 exited unexpectedly \(exit status 3\)")
+    driver.wait_for(r"node2 exited unexpectedly \(killed by SIGKILL\)")
+    driver.wait_for(r"node3 stopped \(exit status 0")
     driver.wait_for(r"all nodes have exited")
     returncode, _ = driver.finish()
     assert returncode == 1

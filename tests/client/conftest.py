@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import httpx
 import pytest
+
+from trioraft.client import AsyncClient, Client
 
 URLS = {
     "node1": "http://127.0.0.1:3001",
@@ -39,6 +44,7 @@ class FakeCluster:
         self.requests: list[tuple[str, httpx.Request]] = []
         self.script: list[Interceptor] = []
         self.down: set[str] = set()
+        self.txn_bodies: list[dict[str, object]] = []
 
     # -- plumbing
 
@@ -80,19 +86,27 @@ class FakeCluster:
         parts = path.split("/")
         if path == "/status":
             return self.respond(200, self.status(node))
+        if path == "/txn":
+            return self.txn(request)
         if parts[1] != "kv":
             return self.error(404, "not_found")
         if len(parts) == 2:
-            query = parse_qs(request.url.query.decode())
+            query = parse_qs(request.url.query.decode(), keep_blank_values=True)
             prefix = query.get("prefix", [""])[0]
+            if request.method == "DELETE":
+                return self.delete_prefix(request, prefix)
             limit = int(query.get("limit", ["1000"])[0])
-            keys = sorted(k for k in self.data if k.startswith(prefix))
+            after = query.get("after", [None])[0]
+            keys = sorted(
+                k for k in self.data if k.startswith(prefix) and (after is None or k > after)
+            )
             items = [{"key": k, "value": self.data[k]} for k in keys[:limit]]
             return self.respond(200, {"items": items, "more": len(keys) > limit})
         key = unquote(parts[2])
         if request.method == "GET":
             if key not in self.data:
-                return self.error(404, "not_found")
+                return self.respond(404, {"error": "fake not found", "code": "not_found",
+                                          "key": key})
             return self.respond(200, {"key": key, "value": self.data[key]})
         return self.write(request, key, cas=len(parts) == 4 and parts[3] == "cas")
 
@@ -116,6 +130,52 @@ class FakeCluster:
             existed = key in self.data
             self.apply(key, None)
             response = self.respond(200, {"key": key, "deleted": existed})
+        if idem is not None:
+            self.results[idem] = response
+        return response
+
+    def delete_prefix(self, request: httpx.Request, prefix: str) -> httpx.Response:
+        """The assumed contract of DELETE /kv?prefix=p: 200 {"deleted": n}."""
+        idem = request.headers.get("Idempotency-Key")
+        if idem is not None and idem in self.results:
+            return self.results[idem]
+        doomed = [k for k in self.data if k.startswith(prefix)]
+        self.index += 1
+        self.applied += 1
+        for k in doomed:
+            del self.data[k]
+        response = self.respond(200, {"deleted": len(doomed)})
+        if idem is not None:
+            self.results[idem] = response
+        return response
+
+    def txn(self, request: httpx.Request) -> httpx.Response:
+        """POST /txn for ==/exists/absent compares and put/get/delete ops."""
+        idem = request.headers.get("Idempotency-Key")
+        if idem is not None and idem in self.results:
+            return self.results[idem]
+        body = json.loads(request.content)
+        self.txn_bodies.append(body)
+
+        def holds(c: dict[str, object]) -> bool:
+            current = self.data.get(str(c["key"]))
+            return {"==": current == c.get("value"), "!=": current != c.get("value"),
+                    "exists": current is not None, "absent": current is None}[str(c["op"])]
+
+        succeeded = all(holds(c) for c in body["compare"])
+        results: list[dict[str, object]] = []
+        self.index += 1
+        self.applied += 1
+        for op in body["success" if succeeded else "failure"]:
+            key = op["key"]
+            if op["op"] == "put":
+                self.data[key] = op["value"]
+                results.append({"key": key, "value": op["value"], "index": self.index})
+            elif op["op"] == "get":
+                results.append({"key": key, "value": self.data.get(key)})
+            else:
+                results.append({"key": key, "deleted": self.data.pop(key, None) is not None})
+        response = self.respond(200, {"succeeded": succeeded, "results": results})
         if idem is not None:
             self.results[idem] = response
         return response
@@ -156,3 +216,32 @@ class FakeCluster:
 @pytest.fixture
 def fake() -> FakeCluster:
     return FakeCluster()
+
+
+async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a sync or async client method alike."""
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+@pytest.fixture(params=["sync", "async"])
+async def make(request, fake) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Client | AsyncClient] = []
+
+    def factory(endpoints: Any = ENDPOINTS, **kwargs: Any) -> Client | AsyncClient:
+        kwargs.setdefault("rng", random.Random(1))
+        kwargs.setdefault("retry_base", 0.001)
+        kwargs.setdefault("retry_cap", 0.01)
+        client: Client | AsyncClient
+        if request.param == "sync":
+            client = Client(endpoints, transport=fake.transport(), **kwargs)
+        else:
+            client = AsyncClient(endpoints, transport=fake.transport(), **kwargs)
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        await call(client.aclose if isinstance(client, AsyncClient) else client.close)

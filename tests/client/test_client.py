@@ -6,17 +6,14 @@ retry sleeps cost no real time; the sync client uses tiny backoffs instead.
 
 from __future__ import annotations
 
-import inspect
-import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from tests.client.conftest import call
 from trioraft.client import (
     AsyncClient,
     BadRequest,
@@ -36,36 +33,6 @@ URLS = {
     "node3": "http://127.0.0.1:3003",
 }
 ENDPOINTS = list(URLS.values())
-
-ClientLike = Client | AsyncClient
-
-
-async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    result = fn(*args, **kwargs)
-    if inspect.isawaitable(result):
-        return await result
-    return result
-
-
-@pytest.fixture(params=["sync", "async"])
-async def make(request, fake) -> AsyncIterator[Callable[..., Any]]:
-    made: list[ClientLike] = []
-
-    def factory(endpoints: Any = ENDPOINTS, **kwargs: Any) -> ClientLike:
-        kwargs.setdefault("rng", random.Random(1))
-        kwargs.setdefault("retry_base", 0.001)
-        kwargs.setdefault("retry_cap", 0.01)
-        client: ClientLike
-        if request.param == "sync":
-            client = Client(endpoints, transport=fake.transport(), **kwargs)
-        else:
-            client = AsyncClient(endpoints, transport=fake.transport(), **kwargs)
-        made.append(client)
-        return client
-
-    yield factory
-    for client in made:
-        await call(client.aclose if isinstance(client, AsyncClient) else client.close)
 
 
 # ---------------------------------------------------------------- the operations
