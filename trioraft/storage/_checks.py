@@ -40,7 +40,6 @@ __all__ = [
 MAX_INT = 2**63 - 1  # SQLite INTEGER is signed 64-bit
 MAX_ID_LEN = 128  # = trioraft.core's MAX_MEMBER_ID_LEN: member ids, votes, names
 MAX_CONFIG_BYTES = 1 << 20  # a Configuration in a snapshot header (64 members fit easily)
-_KINDS = frozenset(EntryKind)
 
 
 def crc32(data: bytes) -> int:
@@ -98,17 +97,28 @@ def check_batch(entries: Sequence[Entry], snapshot_index: int, last_index: int) 
     if first + len(entries) - 1 > MAX_INT:
         raise ValueError("entry index must be below 2**63")
     expected = first
-    for e in entries:  # one tight loop: save() is the hot path
-        if type(e.index) is not int or e.index != expected:
-            raise ValueError(
-                f"batch is not contiguous: index {e.index!r:.40} where {expected} was expected"
-            )
+    for e in entries:  # save()'s hot path: one condition per entry, details on failure only
+        idx, term = e.index, e.term
+        if (
+            idx != expected
+            or type(idx) is not int
+            or type(term) is not int
+            or not 0 <= term <= MAX_INT
+            or type(e.kind) is not EntryKind
+            or type(e.data) is not bytes
+        ):
+            _refuse_entry(e, expected)
         expected += 1
-        term = e.term
-        if type(term) is not int or not 0 <= term <= MAX_INT:
-            raise ValueError(f"entry {e.index}: term must be in [0, 2**63), not {term!r:.40}")
-        if e.kind not in _KINDS or type(e.data) is not bytes:
-            raise ValueError(f"entry {e.index}: kind must be an EntryKind and data bytes")
+
+
+def _refuse_entry(e: Entry, expected: int) -> None:
+    if type(e.index) is not int or e.index != expected:
+        raise ValueError(
+            f"batch is not contiguous: index {e.index!r:.40} where {expected} was expected"
+        )
+    if type(e.term) is not int or not 0 <= e.term <= MAX_INT:
+        raise ValueError(f"entry {e.index}: term must be in [0, 2**63), not {e.term!r:.40}")
+    raise ValueError(f"entry {e.index}: kind must be an EntryKind and data bytes")
 
 
 def config_bytes(config: Configuration) -> bytes:

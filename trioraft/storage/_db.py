@@ -22,6 +22,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from trioraft.core import Entry, EntryKind, HardState
@@ -33,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "compaction_crc",
     "hard_crc",
+    "log_rows",
     "migrate",
     "read_compaction",
     "read_hard_state",
@@ -79,6 +81,16 @@ _KINDS = frozenset(int(k) for k in EntryKind)
 def row_crc(idx: int, term: int, kind: int, data: bytes) -> int:
     """The CRC32 stored with each log row, over (idx, term, kind, data)."""
     return zlib.crc32(data, zlib.crc32(_ROW_HEAD.pack(idx, term, kind)))
+
+
+def log_rows(entries: Sequence[Entry]) -> list[tuple[int, int, int, bytes, int]]:
+    """The rows to insert for `entries` (checked), CRCs included: `row_crc`, inlined."""
+    pack, crc = _ROW_HEAD.pack, zlib.crc32
+    return [
+        (e.index, e.term, k, e.data, crc(e.data, crc(pack(e.index, e.term, k))))
+        for e in entries
+        for k in (int(e.kind),)
+    ]
 
 
 def hard_crc(term: int, vote: str | None, commit: int) -> int:

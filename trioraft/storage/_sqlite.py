@@ -355,21 +355,12 @@ class SqliteStorage:
                 check_hard_state(hard_state)
             if entries:
                 check_batch(entries, self._snap_index, self._last)
+            rows = _db.log_rows(entries) if entries else []
             with self._tx() as conn:
                 if entries:
                     conn.execute("DELETE FROM log WHERE idx >= ?", (entries[0].index,))
                     conn.executemany(
-                        "INSERT INTO log (idx, term, kind, data, crc) VALUES (?, ?, ?, ?, ?)",
-                        [
-                            (
-                                e.index,
-                                e.term,
-                                int(e.kind),
-                                e.data,
-                                _db.row_crc(e.index, e.term, int(e.kind), e.data),
-                            )
-                            for e in entries
-                        ],
+                        "INSERT INTO log (idx, term, kind, data, crc) VALUES (?, ?, ?, ?, ?)", rows
                     )
                 if hard_state is not None:
                     hs = hard_state
