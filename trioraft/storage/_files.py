@@ -246,6 +246,12 @@ class FileSnapshotReader:
         if f is not None:
             f.close()
 
+    def __enter__(self) -> FileSnapshotReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class StagingFile:
     """The staging of one incoming transfer: a snapshot file under a unique name.

@@ -81,6 +81,12 @@ class _MemoryReader:
     def close(self) -> None:
         self._data = None
 
+    def __enter__(self) -> _MemoryReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class MemoryStorage:
     """A `Storage` that keeps everything in process memory (lost on exit)."""

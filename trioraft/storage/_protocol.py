@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Self
 
 from trioraft.core import Configuration, Entry, HardState, SnapshotMeta
 
@@ -133,6 +133,10 @@ class SnapshotReader(Protocol):
     def close(self) -> None:
         """Release the snapshot (idempotent); `read` then raises ValueError."""
         ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
