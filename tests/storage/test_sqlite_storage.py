@@ -126,8 +126,11 @@ def test_bad_last_rows_are_corruption_not_a_torn_tail(
 ) -> None:
     populate(data_dir)  # save() returned: entries 1..10 may have been acknowledged
     sql(data_dir, f"UPDATE log SET crc = crc + 1 WHERE {rows}")
-    with pytest.raises(StorageCorrupt, match=r"raft\.db: log entry \d+ fails its checksum.*"
-                       r"not a torn write.*backup") as info:
+    with pytest.raises(
+        StorageCorrupt,
+        match=r"raft\.db: log entry \d+ fails its checksum.*"
+        r"not a torn write.*backup",
+    ) as info:
         load_fresh(data_dir, opened).load()
     assert str(data_dir / "raft.db") in str(info.value)
     opened.pop().close()
