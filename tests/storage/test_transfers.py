@@ -169,12 +169,26 @@ def test_finished_transfer_is_never_overwritten(storage: Storage) -> None:
 
 def test_two_finished_transfers_each_install_their_own_data(storage: Storage) -> None:
     a = receive(storage, b"snapshot A", SnapshotMeta(index=6, term=1))
-    b = receive(storage, b"snapshot B", SnapshotMeta(index=6, term=2))
-    storage.install_transfer(b, keep_entries_after=False)
-    assert current(storage) == (SnapshotMeta(index=6, term=2), b"snapshot B")
-    # Installing B dropped A: it is not newer than B.
+    c = receive(storage, b"snapshot C", SnapshotMeta(index=5, term=2))
+    storage.install_transfer(a, keep_entries_after=False)
+    assert current(storage) == (SnapshotMeta(index=6, term=1), b"snapshot A")
+    # C, now older than the newest snapshot, could never be installed: dropped.
     with pytest.raises(ValueError, match="not finished"):
-        storage.install_transfer(a, keep_entries_after=False)
+        storage.install_transfer(c, keep_entries_after=False)
+    b = receive(storage, b"snapshot B", SnapshotMeta(index=6, term=2))
+    storage.install_transfer(b, keep_entries_after=False)  # not older: possible
+    assert current(storage) == (SnapshotMeta(index=6, term=2), b"snapshot B")
+
+
+def test_a_local_snapshot_drops_transfers_it_made_useless(storage: Storage) -> None:
+    storage.save(None, entries(1, 10))
+    old = receive(storage, b"at 5", SnapshotMeta(index=5, term=1))
+    same = receive(storage, b"at 8", SnapshotMeta(index=8, term=1))
+    storage.save_snapshot(SnapshotMeta(index=8, term=1), b"local 8")
+    with pytest.raises(ValueError, match="not finished"):
+        storage.install_transfer(old, keep_entries_after=False)
+    storage.discard_transfer(same)  # what the runtime does once its core declines it
+    assert current(storage) == (SnapshotMeta(index=8, term=1), b"local 8")
 
 
 def test_install_of_an_older_snapshot_is_refused_and_changes_nothing(storage: Storage) -> None:

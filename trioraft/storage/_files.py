@@ -233,7 +233,12 @@ class FileSnapshotReader:
         parts: list[bytes] = []
         pos = self._snap.data_offset + offset
         while n > 0:
-            part = os.pread(f.fileno(), n, pos)
+            try:
+                part = os.pread(f.fileno(), n, pos)
+            except (OSError, ValueError):
+                if self._file is None:  # closed by another thread (storage.close)
+                    raise ValueError("snapshot reader is closed") from None
+                raise
             if not part:
                 raise corrupt(self._snap.path, "snapshot file is shorter than its header says")
             parts.append(part)

@@ -204,6 +204,7 @@ class MemoryStorage:
             self._compacted = LogPosition(meta.index, meta.term)
         elif compact_to > self._compacted.index:
             self._drop_through(compact_to)
+        self._transfers.prune(meta.index)
 
     def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
         self._check_open()

@@ -190,7 +190,9 @@ class Storage(Protocol):
 
         In the same transaction, compact the log to `compact_to` (0: keep every
         entry, the catch-up tail; None, the default until the runtime passes
-        it: meta.index, which drops every entry the snapshot covers).
+        it: meta.index, which drops every entry the snapshot covers). A
+        snapshot past the end of the log empties it. Finished incoming
+        transfers now older than the newest snapshot are dropped.
         """
         ...
 
@@ -251,9 +253,9 @@ class Storage(Protocol):
         Compacts the log to the snapshot's index: with keep_entries_after the
         entries after it are kept (the log must hold the snapshot's index
         with its term), otherwise the whole log is discarded. Finished
-        transfers of snapshots not newer than this one are dropped. Raises
-        ValueError (changing nothing) if `transfer` is not finished or is
-        older than the newest snapshot.
+        transfers now older than the newest snapshot are dropped (they could
+        never be installed). Raises ValueError (changing nothing) if
+        `transfer` is not finished or is older than the newest snapshot.
         """
         ...
 

@@ -423,6 +423,7 @@ class SqliteStorage:
             write_file_atomically(final, [header, data], self.fsync)
             snap = SnapFile(final, meta, len(header), len(data), crc)
             self._record_snapshot(snap, compaction, drop_all)
+            self._transfers.prune(meta.index)
 
     def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
         with self._mutex:

@@ -208,8 +208,11 @@ class Transfers(Generic[S]):
         del self.finished[transfer]
 
     def prune(self, index: int) -> None:
-        """Discard finished transfers of snapshots at or below `index` (now useless)."""
-        for t in [t for t in self.finished if t.meta.index <= index]:
+        """Discard finished transfers older than the newest snapshot, now at `index`.
+
+        Install refuses them, so they could only ever be discarded.
+        """
+        for t in [t for t in self.finished if t.meta.index < index]:
             self.finished.pop(t).discard()
 
     def discard(self, transfer: SnapshotTransfer) -> None:
