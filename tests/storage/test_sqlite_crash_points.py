@@ -26,6 +26,7 @@ from trioraft.storage import (
     SnapshotTransfer,
     SqliteStorage,
     _files,
+    _snapdir,
     _sqlite,
     open_storage,
 )
@@ -81,7 +82,7 @@ LOCAL_POINTS: list[Point] = [
     ),
     (
         "committed, old file still there",
-        lambda m: m.setattr(_sqlite.SqliteStorage, "_remove_snapshots_except", crash),
+        lambda m: m.setattr(_snapdir.SnapshotDir, "remove_except", crash),
         True,
     ),
 ]
@@ -120,7 +121,7 @@ INSTALL_POINTS: list[Point] = [
     ("finished, before the rename", lambda m: m.setattr(os, "replace", crash), False),
     (
         "renamed, before the directory fsync",
-        lambda m: m.setattr(_sqlite, "fsync_dir", crash),
+        lambda m: m.setattr(_snapdir, "fsync_dir", crash),
         False,
     ),
     (
@@ -130,7 +131,7 @@ INSTALL_POINTS: list[Point] = [
     ),
     (
         "committed, old file still there",
-        lambda m: m.setattr(_sqlite.SqliteStorage, "_remove_snapshots_except", crash),
+        lambda m: m.setattr(_snapdir.SnapshotDir, "remove_except", crash),
         True,
     ),
 ]

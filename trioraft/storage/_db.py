@@ -25,13 +25,14 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from trioraft.core import Entry, EntryKind, HardState
+from trioraft.core import Entry, EntryKind, HardState, SnapshotMeta
 from trioraft.storage._checks import MAX_INT, check_id
 from trioraft.storage._files import corrupt
 from trioraft.storage._protocol import LogPosition
 
 __all__ = [
     "SCHEMA_VERSION",
+    "check_log_shape",
     "compaction_crc",
     "hard_crc",
     "log_rows",
@@ -214,3 +215,26 @@ def read_log(conn: sqlite3.Connection, path: Path, after: int) -> list[Entry]:
             )
         entries.append(Entry(idx, term, EntryKind(kind), data))
     return entries
+
+
+def check_log_shape(
+    path: Path, snapshot: SnapshotMeta, compacted: LogPosition, entries: list[Entry]
+) -> None:
+    """Compaction never passes the snapshot, and the log agrees with both."""
+    if compacted.index > snapshot.index:
+        raise corrupt(
+            path,
+            f"entries up to {compacted.index} were dropped but the snapshot covers "
+            f"only up to {snapshot.index}",
+        )
+    if compacted.index == snapshot.index and compacted.term != snapshot.term:
+        raise corrupt(path, "the compaction record and the snapshot disagree")
+    if compacted.index < snapshot.index:
+        last = entries[-1].index if entries else compacted.index
+        held = last >= snapshot.index
+        if not held or entries[snapshot.index - compacted.index - 1].term != snapshot.term:
+            raise corrupt(
+                path,
+                f"the log does not hold the snapshot's entry {snapshot.index} "
+                f"(term {snapshot.term}) although it was not compacted",
+            )

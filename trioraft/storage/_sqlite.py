@@ -23,11 +23,9 @@ holds its file open, so a transfer in progress keeps its data.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import weakref
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,13 +47,7 @@ from trioraft.storage._files import (
     SnapFile,
     StagingFile,
     corrupt,
-    encode_header,
     fsync_dir,
-    open_snapshot,
-    parse_snapshot_name,
-    snapshot_name,
-    verify_snapshot,
-    write_file_atomically,
 )
 from trioraft.storage._identity import read_identity, remove_identity_leftover, write_identity
 from trioraft.storage._memory import DEFAULT_MAX_SNAPSHOT_BYTES
@@ -65,6 +57,7 @@ from trioraft.storage._protocol import (
     PersistedState,
     SnapshotTransfer,
 )
+from trioraft.storage._snapdir import SnapshotDir
 from trioraft.storage._transfers import Transfers
 
 __all__ = ["SqliteStorage", "open_storage"]
@@ -93,13 +86,12 @@ class SqliteStorage:
     ) -> None:
         self.path = Path(path_dir)
         self.fsync = fsync
-        self._snap_dir = self.path / SNAP_DIR
         self._db_path = self.path / DB_NAME
-        self._snap_dir.mkdir(parents=True, exist_ok=True)
+        self._files = SnapshotDir(self.path / SNAP_DIR, fsync)
         self._mutex = threading.RLock()
         self._transfers: Transfers[StagingFile] = Transfers(
             check_index("max_snapshot_bytes", max_snapshot_bytes),
-            lambda meta, declared: StagingFile(self._snap_dir, meta, self.fsync),
+            lambda meta, declared: self._files.new_staging(meta),
         )
         self._readers: weakref.WeakSet[FileSnapshotReader] = weakref.WeakSet()
         self._snap: SnapFile | None = None
@@ -126,7 +118,7 @@ class SqliteStorage:
     # ------------------------------------------------------------ opening
     def _open_db(self) -> sqlite3.Connection:
         fresh = not self._db_path.exists()
-        if fresh and any(parse_snapshot_name(p.name) for p in self._snap_dir.iterdir()):
+        if fresh and self._files.has_snapshot_files():
             raise corrupt(self._db_path, "raft.db is missing but snapshot files exist")
         try:
             conn = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None)
@@ -199,15 +191,7 @@ class SqliteStorage:
         """The snapshot the database records, header-checked (cached)."""
         if not self._snap_known:
             row = _db.read_snapshot_row(self._db(), self._db_path)
-            if row is None:
-                self._snap = None
-            else:
-                path = self._snap_dir / f"snap-{row[1]}-{row[0]}.bin"
-                if not path.exists():
-                    raise corrupt(path, "the snapshot recorded in raft.db is missing")
-                f, snap = open_snapshot(path)
-                f.close()
-                self._snap = snap
+            self._snap = None if row is None else self._files.header(*row)
             self._snap_known = True
         return self._snap
 
@@ -216,20 +200,6 @@ class SqliteStorage:
             raise ValueError(
                 f"snapshot at index {meta.index} is older than the stored one at {self._snap_index}"
             )
-
-    def _unlink(self, path: Path, why: str) -> None:
-        """Remove a file we no longer need; a failure is logged, never fatal."""
-        try:
-            path.unlink(missing_ok=True)
-            log.info("removed %s %s", why, path)
-        except OSError as exc:
-            log.warning("cannot remove %s %s: %s", why, path, exc)
-
-    def _remove_snapshots_except(self, keep: Path | None) -> None:
-        # Open readers keep their (unlinked) file: see FileSnapshotReader.
-        for p in self._snap_dir.iterdir():
-            if parse_snapshot_name(p.name) and p != keep:
-                self._unlink(p, "superseded snapshot")
 
     def _record_snapshot(
         self, snap: SnapFile, compaction: LogPosition | None, drop_all: bool
@@ -249,7 +219,7 @@ class SqliteStorage:
             if drop_all:
                 self._last = compaction.index
         # Only now that the database points at the new file may older ones go.
-        self._remove_snapshots_except(snap.path)
+        self._files.remove_except(snap.path)
 
     # ------------------------------------------------------------ recovery
     def load(self) -> PersistedState:
@@ -265,7 +235,7 @@ class SqliteStorage:
                 snapshot = self._recover_snapshot()
                 compacted = _db.read_compaction(conn, self._db_path)
                 entries = _db.read_log(conn, self._db_path, compacted.index)
-                self._check_log_shape(snapshot, compacted, entries)
+                _db.check_log_shape(self._db_path, snapshot, compacted, entries)
                 # Only once everything verified (StorageCorrupt deletes nothing):
                 self._remove_leftovers()
                 (covered,) = conn.execute(
@@ -294,41 +264,10 @@ class SqliteStorage:
     def _recover_snapshot(self) -> SnapshotMeta:
         self._snap_known = False
         row = _db.read_snapshot_row(self._db(), self._db_path)
-        if row is not None:
-            path = self._snap_dir / f"snap-{row[1]}-{row[0]}.bin"
-            if not path.exists():
-                raise corrupt(path, "the snapshot recorded in raft.db is missing")
-            # No fallback to an older file: the log rows it would need may be compacted.
-            snap = verify_snapshot(path)
-            if (snap.meta.index, snap.meta.term) != row:
-                raise corrupt(path, f"header says index {snap.meta.index} term {snap.meta.term}")
-            self._snap = snap
-        else:
-            self._snap = None
+        # No fallback to an older file: the log rows it would need may be compacted.
+        self._snap = None if row is None else self._files.verify(*row)
         self._snap_known = True
         return self._snap.meta if self._snap else SnapshotMeta()
-
-    def _check_log_shape(
-        self, snapshot: SnapshotMeta, compacted: LogPosition, entries: list[Entry]
-    ) -> None:
-        """Compaction never passes the snapshot, and the log agrees with both."""
-        if compacted.index > snapshot.index:
-            raise corrupt(
-                self._db_path,
-                f"entries up to {compacted.index} were dropped but the snapshot covers "
-                f"only up to {snapshot.index}",
-            )
-        if compacted.index == snapshot.index and compacted.term != snapshot.term:
-            raise corrupt(self._db_path, "the compaction record and the snapshot disagree")
-        if compacted.index < snapshot.index:
-            last = entries[-1].index if entries else compacted.index
-            held = last >= snapshot.index
-            if not held or entries[snapshot.index - compacted.index - 1].term != snapshot.term:
-                raise corrupt(
-                    self._db_path,
-                    f"the log does not hold the snapshot's entry {snapshot.index} "
-                    f"(term {snapshot.term}) although it was not compacted",
-                )
 
     def _remove_leftovers(self) -> None:
         """Clear interrupted writes and files the database does not name.
@@ -336,10 +275,7 @@ class SqliteStorage:
         A leftover that cannot be removed (a directory, no permission) is
         logged and left: it never stops a start.
         """
-        for p in self._snap_dir.iterdir():
-            if p.name.endswith((".tmp", ".part")):
-                self._unlink(p, "interrupted write")
-        self._remove_snapshots_except(self._snap.path if self._snap else None)
+        self._files.remove_leftovers(self._snap.path if self._snap else None)
         try:
             remove_identity_leftover(self.path)
         except OSError as exc:
@@ -417,25 +353,14 @@ class SqliteStorage:
                 if compact_term is None:
                     raise corrupt(self._db_path, f"entry {compact_to} is missing")
                 compaction = LogPosition(compact_to, compact_term)
-            crc = zlib.crc32(data)
-            header = encode_header(meta, len(data), crc)
-            final = self._snap_dir / snapshot_name(meta)
-            write_file_atomically(final, [header, data], self.fsync)
-            snap = SnapFile(final, meta, len(header), len(data), crc)
+            snap = self._files.write(meta, data)
             self._record_snapshot(snap, compaction, drop_all)
             self._transfers.prune(meta.index)
 
     def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
         with self._mutex:
             snap = self._current_snapshot()
-            if snap is None:
-                return None
-            with snap.path.open("rb") as f:
-                f.seek(snap.data_offset)
-                data = f.read(snap.data_len)
-            if len(data) != snap.data_len or zlib.crc32(data) != snap.data_crc:
-                raise corrupt(snap.path, "snapshot data checksum mismatch")
-            return snap.meta, data
+            return None if snap is None else (snap.meta, self._files.read_data(snap))
 
     def snapshot_size(self) -> int:
         with self._mutex:
@@ -499,13 +424,8 @@ class SqliteStorage:
             # rename it into place and make the rename durable before the
             # database points at it. A crash before the commit leaves the old
             # snapshot current and this file unrecorded (removed at load).
-            staged.close()
-            final = self._snap_dir / snapshot_name(meta)
-            os.replace(staged.path, final)
-            if self.fsync:
-                fsync_dir(self._snap_dir)
+            snap = self._files.adopt(staged, transfer)
             self._transfers.forget(transfer)
-            snap = SnapFile(final, meta, staged.header_len, transfer.size, transfer.checksum)
             self._record_snapshot(
                 snap, LogPosition(meta.index, meta.term), drop_all=not keep_entries_after
             )
