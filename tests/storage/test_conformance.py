@@ -321,13 +321,29 @@ def test_install_compacts_to_the_snapshot(storage: Storage) -> None:
     assert (state.compacted, state.entries) == (LogPosition(6, 1), entries(7, 10))
 
 
-def test_install_keeping_entries_needs_the_snapshot_entry(storage: Storage) -> None:
+def test_install_keeps_only_entries_that_follow_the_snapshot(storage: Storage) -> None:
+    # The core may say keep for entries it has not saved yet (they come in the
+    # same Ready's save(), after the install): what is stored does not follow
+    # the snapshot, so none of it is kept -- and nothing raises.
     storage.save(None, entries(1, 4))
     stage(storage, META, b"abc")
-    with pytest.raises(ValueError, match="does not hold that entry"):
-        storage.install_incoming(META, keep_entries_after=True)
-    assert storage.load().entries == entries(1, 4)
-    assert storage.load_snapshot() is None
+    storage.install_incoming(META, keep_entries_after=True)
+    state = storage.load()
+    assert (state.compacted, state.entries) == (LogPosition(6, 1), [])
+    storage.save(None, entries(7, 9))  # the core's unstable entries
+    assert storage.load().entries == entries(7, 9)
+
+
+def test_install_never_keeps_a_conflicting_suffix(storage: Storage) -> None:
+    # Stored 6..9 are from term 1; the snapshot's entry 6 has term 2: those
+    # entries belong to another history and must not follow it (terms would
+    # go backwards along the log).
+    storage.save(None, entries(1, 9, term=1))
+    meta = SnapshotMeta(index=6, term=2, config=META.config)
+    stage(storage, meta, b"abc")
+    storage.install_incoming(meta, keep_entries_after=True)
+    state = storage.load()
+    assert (state.snapshot, state.compacted, state.entries) == (meta, LogPosition(6, 2), [])
 
 
 # ------------------------------------------------------------- snapshot readers

@@ -57,11 +57,15 @@ def check_index(name: str, value: object, lo: int = 0) -> int:
     return _int(name, value, lo)
 
 
-def check_id(name: str, value: object, *, empty_ok: bool = False) -> str:
-    """A member id, name or similar: a short, printable, encodable string."""
+def check_id(name: str, value: object, *, empty_ok: bool = False, printable: bool = True) -> str:
+    """A member id, name or similar: a short, encodable (and printable) string.
+
+    Votes are any id the core accepts (1..128 characters, printable or not);
+    identity fields, which operators read, must also be printable.
+    """
     if not isinstance(value, str) or len(value) > MAX_ID_LEN or (not value and not empty_ok):
         raise ValueError(f"{name} must be a string of 1..{MAX_ID_LEN} characters")
-    if not value.isprintable():
+    if printable and not value.isprintable():
         raise ValueError(f"{name} has non-printable characters")
     try:
         value.encode()
@@ -74,7 +78,7 @@ def check_hard_state(hs: HardState) -> None:
     _int("term", hs.term)
     _int("commit index", hs.commit)
     if hs.vote is not None:
-        check_id("vote", hs.vote)
+        check_id("vote", hs.vote, printable=False)
 
 
 def check_batch(entries: Sequence[Entry], snapshot_index: int, last_index: int) -> None:

@@ -151,7 +151,7 @@ def read_hard_state(conn: sqlite3.Connection, path: Path) -> HardState:
     ok = _is_int(term) and _is_int(commit) and type(crc) is int
     if ok and vote is not None:
         try:
-            check_id("vote", vote)
+            check_id("vote", vote, printable=False)
         except ValueError:
             ok = False
     if not ok or hard_crc(term, vote, commit) != crc:

@@ -138,6 +138,7 @@ class MemoryStorage:
         self._snapshot = meta
         self._snapshot_data = data
         self._snapshot_crc = zlib.crc32(data)
+        # Keep the entries after it only if they follow it (see SqliteStorage).
         if keep_entries_after and self._term_at(meta.index) == meta.term:
             self._drop_through(meta.index)
         else:
@@ -247,18 +248,10 @@ class MemoryStorage:
     def install_transfer(self, transfer: SnapshotTransfer, keep_entries_after: bool) -> None:
         self._check_open()
         staged = self._transfers.finished_staging(transfer)
-        self._check_install(transfer.meta, keep_entries_after)
+        self._check_not_older(transfer.meta)
         self._set_snapshot(transfer.meta, bytes(staged.data), keep_entries_after)
         self._transfers.forget(transfer)
         self._transfers.prune(transfer.meta.index)
-
-    def _check_install(self, meta: SnapshotMeta, keep_entries_after: bool) -> None:
-        self._check_not_older(meta)
-        if keep_entries_after and self._term_at(meta.index) != meta.term:
-            raise ValueError(
-                f"cannot keep the entries after the snapshot at {meta.index}: the log "
-                "does not hold that entry with the snapshot's term"
-            )
 
     def write_incoming_chunk(self, meta: SnapshotMeta, offset: int, data: bytes) -> int:
         self._check_open()
@@ -266,7 +259,7 @@ class MemoryStorage:
 
     def install_incoming(self, meta: SnapshotMeta, keep_entries_after: bool) -> bytes:
         self._check_open()
-        self._check_install(meta, keep_entries_after)
+        self._check_not_older(meta)
         transfer, data = self._transfers.legacy_finish(meta)
         self.install_transfer(transfer, keep_entries_after)
         return data

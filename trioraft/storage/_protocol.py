@@ -250,9 +250,12 @@ class Storage(Protocol):
     def install_transfer(self, transfer: SnapshotTransfer, keep_entries_after: bool) -> None:
         """Atomically make a finished transfer the newest snapshot.
 
-        Compacts the log to the snapshot's index: with keep_entries_after the
-        entries after it are kept (the log must hold the snapshot's index
-        with its term), otherwise the whole log is discarded. Finished
+        Compacts the log to the snapshot's index. With keep_entries_after the
+        stored entries after it are kept if they follow it (the stored log
+        holds the snapshot's index with its term); otherwise, or without
+        keep_entries_after, the whole stored log is discarded. (The core may
+        say keep for entries it has not handed to save() yet: they arrive
+        with the same Ready's save(), after the install.) Finished
         transfers now older than the newest snapshot are dropped (they could
         never be installed). Raises ValueError (changing nothing) if
         `transfer` is not finished or is older than the newest snapshot.

@@ -407,28 +407,23 @@ class SqliteStorage:
             self._db()
             self._transfers.discard(transfer)
 
-    def _check_install(self, meta: SnapshotMeta, keep_entries_after: bool) -> None:
-        self._check_not_older(meta)
-        if keep_entries_after and self._term_at(meta.index) != meta.term:
-            raise ValueError(
-                f"cannot keep the entries after the snapshot at {meta.index}: the log "
-                "does not hold that entry with the snapshot's term"
-            )
-
     def install_transfer(self, transfer: SnapshotTransfer, keep_entries_after: bool) -> None:
         with self._mutex:
             staged = self._transfers.finished_staging(transfer)
             meta = transfer.meta
-            self._check_install(meta, keep_entries_after)
+            self._check_not_older(meta)
             # The staged file is complete, verified and fsync'd (finish_transfer):
             # rename it into place and make the rename durable before the
             # database points at it. A crash before the commit leaves the old
             # snapshot current and this file unrecorded (removed at load).
+            # Keep the stored entries after the snapshot only if they follow it:
+            # the stored log holds its entry with its term. Otherwise nothing
+            # stored can follow it (the core's own entries after it, if any,
+            # are not stored yet: they come with this Ready's save()).
+            keep = keep_entries_after and self._term_at(meta.index) == meta.term
             snap = self._files.adopt(staged, transfer)
             self._transfers.forget(transfer)
-            self._record_snapshot(
-                snap, LogPosition(meta.index, meta.term), drop_all=not keep_entries_after
-            )
+            self._record_snapshot(snap, LogPosition(meta.index, meta.term), drop_all=not keep)
             self._transfers.prune(meta.index)
 
     def write_incoming_chunk(self, meta: SnapshotMeta, offset: int, data: bytes) -> int:
@@ -439,7 +434,7 @@ class SqliteStorage:
     def install_incoming(self, meta: SnapshotMeta, keep_entries_after: bool) -> bytes:
         with self._mutex:
             self._db()
-            self._check_install(meta, keep_entries_after)
+            self._check_not_older(meta)
             transfer, data = self._transfers.legacy_finish(meta)
             self.install_transfer(transfer, keep_entries_after)
             return data
