@@ -14,8 +14,8 @@ from trioraft.core import HardState
 from trioraft.storage import open_storage
 
 # The child appends one entry per save() (with a hard state), snapshots every
-# 40 entries, and prints each index only after save() returned: a printed
-# index is an acknowledged one.
+# 40 entries keeping a catch-up tail of 20, and prints each index only after
+# save() returned: a printed index is an acknowledged one.
 CHILD = textwrap.dedent(
     """
     import sys
@@ -25,13 +25,17 @@ CHILD = textwrap.dedent(
 
     s = open_storage(Path(sys.argv[1]), fsync=True)
     state = s.load()
-    i = state.entries[-1].index if state.entries else state.snapshot.index
+    i = state.entries[-1].index if state.entries else state.compacted.index
     while True:
         i += 1
         s.save(HardState(term=i, vote="n1", commit=i - 1), [Entry(i, 1, data=b"x" * 100)])
         print(i, flush=True)
         if i % 40 == 0:
-            s.save_snapshot(SnapshotMeta(index=i - 5, term=1), bytes(i % 256 for _ in range(65536)))
+            s.save_snapshot(
+                SnapshotMeta(index=i - 5, term=1),
+                bytes(i % 256 for _ in range(65536)),
+                compact_to=max(0, i - 25),
+            )
     """
 )
 
@@ -68,11 +72,13 @@ def test_sigkill_loses_no_acknowledged_write(tmp_path: Path) -> None:
         assert acked, "the child never acknowledged a write"
         with open_storage(data_dir) as s:
             state = s.load()
-            last = state.entries[-1].index if state.entries else state.snapshot.index
+            last = state.entries[-1].index if state.entries else state.compacted.index
             assert last >= acked[-1]
             assert [e.index for e in state.entries] == list(
-                range(state.snapshot.index + 1, last + 1)
+                range(state.compacted.index + 1, last + 1)
             )
+            if state.snapshot.index:  # the catch-up tail: 20 entries up to the snapshot
+                assert state.compacted.index == state.snapshot.index - 20
             assert state.hard_state.term >= acked[-1]
             assert state.hard_state == HardState(term=last, vote="n1", commit=last - 1)
             if state.snapshot.index:

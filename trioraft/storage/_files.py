@@ -17,12 +17,17 @@ A file is made durable by writing it under a temporary name, fsyncing it,
 renaming it into place and fsyncing the directory, so a crash leaves either
 the old set of files or the new one, plus perhaps a temp file that the next
 start removes.
+
+Every header field is checked when a file is opened (ranges, the
+configuration decoded and validated), so a damaged or hostile header is
+StorageCorrupt, never a crash further on.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -32,14 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from trioraft.core import Configuration, SnapshotMeta
-from trioraft.storage._protocol import StorageCorrupt
+from trioraft.core import Configuration, Member, SnapshotMeta
+from trioraft.storage._checks import MAX_CONFIG_BYTES, MAX_INT, check_index, config_bytes
+from trioraft.storage._protocol import SnapshotTransfer, StorageCorrupt
 
 __all__ = [
     "ADVICE",
     "DataDirLock",
     "DataDirLocked",
+    "FileSnapshotReader",
     "SnapFile",
+    "StagingFile",
     "corrupt",
     "encode_header",
     "fsync_dir",
@@ -55,13 +63,13 @@ MAGIC = b"TRRSNAP\x00"
 VERSION = 2
 _FIXED = struct.Struct(">8sHQQQII")
 _CRC = struct.Struct(">I")
-_MAX_VOTERS_JSON = 1 << 20  # a sanity bound: a larger length means a damaged header
 _COPY_CHUNK = 1 << 20
 
 ADVICE = (
     "Restore this node's data dir from a backup, or, if the rest of the cluster "
-    "still has a quorum, remove the node's data dir so it rejoins empty and "
-    "catches up with a snapshot from the leader."
+    "still has a quorum, replace the node: remove it from the cluster and add it "
+    "back as a new member with an empty data dir, which catches up from the "
+    "leader (docs/operations.md). Never restart it empty under its old identity."
 )
 
 _SNAP_RE = re.compile(r"^snap-(\d+)-(\d+)\.bin$")
@@ -76,8 +84,12 @@ def snapshot_name(meta: SnapshotMeta) -> str:
     return f"snap-{meta.term}-{meta.index}.bin"
 
 
+_staging_seq = itertools.count(1)
+
+
 def incoming_name(meta: SnapshotMeta) -> str:
-    return f"incoming-{meta.term}-{meta.index}.part"
+    """A staging file name no other transfer of this process has used."""
+    return f"incoming-{meta.term}-{meta.index}-{next(_staging_seq)}.part"
 
 
 def parse_snapshot_name(name: str) -> tuple[int, int] | None:
@@ -87,9 +99,15 @@ def parse_snapshot_name(name: str) -> tuple[int, int] | None:
 
 
 def encode_header(meta: SnapshotMeta, data_len: int, data_crc: int) -> bytes:
-    voters = meta.config.encode()
-    fixed = _FIXED.pack(MAGIC, VERSION, meta.index, meta.term, data_len, data_crc, len(voters))
-    head = fixed + voters
+    """The header for `meta`; its length depends only on `meta`.
+
+    Callers have checked the ranges (`check_snapshot`); the configuration is
+    checked again here because a header we could not read back is a node
+    that cannot restart.
+    """
+    config = config_bytes(meta.config)
+    fixed = _FIXED.pack(MAGIC, VERSION, meta.index, meta.term, data_len, data_crc, len(config))
+    head = fixed + config
     return head + _CRC.pack(zlib.crc32(head))
 
 
@@ -111,36 +129,47 @@ def _read_exact(f: BinaryIO, n: int, path: Path, what: str) -> bytes:
     return b
 
 
+def _decode_config(raw: bytes, version: int) -> Configuration:
+    """The configuration in a header, validated like one from the wire."""
+    if version == 1:  # a sorted JSON list of voter ids
+        voters = json.loads(raw)
+        if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
+            raise ValueError("voters")
+        config = Configuration.of(Member(v) for v in voters)
+        config_bytes(config)  # the same limits as format 2 (id lengths, member count)
+        return config
+    return Configuration.decode(raw)
+
+
 def open_snapshot(path: Path) -> tuple[BinaryIO, SnapFile]:
     """Open `path` and check its header; the file is positioned at the data.
 
-    Raises StorageCorrupt if the header is damaged or the size is wrong.
+    Raises StorageCorrupt if the header is damaged, out of range or the size
+    is wrong.
     """
     f = path.open("rb")
     try:
         fixed = _read_exact(f, _FIXED.size, path, "header")
-        magic, version, index, term, data_len, data_crc, voters_len = _FIXED.unpack(fixed)
+        magic, version, index, term, data_len, data_crc, config_len = _FIXED.unpack(fixed)
         if magic != MAGIC:
             raise corrupt(path, "not a trioraft snapshot file (bad magic)")
         if version not in (1, VERSION):
             raise corrupt(path, f"unsupported snapshot format version {version}")
-        if voters_len > _MAX_VOTERS_JSON:
-            raise corrupt(path, "snapshot header is damaged (voters length)")
-        voters_raw = _read_exact(f, voters_len, path, "header")
+        if config_len > MAX_CONFIG_BYTES:
+            raise corrupt(path, "snapshot header is damaged (configuration length)")
+        config_raw = _read_exact(f, config_len, path, "header")
         (header_crc,) = _CRC.unpack(_read_exact(f, _CRC.size, path, "header"))
-        if zlib.crc32(fixed + voters_raw) != header_crc:
+        if zlib.crc32(fixed + config_raw) != header_crc:
             raise corrupt(path, "snapshot header checksum mismatch")
+        # A header whose CRC matches was written by us (or forged with care):
+        # still check every field, so nothing out of range goes any further.
+        if not 1 <= index <= MAX_INT or term > MAX_INT or data_len > MAX_INT:
+            raise corrupt(path, "snapshot header has an index, term or length out of range")
         try:
-            if version == 1:
-                voters = json.loads(voters_raw)
-                if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
-                    raise ValueError("voters")
-                config = Configuration.of_voters(voters)
-            else:
-                config = Configuration.decode(voters_raw)
-        except ValueError:
+            config = _decode_config(config_raw, version)
+        except (ValueError, RecursionError):
             raise corrupt(path, "snapshot header is damaged (configuration)") from None
-        data_offset = _FIXED.size + voters_len + _CRC.size
+        data_offset = _FIXED.size + config_len + _CRC.size
         size = os.fstat(f.fileno()).st_size
         if size != data_offset + data_len:
             raise corrupt(
@@ -164,6 +193,121 @@ def verify_snapshot(path: Path) -> SnapFile:
     if crc != snap.data_crc:
         raise corrupt(path, "snapshot data checksum mismatch")
     return snap
+
+
+class FileSnapshotReader:
+    """A `SnapshotReader` over an open snapshot file.
+
+    The descriptor keeps the file's data alive after a newer snapshot unlinks
+    it (POSIX), so a transfer never loses its snapshot. Reads use pread, so
+    they need no lock and never disturb another reader.
+    """
+
+    def __init__(self, path: Path) -> None:
+        f, snap = open_snapshot(path)
+        self._file: BinaryIO | None = f
+        self._snap = snap
+
+    @property
+    def meta(self) -> SnapshotMeta:
+        return self._snap.meta
+
+    @property
+    def size(self) -> int:
+        return self._snap.data_len
+
+    @property
+    def checksum(self) -> int:
+        return self._snap.data_crc
+
+    def transfer(self) -> SnapshotTransfer:
+        return SnapshotTransfer(self.meta, self.size, self.checksum)
+
+    def read(self, offset: int, size: int) -> bytes:
+        check_index("offset", offset)
+        check_index("size", size)
+        f = self._file
+        if f is None:
+            raise ValueError("snapshot reader is closed")
+        n = max(0, min(size, self._snap.data_len - offset))
+        parts: list[bytes] = []
+        pos = self._snap.data_offset + offset
+        while n > 0:
+            try:
+                part = os.pread(f.fileno(), n, pos)
+            except (OSError, ValueError):
+                if self._file is None:  # closed by another thread (storage.close)
+                    raise ValueError("snapshot reader is closed") from None
+                raise
+            if not part:
+                raise corrupt(self._snap.path, "snapshot file is shorter than its header says")
+            parts.append(part)
+            n -= len(part)
+            pos += len(part)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()
+
+    def __enter__(self) -> FileSnapshotReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class StagingFile:
+    """The staging of one incoming transfer: a snapshot file under a unique name.
+
+    The header goes first (a placeholder of the same length when size and
+    checksum were not declared) and is made final by `seal`.
+    """
+
+    def __init__(self, snap_dir: Path, meta: SnapshotMeta, fsync: bool) -> None:
+        self.meta = meta
+        self.fsync = fsync
+        header = encode_header(meta, 0, 0)
+        self.header_len = len(header)
+        while True:  # "x": never reuse a file, even one a crash left behind
+            self.path = snap_dir / incoming_name(meta)
+            try:
+                self._file: BinaryIO | None = self.path.open("x+b")
+                break
+            except FileExistsError:
+                continue
+        self._sealed = False
+        self._file.write(header)
+
+    def write(self, data: bytes) -> None:
+        if self._file is None or self._sealed:
+            raise ValueError("staging file is closed or sealed")
+        self._file.write(data)
+
+    def seal(self, size: int, checksum: int) -> bytes:
+        f = self._file
+        if f is None:
+            raise ValueError("staging file is closed")
+        if not self._sealed:
+            f.flush()
+            f.seek(0)
+            f.write(encode_header(self.meta, size, checksum))
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+            self._sealed = True
+        f.seek(self.header_len)
+        return f.read()
+
+    def close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
 
 
 def fsync_dir(path: Path) -> None:
