@@ -38,8 +38,17 @@ def chaos(session: nox.Session) -> None:
     session.run("python", "-m", "trioraft.testing.chaos", *session.posargs)
 
 
+ETCD_HINT = "install etcd first: sudo apt-get install etcd-server etcd-client"
+
+
 @nox.session(python=PY)
 def bench(session: nox.Session) -> None:
-    """The standard benchmark matrix against a local fsync'd cluster."""
+    """The benchmark matrix on local fsync'd clusters; `-- --vs-etcd` for the side by
+    side with a 3-member etcd (needs etcd and etcdctl installed)."""
+    import shutil
+
+    wants_etcd = "--vs-etcd" in session.posargs and "--without-etcd" not in session.posargs
+    if wants_etcd and not (shutil.which("etcd") and shutil.which("etcdctl")):
+        session.error(f"--vs-etcd needs etcd: {ETCD_HINT} (or add --without-etcd)")
     session.install("-e", ".[test,plot]")
     session.run("python", "-m", "trioraft.bench.matrix", *session.posargs)

@@ -157,8 +157,6 @@ class HttpxClient:
         pass  # the shared pool is closed by run_load
 
 
-
-
 #: What a failed request can raise from either client (counted as ``conn_error``).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,

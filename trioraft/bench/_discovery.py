@@ -89,5 +89,3 @@ async def find_targets(
         if isinstance(member, dict) and isinstance(member.get("url"), str):
             return (member["url"],), leader
     raise RuntimeError(f"leader {leader!r} has no known URL")
-
-

@@ -72,15 +72,17 @@ class Processes:
         self.log_dir = log_dir
         self.running: list[tuple[subprocess.Popen[bytes], Path, IO[bytes]]] = []
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:  # fmt: skip
+    def start(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
         # Variables `trioraft serve` or etcd read as flags: the children get exactly ours.
         child_env = {
-            k: v for k, v in os.environ.items()
+            k: v
+            for k, v in os.environ.items()
             if k not in SERVE_ENV_VARS and not k.startswith("ETCD")
-        }  # fmt: skip
+        }
         child_env.update(env or {})
         proc = subprocess.Popen(
             cmd,
@@ -234,18 +236,29 @@ def start_etcd(procs: Processes, n: int, data_root: Path) -> Cluster:
     for name, cport, pport in zip(names, client_ports, peer_ports, strict=True):
         cmd = [
             shutil.which("etcd") or "etcd",
-            "--name", name,
-            "--data-dir", str(data_root / f"{name}-{cport}"),
-            "--listen-client-urls", f"http://127.0.0.1:{cport}",
-            "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-            "--listen-peer-urls", f"http://127.0.0.1:{pport}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-            "--initial-cluster", initial,
-            "--initial-cluster-state", "new",
-            "--initial-cluster-token", token,
-            "--logger", "zap",
-            "--log-level", "warn",
-        ]  # fmt: skip
+            "--name",
+            name,
+            "--data-dir",
+            str(data_root / f"{name}-{cport}"),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{cport}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{cport}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{pport}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{pport}",
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            token,
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ]
         started.append(procs.start(f"{name}-{cport}", cmd))
 
     def leader_known(client: httpx.Client) -> str | None:

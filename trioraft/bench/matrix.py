@@ -8,6 +8,9 @@
    64 if the server has it.
 3. Starts a 5-node cluster and runs writes at 64.
 
+``--vs-etcd`` runs :mod:`trioraft.bench.vs_etcd` instead (trioraft and a 3-member
+etcd side by side); the options after it are that module's.
+
 Each result is printed with its ratio to the echo ceiling at the same concurrency.
 Every process started here is stopped by PID (SIGTERM, then SIGKILL after a
 timeout) in a ``finally``. The Markdown results replace the marked section of
@@ -236,10 +239,22 @@ def client_grid(
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if "--vs-etcd" in args_list:  # `nox -s bench -- --vs-etcd [vs_etcd options]`
+        from . import vs_etcd
+
+        args_list.remove("--vs-etcd")
+        return vs_etcd.main(args_list)
     parser = argparse.ArgumentParser(
         prog="python -m trioraft.bench.matrix",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--vs-etcd",
+        action="store_true",
+        help="instead: trioraft side by side with etcd (python -m trioraft.bench.vs_etcd "
+        "--help lists the options that may follow)",
     )
     parser.add_argument("--quick", action="store_true", help="3 s per row instead of 10 s")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
@@ -255,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: compare hypercorn/raw-h11 echo servers x raw/httpx clients at "
         "1/16/64 clients, TRIALS interleaved trials each (--duration s, default 2)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.client_grid:
         with workdir() as work:
             procs = Processes(work)
