@@ -196,7 +196,8 @@ class LoadResult:
     def timeline(self, interval: float = 0.5) -> dict[str, Any]:
         """Per ``interval`` seconds of the window: successes per op, errors, and the
         worst success latency per op (0 where an interval had none)."""
-        n = max(1, math.ceil(self.elapsed / interval)) if self.elapsed > 0 else 1
+        # (a last bucket holding only the window's final milliseconds is folded in)
+        n = max(1, math.ceil(self.elapsed / interval - 0.01)) if self.elapsed > 0 else 1
         ok = {op: [0] * n for op in self.ops}
         worst = {op: [0.0] * n for op in self.ops}
         errors = [0] * n
