@@ -33,7 +33,7 @@ def test_help_describes_the_tool_and_every_option() -> None:
             assert action.help, f"{action.option_strings} has no help"
     # Every operation the load generator knows is explained in the description.
     for op in ("write", "read", "cas", "delete", "txn", "bulk", "echo", "get"):
-        assert re.search(rf"\b{op}\b \(", text), op
+        assert re.search(rf"\b{op}\b\s+\(", text), op
 
 
 def test_trioraft_bench_help_is_the_same(capsys: pytest.CaptureFixture[str]) -> None:

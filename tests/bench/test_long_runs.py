@@ -83,6 +83,7 @@ def test_vs_etcd_loads_both_clusters_alike(tmp_path: Path) -> None:
     assert set(reads.outcomes) == {"200"}
 
 
+@pytest.mark.slow
 def test_vs_etcd_main_writes_its_section_and_keeps_the_rest(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the plot needs matplotlib (the 'plot' extra)")
     out = tmp_path / "bench.md"
@@ -113,6 +114,19 @@ def test_vs_etcd_main_writes_its_section_and_keeps_the_rest(tmp_path: Path) -> N
     assert len(json.loads((tmp_path / "m.json").read_text())) == 2 + 5
     assert vs_etcd.main(args) == 0  # a second run replaces its section
     assert out.read_text().count("<!-- bench-vs-etcd:t:begin -->") == 1
+
+
+def test_section_is_replaced_in_place(tmp_path: Path) -> None:
+    out = tmp_path / "b.md"
+    out.write_text("# B\n\nbefore\n")
+    vs_etcd._write_section(out, "first table", "x")
+    vs_etcd._write_section(out, "other table", "y")
+    vs_etcd._write_section(out, "second table", "x")
+    text = out.read_text()
+    assert text.startswith("# B\n\nbefore\n")
+    assert "first table" not in text
+    assert text.index("second table") < text.index("other table")
+    assert text.count("bench-vs-etcd:x:begin") == 1
 
 
 def test_vs_etcd_says_how_to_install_etcd(

@@ -61,7 +61,11 @@ def test_targets_are_per_trial_ratios_judged_against_issue_13() -> None:
 
 def test_markdown_has_a_row_per_workload_and_the_medians() -> None:
     text = render_markdown(sample_runs(), "test settings", plot_name="img/x.png")
-    assert "| durable puts | 1 | 200 | 800 | 0.25x |" in text
+    # Medians over the trials (200/1, 200/3, 200/1.1 -> 182); ratios within a trial.
+    assert (
+        "| durable puts | 1 | 182 | 727 | 0.25x | 5.50 / 16.50 | 1.38 / 4.12 | 4.00x "
+        "| 8,000 | 1,600 | 5.00x | 0 / 0 |"
+    ) in text
     assert "| durable puts | 64 |" in text
     assert "| linearizable reads | 64 |" in text
     assert "bare ASGI echo" in text

@@ -138,7 +138,8 @@ def plot_run(result: LoadResult, path: Path, interval: float | None = None) -> N
     cdf.set_xscale("log")
     cdf.set_title("latency CDF per operation")
     for ax in (rate, worst, cdf):
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a run with no success draws no line
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -28,7 +28,8 @@ def plot_soak(out: dict[str, Any], path: Path, title: str) -> None:
         axes[0].plot(xs, [e / tl["interval_s"] for e in errors], label="errors/s", color="red")
     axes[0].set_ylabel("requests/s")
     axes[0].set_xlabel("seconds into the load")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     for name, node in series["nodes"].items():
         axes[1].plot(t, [v if v is not None else float("nan") for v in node["lag"]], label=name)
         axes[2].plot(t, [v if v is not None else float("nan") for v in node["rss_mib"]], label=name)
