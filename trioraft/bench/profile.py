@@ -25,11 +25,25 @@ from ._procs import Processes, StartError, start_cluster, workdir
 __all__ = ["main", "summarize"]
 
 
+#: Leaf frames where a thread waits rather than runs: py-spy's own idle detection
+#: does not work in every sandbox, so samples are classified by where they stop.
+IDLE_LEAVES = (
+    "EpollIOManager.get_events",  # the Trio loop waiting for I/O or a timer
+    "WorkerThread._work",  # a worker thread waiting for a job
+    "Condition.wait",
+    "Event.wait",
+)
+#: The commit (fsync) of a storage transaction: mostly waiting on the disk.
+FSYNC_LEAVES = ("SqliteStorage._tx (_sqlite.py:187)",)
+
+
 def summarize(
     collapsed: str, top: int = 20
 ) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
-    """From py-spy's raw (collapsed) output: total samples, the top functions by
-    self samples, and samples by package (a stack counts once per package in it)."""
+    """From py-spy's raw (collapsed) output: samples on CPU, the top functions by
+    self samples, and samples by package (a stack counts once per package in it).
+    Samples stopped in a wait (:data:`IDLE_LEAVES`) are left out; those in the
+    storage commit (fsync) are counted under one ``[fsync/commit]`` line."""
     total = 0
     leaf: Counter[str] = Counter()
     package: Counter[str] = Counter()
@@ -38,9 +52,12 @@ def summarize(
         if not stack or not count_text.isdigit():
             continue
         n = int(count_text)
-        total += n
         frames = stack.split(";")
-        leaf[_short(frames[-1])] += n
+        last = _short(frames[-1])
+        if last.startswith(IDLE_LEAVES):
+            continue
+        total += n
+        leaf["[fsync/commit, mostly disk wait]" if last in FSYNC_LEAVES else last] += n
         for pkg in {_package(f) for f in frames} - {None}:
             package[str(pkg)] += n
     return total, leaf.most_common(top), package.most_common(top)
@@ -53,17 +70,15 @@ def _short(frame: str) -> str:
 
 
 def _package(frame: str) -> str | None:
+    # py-spy names files relative to sys.path: "trio/_core/_run.py", "trioraft/node.py"
     _, _, where = frame.partition(" (")
-    path = where.rstrip(")")
-    for marker in ("site-packages/", "/trioraft/", "python3."):
-        if marker in path:
-            rest = path.split(marker, 1)[1]
-            if marker == "/trioraft/":
-                return "trioraft." + rest.split("/", 1)[0].split(".py")[0]
-            if marker == "python3.":
-                return "stdlib"
-            return rest.split("/", 1)[0]
-    return None
+    path = where.rsplit(":", 1)[0]
+    if not path or path.startswith("<"):
+        return None
+    parts = path.split("/")
+    if parts[0] == "trioraft" and len(parts) > 1:
+        return "trioraft." + parts[1].removesuffix(".py")
+    return parts[0].removesuffix(".py")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", "-c", type=int, default=1)
     p.add_argument("--mix", default="write", help="operations, as for trioraft bench")
     p.add_argument("--duration", type=float, default=15.0, help="seconds of load (and sampling)")
-    p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--keep", type=Path, default=None, help="save the collapsed stacks here")
     args = p.parse_args(argv)
@@ -116,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(int(args.duration)),
                     "--format",
                     "raw",
+                    "--idle",
                     "--nonblocking",
                     "--output",
                     str(out),
