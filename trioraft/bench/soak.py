@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -194,6 +195,7 @@ def _recovery(procs: Processes, urls: tuple[str, ...], nodes: list[Any]) -> dict
 def run_soak(spec: SoakSpec, work: Path, *, quiet: bool = False) -> dict[str, Any]:
     """Run one soak in ``work``; returns everything it measured (JSON-ready)."""
     procs = Processes(work)
+    load_before = os.getloadavg()
     try:
         extra = ["--snapshot-entries", str(spec.snapshot_entries), *spec.extra_args]
         urls, nodes, _leader = start_cluster(procs, 3, work, extra=extra)
@@ -222,6 +224,7 @@ def run_soak(spec: SoakSpec, work: Path, *, quiet: bool = False) -> dict[str, An
     pct = result.percentiles()
     return {
         "spec": asdict(spec),
+        "machine_load": {"before": load_before[0], "after": os.getloadavg()[0]},
         "fill": {"keys": spec.keys, "seconds": round(fill_s, 1), "failed_txns": failed},
         "load": {
             "elapsed_s": round(result.elapsed, 1),
@@ -267,6 +270,8 @@ def describe(out: dict[str, Any]) -> str:
         f"worst event-loop lag: {lag}; slowest /status answer {c['worst_status_ms']:.0f} ms",
         f"worst follower lag behind the leader: {c['max_follower_lag']} entries",
         f"RSS MiB (first -> last poll): {rss}",
+        f"machine load average: {out['machine_load']['before']:.1f} before, "
+        f"{out['machine_load']['after']:.1f} after (2 cores: above ~2, the nodes wait for CPU)",
     ]
     if out.get("recovery"):
         r = out["recovery"]
