@@ -27,7 +27,6 @@ import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -44,6 +43,7 @@ from ._procs import (
 )
 from ._procstat import CpuMeter
 from ._vs_report import Measurement, plot_measurements, render_markdown
+from ._workload import Protocol
 
 __all__ = ["ROWS", "Measurement", "main", "run_benchmark"]
 
@@ -162,7 +162,7 @@ def run_benchmark(
     return out
 
 
-def _protocol(system: str) -> Any:
+def _protocol(system: str) -> Protocol:
     return "etcd" if system == "etcd" else "trioraft"
 
 
