@@ -73,8 +73,34 @@ def chaos(session: nox.Session) -> None:
     session.run("python", "-m", "trioraft.testing.chaos", *session.posargs)
 
 
+ETCD_HINT = "install etcd first: sudo apt-get install etcd-server etcd-client"
+
+
 @nox.session(python=PY)
 def bench(session: nox.Session) -> None:
-    """The standard benchmark matrix against a local fsync'd cluster."""
+    """The benchmark matrix on local fsync'd clusters; `-- --vs-etcd` for the side by
+    side with a 3-member etcd (needs etcd and etcdctl installed)."""
+    import shutil
+
+    wants_etcd = "--vs-etcd" in session.posargs and "--without-etcd" not in session.posargs
+    if wants_etcd and not (shutil.which("etcd") and shutil.which("etcdctl")):
+        session.error(f"--vs-etcd needs etcd: {ETCD_HINT} (or add --without-etcd)")
     session.install("-e", ".[test,plot]")
     session.run("python", "-m", "trioraft.bench.matrix", *session.posargs)
+
+
+@nox.session(python=PY)
+def soak(session: nox.Session) -> None:
+    """A 10-minute soak of writes via the followers, snapshots every 1,000 entries, a
+    ~20 MB state: elections, loop lag, follower lag and RSS over time
+    (`-- --duration 60` for a short one; `--help` for the rest)."""
+    session.install("-e", ".[test,plot]")
+    session.run("python", "-m", "trioraft.bench.soak", *session.posargs)
+
+
+@nox.session(python=PY)
+def stability(session: nox.Session) -> None:
+    """Healthy-cluster stability: 2 minutes of writes with frequent snapshots, then a
+    1M-key state: elections and worst event-loop lag (`-- --big-keys 0` skips the 1M run)."""
+    session.install("-e", ".[test,plot]")
+    session.run("python", "-m", "trioraft.bench.stability", *session.posargs)

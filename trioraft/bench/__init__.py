@@ -23,7 +23,7 @@ from ._load import (
     parse_mix,
     run_load,
 )
-from ._report import check_plot_available, plot_latency, print_json, print_table
+from ._report import check_plot_available, plot_run, print_json, print_table
 
 __all__ = [
     "DEFAULT_ENDPOINTS",
@@ -40,6 +40,40 @@ __all__ = [
 ]
 
 DEFAULT_DURATION = 10.0
+
+DESCRIPTION = """\
+Load-test running trioraft nodes over HTTP and report what they sustained.
+
+N concurrent clients (--concurrency), each on its own keep-alive connection,
+send a mix of operations (--mix) for --warmup seconds unmeasured, then for
+--duration seconds or --requests requests, whichever ends first: every run is
+bounded and stops by itself. Every request is counted under its outcome (200,
+404 not_found, 503 no_leader, conn_error, timeout...); latency percentiles are
+over the successful ones, overall and per operation.
+
+Operations: write (PUT /kv/KEY), read (GET /kv/KEY?consistency=...), cas
+(POST /kv/KEY/cas), delete (DELETE /kv/KEY), txn (POST /txn, a guarded put),
+bulk (POST /txn with 100 puts), and against any HTTP server echo (POST --path
+with a --value-size body) and get (GET --path). --protocol etcd sends write,
+read and delete to etcd's v3 JSON gateway instead, for a side by side.
+
+--plot draws throughput over time per operation (so a stall or an election
+shows as a dip), the worst latency per interval, and latency CDFs with reads
+and writes apart. Exit status: 0 when requests succeeded, 1 when none did,
+2 for bad options, 3 when the cluster could not be reached or had no leader.
+"""
+
+EPILOG = """\
+examples:
+  trioraft bench --mix write=1 --concurrency 64 --target leader
+  trioraft bench --mix read=1 --consistency stale --prefill --json
+  trioraft bench --mix write=0.5,read=0.5 --duration 30 --plot run.png
+  trioraft bench --endpoints http://127.0.0.1:8080 --mix echo   # an echo ceiling
+  trioraft bench --protocol etcd --endpoints http://127.0.0.1:2379 --target leader
+
+Standard runs: python -m trioraft.bench.matrix (the matrix), ...vs_etcd (side by
+side with etcd), ...stability and ...soak (docs/benchmarks.md says what each does).
+"""
 
 
 def _positive_int(text: str) -> int:
@@ -64,7 +98,10 @@ def _non_negative_float(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``trioraft bench`` options to ``parser``."""
+    """Add the ``trioraft bench`` options (and its description) to ``parser``."""
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--endpoints",
         default=os.environ.get("TRIORAFT_ENDPOINTS") or ",".join(DEFAULT_ENDPOINTS),
@@ -161,7 +198,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.png",
         type=Path,
         default=None,
-        help="save a latency histogram and CDF (needs matplotlib)",
+        help="save a PNG: throughput over time per operation, worst latency per "
+        "interval, latency CDFs with reads and writes apart (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("trioraft", "etcd"),
+        default="trioraft",
+        help="trioraft's HTTP API, or etcd's v3 JSON gateway (write/read/delete only; "
+        "default: %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -186,6 +231,7 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         timeout=args.timeout,
         prefill=args.prefill,
         seed=args.seed,
+        protocol=args.protocol,
     )
 
 
@@ -249,7 +295,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         print_table(result)
     if args.plot is not None:
-        plot_latency(result, args.plot)
+        plot_run(result, args.plot)
     if result.total and set(result.outcomes) <= {"conn_error", "timeout"}:
         return 3  # the cluster could not be reached
     if result.total and result.ok == 0:
@@ -258,6 +304,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _standalone(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trioraft bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="trioraft bench")
     add_arguments(parser)
     return main(parser.parse_args(argv))

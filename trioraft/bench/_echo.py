@@ -3,13 +3,17 @@
 * :func:`create_echo_app` is a bare quart-trio app (``POST /echo`` returns the body,
   ``GET /echo`` a small JSON object), served by :func:`serve_echo` through
   ``hypercorn.trio.serve`` with :func:`hypercorn_config`, the same way a node serves.
+* :func:`asgi_echo` is the same two routes as a bare ASGI callable (no framework),
+  served the same way: the ceiling of the node's own ASGI fast path, which
+  answers ``PUT``/``GET /kv/...`` without Quart. The client-path ratio (issue 13)
+  is measured against this one.
 * :func:`serve_raw` is a trivial HTTP/1.1 server on Trio sockets and h11, with no
   framework at all: the ceiling of the load generator itself.
 
 Both also answer ``?status=N`` with that status and a JSON error body, which the
 tests use to check that errors are counted.
 
-Run one: ``python -m trioraft.bench._echo --port 8080 [--raw]``. It prints
+Run one: ``python -m trioraft.bench._echo --port 8080 [--asgi | --raw]``. It prints
 ``listening on http://HOST:PORT`` once bound (so ``--port 0`` is usable) and stops
 on SIGTERM or SIGINT.
 """
@@ -32,7 +36,7 @@ from quart_trio import QuartTrio
 
 from trioraft.server import hypercorn_config  # the settings a node serves with
 
-__all__ = ["create_echo_app", "hypercorn_config", "main", "serve_echo", "serve_raw"]
+__all__ = ["asgi_echo", "create_echo_app", "hypercorn_config", "main", "serve_echo", "serve_raw"]
 
 _PING = msgspec.json.encode({"ok": True, "server": "echo"})
 
@@ -61,14 +65,45 @@ def create_echo_app() -> QuartTrio:
     return app
 
 
+async def asgi_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``POST /echo`` -> the body, ``GET /echo`` -> a small JSON object, as one bare
+    ASGI app answering like the node's fast path does (two sends: start, body)."""
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    chunks = []
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return
+        chunks.append(msg.get("body", b""))
+        if not msg.get("more_body"):
+            break
+    status, ctype, payload = _raw_answer(
+        scope["method"].encode(), scope["raw_path"] + b"?" + scope["query_string"], b"".join(chunks)
+    )
+    headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(payload))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 async def serve_echo(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    asgi: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the quart-trio echo app; ``nursery.start`` returns its base URL."""
+    """Serve the quart-trio echo app (or the bare ASGI one, with ``asgi=True``) with
+    the node's hypercorn settings; ``nursery.start`` returns its base URL."""
     config = hypercorn_config(f"{host}:{port}")
     stop = trio.Event()
 
@@ -76,7 +111,9 @@ async def serve_echo(
         await (shutdown_trigger() if shutdown_trigger is not None else stop.wait())
 
     async with trio.open_nursery() as nursery:
-        urls: list[str] = await nursery.start(_serve_app, create_echo_app(), config, wait_stop)
+        urls: list[str] = await nursery.start(
+            _serve_app, asgi_echo if asgi else create_echo_app(), config, wait_stop
+        )
         task_status.started(urls[0])
 
 
@@ -167,7 +204,7 @@ async def serve_raw(
 # --------------------------------------------------------------------------- CLI
 
 
-async def _amain(host: str, port: int, raw: bool) -> None:
+async def _amain(host: str, port: int, raw: bool, asgi: bool) -> None:
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -176,7 +213,8 @@ async def _amain(host: str, port: int, raw: bool) -> None:
             else:
                 url = await nursery.start(
                     lambda task_status: serve_echo(
-                        host, port, shutdown_trigger=stop.wait, task_status=task_status
+                        host, port, shutdown_trigger=stop.wait, asgi=asgi,
+                        task_status=task_status,
                     )
                 )
             print(f"listening on {url}", flush=True)
@@ -195,9 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    parser.add_argument("--raw", action="store_true", help="bare trio+h11 instead of hypercorn")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--raw", action="store_true", help="bare trio+h11 instead of hypercorn")
+    kind.add_argument(
+        "--asgi", action="store_true", help="a bare ASGI app under hypercorn instead of quart-trio"
+    )
     args = parser.parse_args(argv)
-    trio.run(_amain, args.host, args.port, args.raw)
+    trio.run(_amain, args.host, args.port, args.raw, args.asgi)
     return 0
 
 

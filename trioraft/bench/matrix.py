@@ -8,6 +8,9 @@
    64 if the server has it.
 3. Starts a 5-node cluster and runs writes at 64.
 
+``--vs-etcd`` runs :mod:`trioraft.bench.vs_etcd` instead (trioraft and a 3-member
+etcd side by side); the options after it are that module's.
+
 Each result is printed with its ratio to the echo ceiling at the same concurrency.
 Every process started here is stopped by PID (SIGTERM, then SIGKILL after a
 timeout) in a ``finally``. The Markdown results replace the marked section of
@@ -20,18 +23,11 @@ import argparse
 import datetime
 import os
 import platform
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO
 
 import httpx
 import trio
@@ -39,22 +35,13 @@ import trio
 from trioraft.testing.procs import free_ports
 
 from ._load import BULK_PUTS, ClientKind, LoadResult, LoadSpec, parse_mix, run_load, txn_body
+from ._procs import Processes, StartError, start_cluster, start_echo, wait_until, workdir
 
 __all__ = ["BEGIN", "END", "main", "render_markdown", "replace_section"]
 
 BEGIN = "<!-- bench-matrix:begin -->"
 END = "<!-- bench-matrix:end -->"
 CEILING_CONCURRENCY = (1, 16, 64, 256)
-STOP_TIMEOUT = 10.0
-
-T = TypeVar("T")
-
-#: `python -m NODE_MODULE serve ...` starts a node (overridable to test the matrix).
-NODE_MODULE = os.environ.get("TRIORAFT_BENCH_NODE_MODULE", "trioraft")
-
-
-class StartError(RuntimeError):
-    """A server did not come up; the message says why and shows its log."""
 
 
 @dataclass(slots=True)
@@ -64,145 +51,6 @@ class Row:
     result: LoadResult | None = None
     ceiling: float | None = None  # echo ops/s at the same concurrency
     note: str = ""
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """Subprocesses started by the matrix, stopped by PID, never by name."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.running: list[tuple[subprocess.Popen[bytes], Path, IO[bytes]]] = []
-
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        log_path = self.log_dir / f"{name}.log"
-        log = log_path.open("wb")
-        env = {k: v for k, v in os.environ.items() if k not in _NODE_ENV}
-        proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-        self.running.append((proc, log_path, log))
-        return proc
-
-    def log_tail(self, proc: subprocess.Popen[bytes], lines: int = 15) -> str:
-        for p, path, _ in self.running:
-            if p is proc:
-                text = path.read_text(errors="replace").splitlines()
-                return "\n".join(text[-lines:])
-        return ""
-
-    def stop(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
-        """SIGTERM each, wait, then SIGKILL whatever is left."""
-        chosen = [e for e in self.running if procs is None or e[0] in procs]
-        for proc, _, _ in chosen:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for proc, _, log in chosen:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-        self.running = [e for e in self.running if e not in chosen]
-
-
-# Environment variables `trioraft serve` reads: the children get exactly our flags.
-_NODE_ENV = frozenset(
-    {
-        "NODE_ID",
-        "HOST",
-        "PORT",
-        "ADVERTISE_URL",
-        "PEERS",
-        "PEER_IDS",
-        "DATA_DIR",
-        "ELECTION_TIMEOUT_MS",
-        "HEARTBEAT_MS",
-        "CLUSTER_TOKEN",
-        "FSYNC",
-    }
-)
-
-
-def _wait_until(
-    check: Callable[[httpx.Client], T | None],
-    proc_list: list[subprocess.Popen[bytes]],
-    procs: Processes,
-    what: str,
-    timeout: float,
-) -> T:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            for proc in proc_list:
-                if proc.poll() is not None:
-                    raise StartError(
-                        f"{what}: process {proc.pid} exited with {proc.returncode}:\n"
-                        + procs.log_tail(proc)
-                    )
-            value = check(client)
-            if value is not None:
-                return value
-            time.sleep(0.1)  # waiting on another process to come up: nothing to wait on
-    tails = "\n".join(procs.log_tail(p) for p in proc_list)
-    raise StartError(f"{what}: not ready after {timeout:.0f}s\n{tails}")
-
-
-def start_echo(procs: Processes) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_ports(1)[0]
-    cmd = [sys.executable, "-m", "trioraft.bench._echo", "--port", str(port)]
-    proc = procs.start("echo", cmd)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready(client: httpx.Client) -> str | None:
-        try:
-            return url if client.get(url + "/echo").status_code == 200 else None
-        except httpx.HTTPError:
-            return None
-
-    return _wait_until(ready, [proc], procs, "echo server", 15.0), proc
-
-
-def start_cluster(
-    procs: Processes, n: int, data_root: Path, extra: list[str] | None = None
-) -> tuple[tuple[str, ...], list[subprocess.Popen[bytes]], str]:
-    """Start an n-node fsync'd cluster; wait until every node knows the same leader."""
-    ports = free_ports(n)
-    ids = [f"node{k + 1}" for k in range(n)]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
-    started = []
-    for k, (node_id, port, url) in enumerate(zip(ids, ports, urls, strict=True)):
-        cmd = [sys.executable, "-m", NODE_MODULE, "serve", "--id", node_id, "--fsync"]
-        cmd += ["--listen", f"127.0.0.1:{port}", "--advertise", url]
-        cmd += ["--data-dir", str(data_root / f"{n}-{node_id}"), *(extra or [])]
-        for j, (peer_id, peer_url) in enumerate(zip(ids, urls, strict=True)):
-            if j != k:
-                cmd += ["--peer", f"{peer_id}={peer_url}"]
-        started.append(procs.start(f"cluster{n}-{node_id}", cmd))
-
-    def leader_known(client: httpx.Client) -> str | None:
-        leaders = set()
-        for url in urls:
-            try:
-                resp = client.get(url + "/status")
-                leaders.add(resp.json().get("leader") if resp.status_code == 200 else None)
-            except (httpx.HTTPError, ValueError, AttributeError):
-                return None
-        if len(leaders) == 1 and isinstance(leader := leaders.pop(), str):
-            return leader
-        return None
-
-    leader = _wait_until(leader_known, started, procs, f"{n}-node cluster", 30.0)
-    return tuple(urls), started, leader
 
 
 # --------------------------------------------------------------------------- measuring
@@ -350,7 +198,7 @@ def client_grid(
             except httpx.HTTPError:
                 return None
 
-        servers[name] = _wait_until(ready, [proc], procs, name, 15.0)
+        servers[name] = wait_until(ready, [proc], procs, name, 15.0)
     cells: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
     clients: tuple[ClientKind, ...] = ("raw", "httpx")
     for trial in range(trials):
@@ -388,20 +236,25 @@ def client_grid(
 # --------------------------------------------------------------------------- main
 
 
-@contextmanager
-def _workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="trioraft-bench-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if "--vs-etcd" in args_list:  # `nox -s bench -- --vs-etcd [vs_etcd options]`
+        from . import vs_etcd
+
+        args_list.remove("--vs-etcd")
+        return vs_etcd.main(args_list)
     parser = argparse.ArgumentParser(
         prog="python -m trioraft.bench.matrix",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--vs-etcd",
+        action="store_true",
+        help="instead: trioraft side by side with etcd (python -m trioraft.bench.vs_etcd "
+        "--help lists the options that may follow)",
     )
     parser.add_argument("--quick", action="store_true", help="3 s per row instead of 10 s")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
@@ -417,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: compare hypercorn/raw-h11 echo servers x raw/httpx clients at "
         "1/16/64 clients, TRIALS interleaved trials each (--duration s, default 2)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.client_grid:
-        with _workdir() as work:
+        with workdir() as work:
             procs = Processes(work)
             try:
                 table = client_grid(procs, args.client_grid, args.duration or 2.0)
@@ -449,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     ceilings: dict[int, float] = {}
 
-    with _workdir() as work:
+    with workdir() as work:
         procs = Processes(work)
         try:
             url, echo = start_echo(procs)
