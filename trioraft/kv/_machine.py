@@ -7,15 +7,23 @@ Rules
 -----
 * Deterministic: the same applied entries give the same state on every
   replica: no clocks, no randomness, and nothing that depends on the order of
-  a dict other than apply order. `snapshot()` is canonical (equal states give
-  equal bytes) and `state_digest()` hashes it.
-* `apply` never raises for a bad entry: undecodable or invalid bytes give an
-  `InvalidResult` and change nothing but `applied_index`, so a corrupt or
-  hostile entry cannot stop a replica. Indexes must strictly increase (an
-  assertion: a violation is a bug in the caller).
-* Commands with a request id are applied at most once (see `_dedup`).
-* A transaction is atomic: it is validated completely before any change, and
-  then nothing in it can fail part-way.
+  a dict other than apply order. Snapshots are canonical (equal states give
+  equal bytes) and `state_digest()` hashes them.
+* Total: `apply` never raises for any bytes. Undecodable or invalid bytes
+  give an `InvalidResult` and change nothing but `applied_index`; a request
+  id that is not canonical or out of range (an old log may hold one from
+  before the API refused them) is ignored: the command is applied without
+  deduplication, alike on every replica. `snapshot` encodes whatever `apply`
+  can build, and `restore` of any bytes either succeeds or raises
+  `InvalidSnapshot` (tests/kv/test_kv_fuzz.py checks all three with
+  hypothesis). Indexes must strictly increase (an assertion: a violation is
+  a bug in the caller).
+* Commands with a request id are applied at most once (see `_dedup`); the
+  table keeps a fingerprint of the whole command and a summary of its effect,
+  never a value (see `_limits` for the bound).
+* A transaction is atomic: it is validated completely before any change;
+  if its reads would return more than MAX_TXN_RESULT_BYTES, its changes are
+  undone and it answers `TooLargeResult`, on every replica alike.
 * Reads (`get`, `range`, `items`) are local and immediate; linearizability is
   the node's job (ReadIndex), not this class's.
 """
@@ -23,68 +31,88 @@ Rules
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator
-from itertools import pairwise
+from typing import Any
 
 import msgspec
 
-from ._commands import Cas, Command, Compare, Delete, Get, Op, Put, Txn, parse_request_id
+from ._commands import (
+    Cas,
+    Command,
+    Compare,
+    Delete,
+    DeletePrefix,
+    Get,
+    Op,
+    Put,
+    Txn,
+    parse_request_id,
+)
 from ._commands import decode_for_apply as _decode_for_apply
-from ._dedup import ClientState, DedupTable
-from ._errors import InvalidCommand, InvalidSnapshot
-from ._limits import DEDUP_CLIENTS, DEDUP_WINDOW
+from ._dedup import EXPIRED, DedupTable
+from ._errors import InvalidCommand
+from ._limits import DEDUP_CLIENTS, DEDUP_MAX_BYTES, DEDUP_WINDOW, MAX_TXN_RESULT_BYTES
 from ._results import (
     CasResult,
+    DeletePrefixResult,
     DeleteResult,
+    ExpiredRequest,
     GetResult,
     InvalidResult,
     OpResult,
     PutResult,
     Result,
+    TooLargeResult,
     TxnResult,
 )
+from ._snapshot import decode, encode_frames
+from ._sorted import SortedItems
 
 __all__ = ["KVStateMachine"]
 
-_SNAPSHOT_VERSION = 1
+_encoder = msgspec.msgpack.Encoder()
+_FP = 16  # bytes of a command fingerprint at the start of every record
+
+Undo = list[tuple[str, str | None]]  # (key, value before the change), in change order
 
 
-class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
-    version: int
-    applied_index: int
-    data: list[tuple[str, str]]  # ascending key order, keys unique
-    clients: list[ClientState]  # ascending last_index order
-
-
-_snapshot_encoder = msgspec.msgpack.Encoder()
-_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
-
-
-def _fingerprint(value: str) -> str:
-    """A short, deterministic stand-in for a value in the exactly-once table."""
-    return "#" + hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
+def _fingerprint(command: Command) -> bytes:
+    """A digest of the whole command, canonically re-encoded (request id included)."""
+    return hashlib.blake2b(_encoder.encode(command), digest_size=_FP).digest()
 
 
 def _utf8_len(text: str) -> int:
-    # Stored strings were validated as UTF-8 before they were stored.
-    return len(text.encode("utf-8"))
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _read_bytes(result: OpResult) -> int:
+    """Bytes of stored values that a result returns (what MAX_TXN_RESULT_BYTES bounds)."""
+    if isinstance(result, GetResult) and result.value is not None:
+        return _utf8_len(result.value)
+    if isinstance(result, CasResult) and not result.ok and result.current is not None:
+        return _utf8_len(result.current)
+    return 0
 
 
 class KVStateMachine:
     """A string-to-string map built by applying committed log entries."""
 
     def __init__(
-        self, *, dedup_window: int = DEDUP_WINDOW, dedup_clients: int = DEDUP_CLIENTS
+        self,
+        *,
+        dedup_window: int = DEDUP_WINDOW,
+        dedup_clients: int = DEDUP_CLIENTS,
+        dedup_max_bytes: int = DEDUP_MAX_BYTES,
     ) -> None:
-        """`dedup_window` / `dedup_clients` exist for tests; every replica must agree."""
+        """The dedup bounds exist for tests; every replica must agree on them."""
         self._dedup_window = dedup_window
         self._dedup_clients = dedup_clients
+        self._dedup_max_bytes = dedup_max_bytes
         self._data: dict[str, str] = {}
-        self._keys: list[str] = []  # invariant: self._keys == sorted(self._data)
+        self._items = SortedItems()  # invariant: the pairs of self._data in key order
         self._data_bytes = 0  # invariant: UTF-8 bytes of all keys and values
         self._applied_index = 0  # index of the last entry applied (or restored)
-        self._dedup = DedupTable(dedup_window, dedup_clients)
+        self._dedup = DedupTable(dedup_window, dedup_clients, dedup_max_bytes)
 
     # --------------------------------------------------------------- queries
 
@@ -102,6 +130,11 @@ class KVStateMachine:
     def dedup_clients(self) -> int:
         """How many clients the exactly-once table currently remembers."""
         return len(self._dedup)
+
+    @property
+    def dedup_bytes(self) -> int:
+        """The exactly-once table's accounted size (see `_limits`)."""
+        return self._dedup.accounted_bytes
 
     def __len__(self) -> int:
         return len(self._data)
@@ -125,26 +158,22 @@ class KVStateMachine:
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
-        start = bisect_left(self._keys, prefix)
         if after is not None and after >= prefix:
-            start = max(start, bisect_left(self._keys, after))
-            if start < len(self._keys) and self._keys[start] == after:
-                start += 1
+            pairs = self._items.iter_from(after, inclusive=False)
+        else:
+            pairs = self._items.iter_from(prefix)
         items: list[tuple[str, str]] = []
-        keys = self._keys
-        position = start
-        while position < len(keys) and keys[position].startswith(prefix):
+        for key, value in pairs:
+            if not key.startswith(prefix):
+                break
             if len(items) == limit:
                 return items, True
-            key = keys[position]
-            items.append((key, self._data[key]))
-            position += 1
+            items.append((key, value))
         return items, False
 
     def items(self) -> Iterator[tuple[str, str]]:
         """All (key, value) pairs in ascending key order. Do not apply while iterating."""
-        for key in self._keys:
-            yield key, self._data[key]
+        return self._items.iter_from("")
 
     # ----------------------------------------------------------------- apply
 
@@ -158,35 +187,20 @@ class KVStateMachine:
             command = _decode_for_apply(data)
         except InvalidCommand as exc:
             return InvalidResult(str(exc))
-
         request = self._request_key(command.request_id)
-        if request is not None:
-            client, seq = request
+        if request is None:
+            return self._execute(index, command)
+        client, seq = request
+        fingerprint = _fingerprint(command)
+        earlier = self._dedup.check(client, seq, index)
+        if earlier is EXPIRED:
             assert command.request_id is not None
-            earlier = self._dedup.check(client, seq, command.request_id, index)
-            if earlier is not None:
-                # A retry (or too old to tell): do not apply again. A Put's
-                # result is stored without its value (the retry carries it).
-                if isinstance(earlier, PutResult):
-                    if (
-                        isinstance(command, Put) and command.key == earlier.key
-                        and _fingerprint(command.value) == earlier.value
-                    ):
-                        return PutResult(command.key, command.value, earlier.index)
-                    return InvalidResult(
-                        f"Idempotency-Key {command.request_id!r} was already used for a "
-                        "different request; use a new key for a new write"
-                    )
-                return earlier
+            return ExpiredRequest(command.request_id)
+        if isinstance(earlier, bytes):
+            return _replay(command, fingerprint, earlier)
         result = self._execute(index, command)
-        if request is not None:
-            stored = result
-            if isinstance(result, PutResult):
-                # Keep the table small: the retry carries the value again, so a
-                # fingerprint is enough to recognise it (and to refuse a reused
-                # key carrying a different value).
-                stored = PutResult(result.key, _fingerprint(result.value), result.index)
-            self._dedup.record(request[0], request[1], index, stored)
+        if not isinstance(result, TooLargeResult):  # it changed nothing: nothing to remember
+            self._dedup.record(client, seq, index, fingerprint + _summary(command, result, index))
         return result
 
     def apply_noop(self, index: int) -> None:
@@ -207,20 +221,22 @@ class KVStateMachine:
         try:
             return parse_request_id(request_id)
         except InvalidCommand:
-            return None  # a malformed id is ignored: applied without dedup
+            return None  # not canonical or out of range: applied without dedup
 
     def _execute(self, index: int, command: Command) -> Result:
         if isinstance(command, Txn):
             return self._txn(index, command)
-        return self._op(index, command)
+        return self._op(index, command, None)
 
-    def _op(self, index: int, op: Op) -> OpResult:
+    def _op(self, index: int, op: Op, undo: Undo | None) -> OpResult:
         match op:
             case Put(key=key, value=value):
-                self._put(key, value)
+                self._put(key, value, undo)
                 return PutResult(key, value, index)
             case Delete(key=key):
-                return DeleteResult(key, self._delete(key))
+                return DeleteResult(key, self._delete(key, undo))
+            case DeletePrefix(prefix=prefix):
+                return DeletePrefixResult(prefix, self._delete_prefix(prefix, undo))
             case Get(key=key):
                 return GetResult(key, self._data.get(key))
             case Cas(key=key, expected=expected, value=value):
@@ -228,16 +244,28 @@ class KVStateMachine:
                 if current != expected:
                     return CasResult(False, current, index)
                 if value is None:
-                    self._delete(key)
+                    self._delete(key, undo)
                 else:
-                    self._put(key, value)
+                    self._put(key, value, undo)
                 return CasResult(True, value, index)
         raise AssertionError(f"validated op of unknown type: {op!r}")
 
-    def _txn(self, index: int, txn: Txn) -> TxnResult:
+    def _txn(self, index: int, txn: Txn) -> TxnResult | TooLargeResult:
         succeeded = all(self._holds(c) for c in txn.compare)
-        branch = txn.success if succeeded else txn.failure
-        return TxnResult(succeeded, [self._op(index, op) for op in branch])
+        undo: Undo = []
+        results: list[OpResult] = []
+        read = 0
+        for op in txn.success if succeeded else txn.failure:
+            result = self._op(index, op, undo)
+            results.append(result)
+            read += _read_bytes(result)
+            if read > MAX_TXN_RESULT_BYTES:
+                self._undo(undo)
+                return TooLargeResult(
+                    f"The transaction's reads would return more than {MAX_TXN_RESULT_BYTES} "
+                    "bytes of values; it was not applied. Read fewer or smaller keys."
+                )
+        return TxnResult(succeeded, results)
 
     def _holds(self, compare: Compare) -> bool:
         current = self._data.get(compare.key)
@@ -252,90 +280,203 @@ class KVStateMachine:
                 return current is None
         raise AssertionError(f"validated compare with unknown op: {compare.op!r}")
 
-    def _put(self, key: str, value: str) -> None:
+    def _put(self, key: str, value: str, undo: Undo | None) -> None:
         old = self._data.get(key)
+        if undo is not None:
+            undo.append((key, old))
         if old is None:
-            insort(self._keys, key)
+            self._items.insert(key, value)
             self._data_bytes += _utf8_len(key)
         else:
+            self._items.replace(key, value)
             self._data_bytes -= _utf8_len(old)
         self._data[key] = value
         self._data_bytes += _utf8_len(value)
 
-    def _delete(self, key: str) -> bool:
+    def _delete(self, key: str, undo: Undo | None) -> bool:
         old = self._data.pop(key, None)
         if old is None:
             return False
-        position = bisect_left(self._keys, key)
-        assert self._keys[position] == key
-        del self._keys[position]
+        if undo is not None:
+            undo.append((key, old))
+        self._items.remove(key)
         self._data_bytes -= _utf8_len(key) + _utf8_len(old)
         return True
+
+    def _delete_prefix(self, prefix: str, undo: Undo | None) -> int:
+        removed = self._items.pop_prefix(prefix)
+        for key, value in removed:
+            del self._data[key]
+            self._data_bytes -= _utf8_len(key) + _utf8_len(value)
+        if undo is not None:
+            undo.extend(removed)
+        return len(removed)
+
+    def _undo(self, undo: Undo) -> None:
+        for key, old in reversed(undo):
+            if old is None:
+                self._delete(key, None)
+            else:
+                self._put(key, old, None)
 
     # ------------------------------------------------------------- snapshots
 
     def snapshot(self) -> bytes:
-        """Everything (data, exactly-once table, applied_index) as msgpack.
+        """Everything (data, exactly-once table, applied_index) as bytes.
 
         Canonical: equal states give equal bytes.
         """
-        return self.snapshot_later()()
+        return b"".join(self.snapshot_chunks())
+
+    def snapshot_chunks(self) -> Iterator[bytes]:
+        """Capture the state now, cheaply; encode it lazily, one frame per `next()`.
+
+        Capturing costs O(blocks + clients) on the caller's thread (copy-on-
+        write, see `_sorted`); the returned iterator reads only captured data,
+        so it may be consumed later, in another thread, while entries keep
+        being applied. Each step encodes one frame (at most FRAME_PAIRS pairs
+        or FRAME_CHARS characters), so no single call holds the GIL for long.
+        The chunks concatenated are `snapshot()`.
+        """
+        return encode_frames(
+            self._applied_index, len(self._items), self._items.capture(), self._dedup.capture()
+        )
 
     def snapshot_later(self) -> Callable[[], bytes]:
-        """Capture the state now (cheap copies); encode it later, e.g. in a thread.
+        """Capture the state now (cheaply); encode it later, e.g. in a thread.
 
-        Lets the node keep applying entries while a large snapshot is encoded.
+        The returned function joins the chunks of `snapshot_chunks()` into one
+        bytes object; joining is one long copy, so a caller that can write
+        chunks should prefer `snapshot_chunks()`.
         """
-        keys = list(self._keys)
-        data = dict(self._data)
-        clients = self._dedup.to_state()
-        applied = self._applied_index
+        chunks = self.snapshot_chunks()
+        return lambda: b"".join(chunks)
 
-        def encode() -> bytes:
-            return _snapshot_encoder.encode(
-                _Snapshot(
-                    version=_SNAPSHOT_VERSION,
-                    applied_index=applied,
-                    data=[(k, data[k]) for k in keys],
-                    clients=clients,
-                )
-            )
+    def restore(self, data: bytes | bytearray | memoryview) -> None:
+        """Replace the whole state with a snapshot; raises `InvalidSnapshot` only.
 
-        return encode
-
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state with a `snapshot()`; raises `InvalidSnapshot`.
-
-        On error the current state is left untouched.
+        Accepts this version's format and the previous one. On error the
+        current state is left untouched. Decoding works frame by frame, so a
+        large snapshot is restored in many short steps (call it in a thread on
+        a fresh machine to keep an event loop responsive).
         """
-        try:
-            snap = _snapshot_decoder.decode(data)
-        except (msgspec.MsgspecError, ValueError, TypeError) as exc:
-            raise InvalidSnapshot(f"The snapshot could not be decoded: {exc}") from None
-        if snap.version != _SNAPSHOT_VERSION:
-            raise InvalidSnapshot(f"Unsupported snapshot version {snap.version}.")
-        if snap.applied_index < 0:
-            raise InvalidSnapshot("The snapshot has a negative applied index.")
-        keys = [key for key, _ in snap.data]
-        if any(not key for key in keys) or any(a >= b for a, b in pairwise(keys)):
-            raise InvalidSnapshot("The snapshot's keys are empty, unsorted or repeated.")
-        try:
-            dedup = DedupTable.from_state(snap.clients, self._dedup_window, self._dedup_clients)
-            data_bytes = sum(_utf8_len(k) + _utf8_len(v) for k, v in snap.data)
-        except ValueError as exc:  # UnicodeEncodeError included
-            raise InvalidSnapshot(f"The snapshot is inconsistent: {exc}") from None
-        self._data = dict(snap.data)
-        self._keys = keys
-        self._data_bytes = data_bytes
-        self._applied_index = snap.applied_index
-        self._dedup = dedup
+        restored = decode(data, self._dedup_window, self._dedup_clients, self._dedup_max_bytes)
+        self._data = restored.data
+        self._items = restored.items
+        self._data_bytes = restored.data_bytes
+        self._applied_index = restored.applied_index
+        self._dedup = restored.dedup
 
     def state_digest(self) -> str:
         """SHA-256 hex digest of the canonical state (for convergence checks)."""
-        return hashlib.sha256(self.snapshot()).hexdigest()
+        digest = hashlib.sha256()
+        for chunk in self.snapshot_chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
 
     def __repr__(self) -> str:
         return (
             f"<KVStateMachine applied_index={self._applied_index} keys={len(self._data)} "
             f"data_bytes={self._data_bytes} dedup_clients={len(self._dedup)}>"
         )
+
+
+# ----------------------------------------------------- exactly-once records
+# A record is the command's fingerprint followed by msgpack of its effect:
+#   Put [index]   Delete [deleted]   DeletePrefix [count]   Cas [ok, index]
+#   Txn [succeeded, index, [per op: None (put, get) | bool (delete, cas) | int]]
+
+
+def _op_summary(result: OpResult) -> Any:
+    match result:
+        case DeleteResult(deleted=deleted):
+            return deleted
+        case CasResult(ok=ok):
+            return ok
+        case DeletePrefixResult(deleted=deleted):
+            return deleted
+    return None
+
+
+def _summary(command: Command, result: Result, index: int) -> bytes:
+    match result:
+        case PutResult(index=index):
+            return _encoder.encode((index,))
+        case DeleteResult(deleted=deleted):
+            return _encoder.encode((deleted,))
+        case DeletePrefixResult(deleted=deleted):
+            return _encoder.encode((deleted,))
+        case CasResult(ok=ok, index=index):
+            return _encoder.encode((ok, index))
+        case TxnResult(succeeded=succeeded, results=results):
+            return _encoder.encode((succeeded, index, [_op_summary(r) for r in results]))
+    raise AssertionError(f"no summary for {result!r} of {command!r}")
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _int(x: object) -> int:
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise _Unreadable
+    return x
+
+
+def _bool(x: object) -> bool:
+    if not isinstance(x, bool):
+        raise _Unreadable
+    return x
+
+
+def _replay_op(op: Op, flag: object, index: int) -> OpResult:
+    match op:
+        case Put(key=key, value=value):
+            return PutResult(key, value, index)
+        case Get(key=key):
+            return GetResult(key, None)  # read values are not kept
+        case Delete(key=key):
+            return DeleteResult(key, _bool(flag))
+        case Cas(value=value):
+            ok = _bool(flag)
+            return CasResult(ok, value if ok else None, index)
+        case DeletePrefix(prefix=prefix):
+            return DeletePrefixResult(prefix, _int(flag))
+    raise _Unreadable
+
+
+def _replay(command: Command, fingerprint: bytes, record: bytes) -> Result:
+    """The answer to a retry, rebuilt from the retried command and its record."""
+    if record[:_FP] != fingerprint:
+        return InvalidResult(
+            f"Idempotency-Key {command.request_id!r} was already used for a different "
+            "request; use a new key for a new write"
+        )
+    try:
+        summary = msgspec.msgpack.decode(record[_FP:])
+        if not isinstance(summary, list):
+            raise _Unreadable
+        match command:
+            case Put() | Delete() | DeletePrefix():
+                (flag,) = summary
+                return _replay_op(command, flag, _int(flag) if isinstance(command, Put) else 0)
+            case Cas():
+                ok, index = summary
+                return CasResult(_bool(ok), command.value if ok else None, _int(index),
+                                 replayed=not ok)
+            case Txn():
+                succeeded, index, flags = summary
+                branch = command.success if _bool(succeeded) else command.failure
+                if not isinstance(flags, list) or len(flags) != len(branch):
+                    raise _Unreadable
+                results = [
+                    _replay_op(op, f, _int(index)) for op, f in zip(branch, flags, strict=True)
+                ]
+                # Flag the answer only where it differs from the first: reads.
+                missing = any(isinstance(r, GetResult) or (isinstance(r, CasResult) and not r.ok)
+                              for r in results)
+                return TxnResult(succeeded, results, replayed=missing)
+    except (_Unreadable, msgspec.MsgspecError, ValueError, TypeError):
+        pass
+    # Only a damaged table gets here (a record's fingerprint matched its command).
+    return InvalidResult(f"The stored outcome of request {command.request_id!r} is unreadable.")
