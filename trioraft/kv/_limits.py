@@ -46,7 +46,7 @@ says ``"replayed": true`` (an answer without reads is replayed exactly).
 Each record is accounted as its length plus `DEDUP_RECORD_OVERHEAD` bytes and
 each client as its id's length plus `DEDUP_CLIENT_OVERHEAD`; the table never
 holds more than `DEDUP_MAX_BYTES` accounted bytes (a 32-byte record of a plain
-write costs 132). The overheads are measured upper bounds of the Python
+write costs 192). The overheads are measured upper bounds of the Python
 objects involved (tests/kv/test_kv_dedup.py checks them with tracemalloc), so
 the table's resident memory is at most about `DEDUP_MAX_BYTES` = 48 MiB, and
 its share of a snapshot is smaller still. When either bound is reached, the
@@ -88,5 +88,5 @@ MAX_INDEX: Final = 2**62 - 1  # largest log index a snapshot may carry (PLAN: [0
 DEDUP_WINDOW: Final = 64  # records kept per client (highest sequence numbers)
 DEDUP_CLIENTS: Final = 4096  # clients remembered; least recently active evicted first
 DEDUP_MAX_BYTES: Final = 48 * 1024 * 1024  # accounted bytes of the whole table
-DEDUP_RECORD_OVERHEAD: Final = 100  # accounted per record, on top of its length
+DEDUP_RECORD_OVERHEAD: Final = 160  # accounted per record, on top of its length
 DEDUP_CLIENT_OVERHEAD: Final = 400  # accounted per client, on top of its id's length
