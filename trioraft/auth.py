@@ -35,7 +35,7 @@ __all__ = ["MAX_TOKEN_LEN", "ROLES", "ClientAuth", "check_secret"]
 
 ROLES = ("read", "write")
 MAX_TOKEN_LEN = 512
-_SECRET_RE = re.compile(r"[!-~]{1,%d}" % MAX_TOKEN_LEN)
+_SECRET_RE = re.compile(rf"[!-~]{{1,{MAX_TOKEN_LEN}}}")
 
 
 def check_secret(value: str, what: str) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from trioraft.core import NotLeader, ProposalDropped, RaftError
 
 __all__ = [
+    "ApiError",
     "Forbidden",
     "NoLeader",
     "NoQuorum",
@@ -44,3 +47,11 @@ class Unauthorized(Exception):
 
 class Forbidden(Exception):
     """The client's token is valid but its role does not allow this request (403)."""
+
+
+class ApiError(Exception):
+    """An HTTP answer decided at the API boundary: status, machine code, human sentence."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra

@@ -338,7 +338,8 @@ def test_snapshot_bytes_must_be_a_positive_integer(capsys, bad):
 def test_a_non_loopback_listen_address_needs_peer_authentication(capsys, listen):
     err = usage_error(capsys, "--listen", listen)
     assert "without peer authentication" in err
-    assert "--cluster-token" in err and "--insecure" in err
+    assert "--cluster-token" in err
+    assert "--insecure" in err
     assert usage_error(capsys, HOST=listen.rpartition(":")[0].strip("[]"))
 
 

@@ -234,9 +234,11 @@ def test_nodes_listen_on_all_interfaces_with_a_required_token(path, n, project):
     for name, svc in load(path)["services"].items():
         env = env_of(svc)
         for var in REQUIRED:
-            assert re.fullmatch(r"\$\{%s:\?[^}]*README[^}]*\}" % var, env[var] or ""), name
+            pattern = r"\$\{" + var + r":\?[^}]*README[^}]*\}"
+            assert re.fullmatch(pattern, env[var] or ""), name
         command = svc["command"]
-        assert command[:1] == ["serve"] and "0.0.0.0:3000" in command, name
+        assert command[:1] == ["serve"], name
+        assert "0.0.0.0:3000" in command, name
         plain = {k: v for k, v in env.items() if v is not None and not v.startswith("$")}
         node = parse_serve_args(command[1:], {**plain, "CLUSTER_TOKEN": "t0ken"})
         assert (node.listen_host, node.cluster_token) == ("0.0.0.0", "t0ken")
