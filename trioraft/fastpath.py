@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
+import trio
 
 from trioraft import kv
 from trioraft.api import (
@@ -68,6 +69,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _QUERIES = {b"": "linearizable", b"consistency=linearizable": "linearizable",
             b"consistency=stale": "stale"}
 _LEADER = LEADER_HEADER.lower().encode()
+_CLOSE_TIMEOUT_S = 5.0
 
 
 class _PutBody(msgspec.Struct):
@@ -83,6 +85,7 @@ class KeepAliveGuard:
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._receive, self._send = receive, send
+        self.closing = False  # a response went out before the body was complete
         headers = scope["headers"]
         self.complete = not any(
             (name == b"content-length" and value.strip() not in (b"", b"0"))
@@ -97,7 +100,17 @@ class KeepAliveGuard:
         return msg
 
     async def send(self, msg: Message) -> None:
+        if self.closing and msg["type"] == "http.response.body" and not msg.get("more_body"):
+            # The last message makes hypercorn close the connection, from
+            # inside this call. Quart-trio cancels its request nursery as soon
+            # as hypercorn reports the disconnect, which would abort that
+            # close half-way (the socket then stays open: the hang this guard
+            # exists for). So it runs shielded, bounded in time.
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+                await self._send(msg)
+            return
         if msg["type"] == "http.response.start" and not self.complete:
+            self.closing = True
             msg = {**msg, "headers": [*msg.get("headers", []), (b"connection", b"close")]}
         await self._send(msg)
 
