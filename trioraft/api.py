@@ -18,6 +18,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from trioraft import kv, openapi
 from trioraft.auth import ClientAuth
@@ -257,6 +258,17 @@ def _raw_target() -> str:
     return target
 
 
+class _KeyConverter(PathConverter):
+    """A key in the path: any characters at all, a leading '/' or a newline included.
+
+    Werkzeug's `path` needs a non-slash first character and its `.` stops at
+    a newline, so keys like "/a" or "a\nb" (valid keys) had no path form.
+    """
+
+    regex = "(?s:.)+?"
+    part_isolating = False  # spans slashes (werkzeug guesses from "/" in the regex)
+
+
 class _Request(TrioRequest):
     """A request whose body limit is its route's (`boundary.body_limit`), not the app's."""
 
@@ -319,6 +331,7 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     # Never answer "/kv//k" with a 308 to "/kv/k": that is another key.
     app.url_map.merge_slashes = False
+    app.url_map.converters["key"] = _KeyConverter
     token = node.config.cluster_token
     auth = auth if auth is not None else client_auth(node)
 
@@ -377,7 +390,10 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
         return Response("", status=307, headers={"Location": url + _raw_target()})
 
     def _wants_redirect() -> bool:
-        return request.args.get("redirect") == "true" and not node.is_leader
+        flag = request.args.get("redirect")
+        if flag not in (None, "true", "false"):
+            raise ApiError(400, "bad_request", "redirect must be 'true' or 'false'")
+        return flag == "true" and not node.is_leader
 
     async def _write(cmd: kv.Command) -> Response:
         if _wants_redirect():
@@ -386,7 +402,7 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
         status, body = await write_op(node, cmd)
         return _json(body, status)
 
-    @app.route("/kv/<path:key>", methods=["PUT"])
+    @app.route("/kv/<key:key>", methods=["PUT"])
     async def put_key(key: str) -> Response:
         body = await _body_json(("value",))
         return await _write(
@@ -399,7 +415,7 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
         key = check_key(_string(body, "key") or "")
         return await _write(kv.Put(key, _string(body, "value") or "", request_id=_request_id()))
 
-    @app.route("/kv/<path:key>", methods=["DELETE"])
+    @app.route("/kv/<key:key>", methods=["DELETE"])
     async def delete_key(key: str) -> Response:
         return await _write(kv.Delete(check_key(key), request_id=_request_id()))
 
@@ -410,7 +426,7 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
             raise ApiError(400, "bad_request", "DELETE /kv needs ?prefix=p (a non-empty prefix)")
         return await _write(kv.DeletePrefix(prefix, request_id=_request_id()))
 
-    @app.route("/kv/<path:key>/cas", methods=["POST"])
+    @app.route("/kv/<key:key>/cas", methods=["POST"])
     async def cas_key(key: str) -> Response:
         body = await _body_json(("expected", "value"))
         cmd = kv.Cas(
@@ -438,7 +454,7 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
     async def _barrier() -> None:
         await read_barrier(node, request.args.get("consistency", "linearizable"))
 
-    @app.route("/kv/<path:key>", methods=["GET"])
+    @app.route("/kv/<key:key>", methods=["GET"])
     async def get_key(key: str) -> Response:
         check_key(key)
         if _wants_redirect() and request.args.get("consistency") != "stale":

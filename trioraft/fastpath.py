@@ -144,7 +144,6 @@ class FastPath:
             if (
                 path.startswith("/kv/")
                 and len(path) > 4
-                and path[4] != "/"
                 and query in _QUERIES
                 and (method == "GET" or (method in ("PUT", "DELETE") and not query))
             ):

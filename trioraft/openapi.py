@@ -17,6 +17,19 @@ __all__ = ["spec"]
 _JSON = "application/json"
 
 
+def _at_most(bound: int) -> str:
+    """A regex of the canonical decimals 0..bound (no sign, no leading zeros)."""
+    digits = str(bound)
+    shorter = f"[1-9][0-9]{{0,{len(digits) - 2}}}" if len(digits) > 1 else ""
+    same_length = [digits]
+    for i, d in enumerate(digits):
+        low = "1" if i == 0 else "0"
+        if int(d) > int(low):
+            rest = len(digits) - i - 1
+            same_length.append(f"{digits[:i]}[{low}-{int(d) - 1}][0-9]{{{rest}}}")
+    return "|".join(["0", *([shorter] if shorter else []), *same_length])
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -44,9 +57,9 @@ _KEY_PARAM: dict[str, Any] = {
     "description": (
         "The key, percent-encoded and percent-decoded by the server (UTF-8). "
         "A slash may be sent as '/' or '%2F': both mean '/' in the key, so "
-        "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b'. A key may not begin "
-        "with '/' in the path form (use POST /kv or /txn for such keys); a key "
-        "ending in '/cas' cannot be used with POST /kv/{key}/cas. The empty key ('PUT /kv/') "
+        "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b', and '/kv//a' or "
+        "'/kv/%2Fa' the key '/a'. A key ending in '/cas' cannot be used with "
+        "POST /kv/{key}/cas. The percent-decoded path must be UTF-8 (else 400). The empty key ('PUT /kv/') "
         "is 400 bad_request. At most "
         f"{kv.MAX_KEY_BYTES} UTF-8 bytes, non-empty."
     ),
@@ -204,19 +217,43 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "TxnOp": {
-        "type": "object",
-        "required": ["op"],
-        "description": "put, delete, get and cas need `key`; delete_prefix needs `prefix`.",
-        "properties": {
-            "op": {"type": "string", "enum": ["put", "delete", "get", "cas", "delete_prefix"]},
-            "key": _ref("Key"),
-            "value": {"type": ["string", "null"], "description": "put: required; cas: new"},
-            "expected": {"type": ["string", "null"], "description": "cas only"},
-            "prefix": {
-                **_ref("Key"),
-                "description": "delete_prefix only: remove every key starting with it",
+        "description": (
+            "One operation: put (key, value), delete (key), get (key), cas (key, expected, "
+            "value: null as in POST /kv/{key}/cas) or delete_prefix (prefix)."
+        ),
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["op", "key", "value"],
+                "properties": {"op": {"const": "put"}, "key": _ref("Key"), "value": _ref("Value")},
             },
-        },
+            {
+                "type": "object",
+                "required": ["op", "key"],
+                "properties": {"op": {"enum": ["delete", "get"]}, "key": _ref("Key")},
+            },
+            {
+                "type": "object",
+                "required": ["op", "key"],
+                "properties": {
+                    "op": {"const": "cas"},
+                    "key": _ref("Key"),
+                    "expected": {"type": ["string", "null"], "default": None},
+                    "value": {"type": ["string", "null"], "default": None},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["op", "prefix"],
+                "properties": {
+                    "op": {"const": "delete_prefix"},
+                    "prefix": {
+                        **_ref("Key"),
+                        "description": "remove every key starting with it",
+                    },
+                },
+            },
+        ],
     },
     "TxnBody": {
         "type": "object",
@@ -365,7 +402,7 @@ _PARAMETERS: dict[str, Any] = {
         ),
         "schema": {
             "type": "string",
-            "pattern": "^[!-~]+:(0|[1-9][0-9]{0,18})$",
+            "pattern": f"^[!-~]+:({_at_most(kv.MAX_SEQ)})$",
             "maxLength": kv.MAX_REQUEST_ID_BYTES,
         },
     },

@@ -112,11 +112,21 @@ async def test_key_with_leading_slash_is_not_rewritten_to_another_key(single: Cl
     assert {"key": "lead", "value": "v"} not in items
 
 
-@pytest.mark.xfail(strict=True, reason="api.py: keys beginning with '/' cannot be addressed "
-                   "in the path form (the path converter needs a non-slash first character)")
 async def test_key_with_leading_slash_round_trips_in_the_path(single: Cluster) -> None:
     url = f"{single.leader_url}/kv/{quote_key('/lead')}"
     assert assert_ok(await single.client.put(url, json={"value": "v"}))["key"] == "/lead"
+    assert assert_ok(await single.client.get(url))["value"] == "v"
+    assert assert_ok(await single.client.get(url + "?consistency=stale&x=1"))["value"] == "v"
+    cas = await single.client.post(url + "/cas", json={"expected": "v", "value": "w"})
+    assert assert_ok(cas)["ok"] is True
+
+
+@pytest.mark.parametrize("key", ["a\nb", "\r", "tab\there", "\x00"])
+async def test_keys_with_control_characters_have_a_path_form(single: Cluster, key: str) -> None:
+    url = f"{single.leader_url}/kv/{quote_key(key)}"
+    for query in ("", "?redirect=false"):  # the fast path, then the Quart routes
+        assert assert_ok(await single.client.put(url + query, json={"value": "v"}))["key"] == key
+        assert assert_ok(await single.client.get(url + query))["key"] == key
 
 
 async def test_key_with_leading_slash_works_in_the_course_form(single: Cluster) -> None:
