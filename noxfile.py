@@ -43,3 +43,17 @@ def bench(session: nox.Session) -> None:
     """The standard benchmark matrix against a local fsync'd cluster."""
     session.install("-e", ".[test,plot]")
     session.run("python", "-m", "trioraft.bench.matrix", *session.posargs)
+
+
+@nox.session(name="fuzz-api", python=PY)
+def fuzz_api(session: nox.Session) -> None:
+    """Schemathesis against /openapi.json of a live 3-node cluster, then a convergence check.
+
+    The default suite runs the same test briefly; this runs 500 examples per
+    operation and generation mode (override: FUZZ_API_EXAMPLES, FUZZ_API_BUDGET_S).
+    """
+    session.install("-e", ".[test]")
+    session.env.setdefault("FUZZ_API_EXAMPLES", "500")
+    session.env.setdefault("FUZZ_API_BUDGET_S", "900")
+    session.run("pytest", "tests/api/test_schemathesis.py", "-p", "no:cacheprovider",
+                *session.posargs)

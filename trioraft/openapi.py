@@ -59,8 +59,8 @@ _KEY_PARAM: dict[str, Any] = {
         "A slash may be sent as '/' or '%2F': both mean '/' in the key, so "
         "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b', and '/kv//a' or "
         "'/kv/%2Fa' the key '/a'. A key ending in '/cas' cannot be used with "
-        "POST /kv/{key}/cas. The percent-decoded path must be UTF-8 (else 400). The empty key ('PUT /kv/') "
-        "is 400 bad_request. At most "
+        "POST /kv/{key}/cas. The percent-decoded path must be UTF-8 (else 400). "
+        "The empty key ('PUT /kv/') is 400 bad_request. At most "
         f"{kv.MAX_KEY_BYTES} UTF-8 bytes, non-empty."
     ),
     "schema": {"type": "string", "minLength": 1},
