@@ -25,6 +25,7 @@ with `git show`) to compare.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -84,7 +85,8 @@ async def measure(kv_mod: Any, machine: Any, chunked: bool) -> dict[str, float]:
     enc = msgspec.msgpack.Encoder()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lag.run)
-        await trio.sleep(0.05)
+        await trio.sleep(1.0)
+        out["idle_lag_ms"] = lag.worst * 1000  # the machine's noise floor
 
         async def keep_applying(stop: trio.Event) -> None:
             i = 0
@@ -122,19 +124,23 @@ async def measure(kv_mod: Any, machine: Any, chunked: bool) -> dict[str, float]:
             chunks = machine.snapshot_chunks()
             out["chunk_capture_ms"] = (time.perf_counter() - t0) * 1000
             steps = [0.0]
-            with tempfile.TemporaryFile() as f:
-                def write_batch() -> bool:
-                    for _ in range(8):
-                        s0 = time.perf_counter()
-                        chunk = next(chunks, None)
-                        steps[0] = max(steps[0], time.perf_counter() - s0)
-                        if chunk is None:
-                            return False
-                        f.write(chunk)
-                    return True
+            # The file is opened, written and closed in worker threads only:
+            # closing (freeing its page cache) would otherwise block the loop.
+            f = await trio.to_thread.run_sync(tempfile.TemporaryFile)
 
-                while await trio.to_thread.run_sync(write_batch):
-                    pass
+            def write_batch() -> bool:
+                for _ in range(8):
+                    s0 = time.perf_counter()
+                    chunk = next(chunks, None)
+                    steps[0] = max(steps[0], time.perf_counter() - s0)
+                    if chunk is None:
+                        return False
+                    f.write(chunk)
+                return True
+
+            while await trio.to_thread.run_sync(write_batch):
+                pass
+            await trio.to_thread.run_sync(f.close)
             out["chunked_s"] = time.perf_counter() - t0
             out["chunk_step_max_ms"] = steps[0] * 1000
             stop.set()
@@ -159,6 +165,13 @@ def main() -> None:
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--impl", default="trioraft.kv")
     parser.add_argument("--path", default=None, help="directory to import --impl from")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="sys.setswitchinterval: how long a thread may hold the GIL "
+                        "while another waits for it (CPython's default is 5 ms)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() after filling: the store is never scanned by the "
+                        "cyclic garbage collector (whose full passes over millions of "
+                        "objects stall every thread)")
     opts = parser.parse_args()
     if opts.path:
         sys.path.insert(0, os.path.abspath(opts.path))
@@ -167,6 +180,11 @@ def main() -> None:
     machine = fill(kv_mod, opts.keys, opts.value_bytes)
     print(f"{opts.impl}: {opts.keys:,} keys of {opts.value_bytes} B filled in "
           f"{time.perf_counter() - t0:.1f} s")
+    if opts.switch_interval_ms is not None:
+        sys.setswitchinterval(opts.switch_interval_ms / 1000)
+    if opts.gc_freeze:
+        gc.collect()
+        gc.freeze()
     new_per_s, overwrite_per_s = throughput(kv_mod, machine, 20_000, opts.value_bytes)
     print(f"apply throughput into the full store: {new_per_s:,.0f} new keys/s, "
           f"{overwrite_per_s:,.0f} overwrites/s")

@@ -19,7 +19,7 @@ from trioraft.kv import (
     TxnResult,
     encode_command,
 )
-from trioraft.kv._sorted import SortedItems
+from trioraft.kv._sorted import SortedKeys
 
 
 def run(machine, command):
@@ -28,65 +28,72 @@ def run(machine, command):
 
 keys = st.text(alphabet="abc/", min_size=1, max_size=4)
 actions = st.lists(
-    st.tuples(st.sampled_from(["set", "del", "prefix", "capture"]), keys), max_size=300
+    st.tuples(st.sampled_from(["add", "del", "prefix", "capture"]), keys), max_size=300
 )
 
 
 @settings(max_examples=80, deadline=None)
 @given(actions)
-def test_sorted_items_agrees_with_a_dict_and_captures_never_change(steps):
+def test_sorted_keys_agree_with_a_set_and_captures_never_change(steps):
     import trioraft.kv._sorted as mod
 
-    items, model, captures = SortedItems(), {}, []
+    items, model, captures = SortedKeys(), set(), []
     old_load = mod.LOAD
-    mod.LOAD = 4  # tiny blocks: splits and merges on every few steps
+    mod.LOAD = 4  # tiny blocks: splits and merges every few steps
     try:
-        for n, (action, key) in enumerate(steps):
-            if action == "set":
-                if key in model:
-                    items.replace(key, str(n))
-                else:
-                    items.insert(key, str(n))
-                model[key] = str(n)
+        for action, key in steps:
+            if action == "add" and key not in model:
+                items.insert(key)
+                model.add(key)
             elif action == "del" and key in model:
                 items.remove(key)
-                del model[key]
+                model.discard(key)
             elif action == "prefix":
                 removed = items.pop_prefix(key)
-                expected = sorted((k, v) for k, v in model.items() if k.startswith(key))
-                assert removed == expected
-                for k, _ in removed:
-                    del model[k]
+                assert removed == sorted(k for k in model if k.startswith(key))
+                model -= set(removed)
             elif action == "capture":
                 captured = items.capture()
-                captures.append((captured, [(list(k), list(v)) for k, v in captured]))
+                captures.append((captured, [list(block) for block in captured]))
             items.check_invariants()
-            assert list(items.iter_from("")) == sorted(model.items())
+            assert list(items.iter_from("")) == sorted(model)
     finally:
         mod.LOAD = old_load
     for captured, copy in captures:
-        assert [(list(k), list(v)) for k, v in captured] == copy
+        assert [list(block) for block in captured] == copy
 
 
 def test_iter_from_is_inclusive_or_not():
-    items = SortedItems()
+    items = SortedKeys()
     for k in "bdf":
-        items.insert(k, k.upper())
-    assert [k for k, _ in items.iter_from("d")] == ["d", "f"]
-    assert [k for k, _ in items.iter_from("d", inclusive=False)] == ["f"]
+        items.insert(k)
+    assert list(items.iter_from("d")) == ["d", "f"]
+    assert list(items.iter_from("d", inclusive=False)) == ["f"]
     assert list(items.iter_from("g")) == []
+    with pytest.raises(KeyError):
+        items.remove("c")
 
 
-def test_a_million_keys_stay_in_blocks():
-    items = SortedItems()
-    keys = [f"k{i:07d}" for i in range(200_000)]
-    items.extend_sorted(keys, keys)
+def test_many_keys_stay_in_blocks():
+    items = SortedKeys()
+    items.extend_sorted([f"k{i:07d}" for i in range(200_000)])
     rng = random.Random(1)
     for n in rng.sample(range(200_000), 2000):
-        k = f"k{n:07d}x"
-        items.insert(k, k)
+        items.insert(f"k{n:07d}x")
     items.check_invariants()
     assert len(items) == 202_000
+
+
+def test_the_store_is_invisible_to_the_garbage_collector():
+    # A full collection must not walk every key (it holds the GIL meanwhile).
+    import gc
+
+    m = KVStateMachine()
+    for i in range(5000):
+        run(m, Put(f"k{i:05d}", "v"))
+    gc.collect()
+    assert not gc.is_tracked(m._data)
+    assert not any(gc.is_tracked(block) for block in m._keys._blocks)
 
 
 # ------------------------------------------------------------ delete_prefix
@@ -97,6 +104,7 @@ def test_delete_prefix_removes_exactly_the_keys_with_the_prefix():
     for k in ["a", "ab", "ab/1", "ab/2", "ac", "b"]:
         run(m, Put(k, "v"))
     assert run(m, DeletePrefix("ab")) == DeletePrefixResult("ab", 3)
+    m._keys.check_invariants()
     assert [k for k, _ in m.items()] == ["a", "ac", "b"]
     assert m.data_bytes == sum(len(k) + 1 for k in ["a", "ac", "b"])
     assert run(m, DeletePrefix("zz")) == DeletePrefixResult("zz", 0)

@@ -26,11 +26,33 @@ Rules
   undone and it answers `TooLargeResult`, on every replica alike.
 * Reads (`get`, `range`, `items`) are local and immediate; linearizability is
   the node's job (ReadIndex), not this class's.
+
+Snapshots while applying (issue 11 #4)
+--------------------------------------
+`snapshot_chunks()` captures the state in O(blocks + clients) on the
+caller's thread and returns an iterator that encodes it frame by frame,
+possibly in another thread, while `apply` goes on:
+
+* keys: the captured list of key blocks (immutable tuples, `_sorted`);
+* values: read from the live dict through a *view*, an undo log the machine
+  fills with a key's captured value before the first change to that key
+  after the capture. The encoder reads a key's live value first and its undo
+  entry second; since the machine writes the undo entry before it changes
+  the value, whichever it sees, the undo entry (when present) or else the
+  live value is the captured value. (Each dict operation is atomic under the
+  GIL, and one thread's operations are seen by another in program order.)
+* the exactly-once table: per-client copy-on-write (`_dedup`).
+
+A view lives as long as its iterator: exhausting or dropping it stops the
+undo log. `restore` detaches every view (they keep reading the replaced,
+no longer changing dict).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,7 +88,7 @@ from ._results import (
     TxnResult,
 )
 from ._snapshot import decode, encode_frames
-from ._sorted import SortedItems
+from ._sorted import SortedKeys
 
 __all__ = ["KVStateMachine"]
 
@@ -74,6 +96,24 @@ _encoder = msgspec.msgpack.Encoder()
 _FP = 16  # bytes of a command fingerprint at the start of every record
 
 Undo = list[tuple[str, str | None]]  # (key, value before the change), in change order
+
+
+class _View:
+    """The undo log of one snapshot in progress: captured values of changed keys."""
+
+    __slots__ = ("__weakref__", "data", "undo")
+
+    def __init__(self, data: dict[str, str]) -> None:
+        self.data = data  # the live dict at the capture
+        self.undo: dict[str, str | None] = {}  # key -> value at the capture (None: absent)
+
+    def values_of(self, keys: tuple[str, ...]) -> list[str]:
+        """The captured values of captured keys (see the module docstring)."""
+        values = list(map(self.data.get, keys))  # live values first ...
+        undo = self.undo  # ... undo entries second
+        if undo:
+            values = [undo.get(k, v) for k, v in zip(keys, values, strict=True)]
+        return values  # type: ignore[return-value]  # captured keys all have values
 
 
 def _fingerprint(command: Command) -> bytes:
@@ -109,10 +149,14 @@ class KVStateMachine:
         self._dedup_clients = dedup_clients
         self._dedup_max_bytes = dedup_max_bytes
         self._data: dict[str, str] = {}
-        self._items = SortedItems()  # invariant: the pairs of self._data in key order
+        self._keys = SortedKeys()  # invariant: the keys of self._data, in order
         self._data_bytes = 0  # invariant: UTF-8 bytes of all keys and values
         self._applied_index = 0  # index of the last entry applied (or restored)
         self._dedup = DedupTable(dedup_window, dedup_clients, dedup_max_bytes)
+        # Snapshot views in progress (weak: a dropped iterator ends its view).
+        # Replaced, never mutated, under the lock (an encoder thread ends views).
+        self._views: list[weakref.ref[_View]] = []
+        self._views_lock = threading.Lock()
 
     # --------------------------------------------------------------- queries
 
@@ -159,21 +203,22 @@ class KVStateMachine:
         if limit < 0:
             raise ValueError("limit must not be negative")
         if after is not None and after >= prefix:
-            pairs = self._items.iter_from(after, inclusive=False)
+            keys = self._keys.iter_from(after, inclusive=False)
         else:
-            pairs = self._items.iter_from(prefix)
+            keys = self._keys.iter_from(prefix)
         items: list[tuple[str, str]] = []
-        for key, value in pairs:
+        for key in keys:
             if not key.startswith(prefix):
                 break
             if len(items) == limit:
                 return items, True
-            items.append((key, value))
+            items.append((key, self._data[key]))
         return items, False
 
     def items(self) -> Iterator[tuple[str, str]]:
         """All (key, value) pairs in ascending key order. Do not apply while iterating."""
-        return self._items.iter_from("")
+        data = self._data
+        return ((key, data[key]) for key in self._keys.iter_from(""))
 
     # ----------------------------------------------------------------- apply
 
@@ -280,37 +325,52 @@ class KVStateMachine:
                 return current is None
         raise AssertionError(f"validated compare with unknown op: {compare.op!r}")
 
+    def _before_change(self, key: str, old: str | None) -> None:
+        # Every snapshot view in progress learns a key's captured value
+        # *before* the key changes (the module docstring says why).
+        for ref in self._views:
+            view = ref()
+            if view is not None and key not in view.undo:
+                view.undo[key] = old
+
     def _put(self, key: str, value: str, undo: Undo | None) -> None:
         old = self._data.get(key)
         if undo is not None:
             undo.append((key, old))
+        if self._views:
+            self._before_change(key, old)
         if old is None:
-            self._items.insert(key, value)
+            self._keys.insert(key)
             self._data_bytes += _utf8_len(key)
         else:
-            self._items.replace(key, value)
             self._data_bytes -= _utf8_len(old)
         self._data[key] = value
         self._data_bytes += _utf8_len(value)
 
     def _delete(self, key: str, undo: Undo | None) -> bool:
-        old = self._data.pop(key, None)
+        old = self._data.get(key)
         if old is None:
             return False
         if undo is not None:
             undo.append((key, old))
-        self._items.remove(key)
+        if self._views:
+            self._before_change(key, old)
+        del self._data[key]
+        self._keys.remove(key)
         self._data_bytes -= _utf8_len(key) + _utf8_len(old)
         return True
 
     def _delete_prefix(self, prefix: str, undo: Undo | None) -> int:
-        removed = self._items.pop_prefix(prefix)
-        for key, value in removed:
+        keys = self._keys.pop_prefix(prefix)
+        for key in keys:
+            old = self._data[key]
+            if undo is not None:
+                undo.append((key, old))
+            if self._views:
+                self._before_change(key, old)
             del self._data[key]
-            self._data_bytes -= _utf8_len(key) + _utf8_len(value)
-        if undo is not None:
-            undo.extend(removed)
-        return len(removed)
+            self._data_bytes -= _utf8_len(key) + _utf8_len(old)
+        return len(keys)
 
     def _undo(self, undo: Undo) -> None:
         for key, old in reversed(undo):
@@ -331,16 +391,36 @@ class KVStateMachine:
     def snapshot_chunks(self) -> Iterator[bytes]:
         """Capture the state now, cheaply; encode it lazily, one frame per `next()`.
 
-        Capturing costs O(blocks + clients) on the caller's thread (copy-on-
-        write, see `_sorted`); the returned iterator reads only captured data,
+        Capturing costs O(blocks + clients) on the caller's thread (see the
+        module docstring); the returned iterator reads only captured state,
         so it may be consumed later, in another thread, while entries keep
-        being applied. Each step encodes one frame (at most FRAME_PAIRS pairs
+        being applied (in one other thread: the machine itself is not
+        thread-safe). Each step encodes one frame (at most FRAME_PAIRS pairs
         or FRAME_CHARS characters), so no single call holds the GIL for long.
         The chunks concatenated are `snapshot()`.
         """
-        return encode_frames(
-            self._applied_index, len(self._items), self._items.capture(), self._dedup.capture()
+        view = _View(self._data)
+        frames = encode_frames(
+            self._applied_index, len(self._keys), self._keys.capture(), view.values_of,
+            self._dedup.capture(),
         )
+        ref = weakref.ref(view, self._end_view)  # a dropped iterator ends its view
+        with self._views_lock:
+            self._views = [*self._views, ref]
+        return self._frames(frames, ref, view)
+
+    def _frames(self, frames: Iterator[bytes], ref: weakref.ref[_View],
+                view: _View) -> Iterator[bytes]:
+        # `view` is an argument so that this generator keeps it alive (and so
+        # recording) until the frames are done or the generator is dropped.
+        try:
+            yield from frames
+        finally:
+            self._end_view(ref)
+
+    def _end_view(self, ref: weakref.ref[_View]) -> None:
+        with self._views_lock:
+            self._views = [r for r in self._views if r is not ref]
 
     def snapshot_later(self) -> Callable[[], bytes]:
         """Capture the state now (cheaply); encode it later, e.g. in a thread.
@@ -361,8 +441,11 @@ class KVStateMachine:
         a fresh machine to keep an event loop responsive).
         """
         restored = decode(data, self._dedup_window, self._dedup_clients, self._dedup_max_bytes)
+        with self._views_lock:
+            # Views in progress keep reading the replaced dict, which no longer changes.
+            self._views = []
         self._data = restored.data
-        self._items = restored.items
+        self._keys = restored.keys
         self._data_bytes = restored.data_bytes
         self._applied_index = restored.applied_index
         self._dedup = restored.dedup

@@ -13,8 +13,10 @@ Format 2 (what `encode_frames` writes)::
 Canonical: the framing depends only on the state, so equal states give equal
 bytes (`state_digest` relies on it). Every call here handles one frame, so no
 single call (msgspec holds the GIL) runs long: a million-key snapshot is
-encoded and decoded in thousands of short steps, and the encoder reads
-only captured, never-mutated lists (see `_sorted`), so it may run in a thread.
+encoded and decoded in thousands of short steps. The encoder reads captured
+key blocks, which are never mutated (see `_sorted`), and values through the
+machine's snapshot view (see `_machine.KVStateMachine.snapshot_chunks`), so
+it may run in a thread while entries are applied.
 
 Format 1 (the previous one: one msgpack array ``[1, applied_index, pairs,
 clients]``) is still restored, so a data dir written by the previous version
@@ -27,7 +29,7 @@ so a retry of a request recorded before the upgrade answers request_expired
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from typing import Any
 
@@ -37,7 +39,7 @@ from ._commands import parse_request_id
 from ._dedup import ClientState, DedupTable
 from ._errors import InvalidCommand, InvalidSnapshot
 from ._limits import MAX_INDEX, MAX_SEQ
-from ._sorted import Captured, SortedItems
+from ._sorted import Captured, SortedKeys
 
 __all__ = ["FRAME_CHARS", "FRAME_CLIENTS", "FRAME_PAIRS", "MAGIC", "Restored", "decode",
            "encode_frames"]
@@ -63,16 +65,20 @@ def encode_frames(
     applied_index: int,
     n_pairs: int,
     blocks: Captured,
+    values_of: Callable[[tuple[str, ...]], list[str]],
     clients: list[tuple[str, int, int, dict[int, bytes]]],
 ) -> Iterator[bytes]:
-    """The snapshot as a sequence of byte strings (MAGIC, then one per frame)."""
+    """The snapshot as a sequence of byte strings (MAGIC, then one per frame).
+
+    `values_of(block)` gives the captured values of a block of captured keys.
+    """
     yield MAGIC
     yield _frame((applied_index, n_pairs, len(clients)))
     keys: list[str] = []
     values: list[str] = []
     chars = 0
-    for block_keys, block_values in blocks:
-        for key, value in zip(block_keys, block_values, strict=True):
+    for block_keys in blocks:
+        for key, value in zip(block_keys, values_of(block_keys), strict=True):
             keys.append(key)
             values.append(value)
             chars += len(key) + len(value)
@@ -91,10 +97,10 @@ def encode_frames(
 class Restored:
     """What `decode` rebuilt: a consistent state, ready to be swapped in."""
 
-    def __init__(self, applied_index: int, items: SortedItems, data: dict[str, str],
+    def __init__(self, applied_index: int, keys: SortedKeys, data: dict[str, str],
                  data_bytes: int, dedup: DedupTable) -> None:
         self.applied_index = applied_index
-        self.items = items
+        self.keys = keys
         self.data = data
         self.data_bytes = data_bytes
         self.dedup = dedup
@@ -151,7 +157,7 @@ def _decode_v2(view: memoryview, window: int, max_clients: int, max_bytes: int) 
     applied_index, n_pairs, n_clients = _header_decoder.decode(header)
     if not 0 <= applied_index <= MAX_INDEX or n_pairs < 0 or n_clients < 0:
         raise InvalidSnapshot("The snapshot's header is out of range.")
-    items, data, data_bytes = SortedItems(), dict[str, str](), 0
+    items, data, data_bytes = SortedKeys(), dict[str, str](), 0
     previous: str | None = None
     while len(items) < n_pairs:
         frame = next(frames, None)
@@ -162,7 +168,7 @@ def _decode_v2(view: memoryview, window: int, max_clients: int, max_bytes: int) 
         previous = keys[-1]
         if len(items) + len(keys) > n_pairs:
             raise InvalidSnapshot("The snapshot has more pairs than its header says.")
-        items.extend_sorted(keys, values)
+        items.extend_sorted(keys)
         data.update(zip(keys, values, strict=True))
     clients: list[ClientState] = []
     while len(clients) < n_clients:
@@ -197,12 +203,12 @@ def _decode_v1(view: memoryview, window: int, max_clients: int, max_bytes: int) 
         raise InvalidSnapshot(f"Unsupported snapshot version {snap.version}.")
     if not 0 <= snap.applied_index <= MAX_INDEX:
         raise InvalidSnapshot("The snapshot's applied index is out of range.")
-    items, data, data_bytes = SortedItems(), dict[str, str](), 0
+    items, data, data_bytes = SortedKeys(), dict[str, str](), 0
     if snap.data:
         keys = [k for k, _ in snap.data]
         values = [v for _, v in snap.data]
         data_bytes = _check_pairs(keys, values, None)
-        items.extend_sorted(keys, values)
+        items.extend_sorted(keys)
         data.update(snap.data)
     clients = _v1_clients(snap.clients, snap.applied_index, max_clients)
     dedup = DedupTable.from_state(clients, window, max_clients, max_bytes,
