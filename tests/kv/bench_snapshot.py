@@ -10,7 +10,7 @@ loop whose ticker task measures the longest time the loop did not run (a
 1 ms sleep that overshoots), does what the node runtime does:
 
 * snapshot: capture on the loop (`snapshot_later()`), encode in a worker
-  thread, while the loop keeps applying puts (copy-on-write at work); with the
+  thread, while the loop keeps applying puts (the snapshot view at work); with the
   current implementation also the chunked path (`snapshot_chunks()`, each
   chunk handed to a thread and written to a file, as a streaming writer
   would);
