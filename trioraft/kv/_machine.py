@@ -20,7 +20,7 @@ Rules
   a bug in the caller).
 * Commands with a request id are applied at most once (see `_dedup`); the
   table keeps a fingerprint of the whole command and a summary of its effect,
-  never a value (see `_limits` for the bound).
+  never a value (`_records`; `_limits` for the bound).
 * A transaction is atomic: it is validated completely before any change;
   if its reads would return more than MAX_TXN_RESULT_BYTES, its changes are
   undone and it answers `TooLargeResult`, on every replica alike.
@@ -54,9 +54,6 @@ import hashlib
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
-
-import msgspec
 
 from ._commands import (
     Cas,
@@ -74,6 +71,9 @@ from ._commands import decode_for_apply as _decode_for_apply
 from ._dedup import EXPIRED, DedupTable
 from ._errors import InvalidCommand
 from ._limits import DEDUP_CLIENTS, DEDUP_MAX_BYTES, DEDUP_WINDOW, MAX_TXN_RESULT_BYTES
+from ._records import fingerprint as _fingerprint
+from ._records import replay as _replay
+from ._records import summary as _summary
 from ._results import (
     CasResult,
     DeletePrefixResult,
@@ -92,8 +92,6 @@ from ._sorted import SortedKeys
 
 __all__ = ["KVStateMachine"]
 
-_encoder = msgspec.msgpack.Encoder()
-_FP = 16  # bytes of a command fingerprint at the start of every record
 
 Undo = list[tuple[str, str | None]]  # (key, value before the change), in change order
 
@@ -114,11 +112,6 @@ class _View:
         if undo:
             values = [undo.get(k, v) for k, v in zip(keys, values, strict=True)]
         return values  # type: ignore[return-value]  # captured keys all have values
-
-
-def _fingerprint(command: Command) -> bytes:
-    """A digest of the whole command, canonically re-encoded (request id included)."""
-    return hashlib.blake2b(_encoder.encode(command), digest_size=_FP).digest()
 
 
 def _utf8_len(text: str) -> int:
@@ -462,104 +455,3 @@ class KVStateMachine:
             f"<KVStateMachine applied_index={self._applied_index} keys={len(self._data)} "
             f"data_bytes={self._data_bytes} dedup_clients={len(self._dedup)}>"
         )
-
-
-# ----------------------------------------------------- exactly-once records
-# A record is the command's fingerprint followed by msgpack of its effect:
-#   Put [index]   Delete [deleted]   DeletePrefix [count]   Cas [ok, index]
-#   Txn [succeeded, index, [per op: None (put, get) | bool (delete, cas) | int]]
-
-
-def _op_summary(result: OpResult) -> Any:
-    match result:
-        case DeleteResult(deleted=deleted):
-            return deleted
-        case CasResult(ok=ok):
-            return ok
-        case DeletePrefixResult(deleted=deleted):
-            return deleted
-    return None
-
-
-def _summary(command: Command, result: Result, index: int) -> bytes:
-    match result:
-        case PutResult(index=index):
-            return _encoder.encode((index,))
-        case DeleteResult(deleted=deleted):
-            return _encoder.encode((deleted,))
-        case DeletePrefixResult(deleted=deleted):
-            return _encoder.encode((deleted,))
-        case CasResult(ok=ok, index=index):
-            return _encoder.encode((ok, index))
-        case TxnResult(succeeded=succeeded, results=results):
-            return _encoder.encode((succeeded, index, [_op_summary(r) for r in results]))
-    raise AssertionError(f"no summary for {result!r} of {command!r}")
-
-
-class _Unreadable(Exception):
-    pass
-
-
-def _int(x: object) -> int:
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise _Unreadable
-    return x
-
-
-def _bool(x: object) -> bool:
-    if not isinstance(x, bool):
-        raise _Unreadable
-    return x
-
-
-def _replay_op(op: Op, flag: object, index: int) -> OpResult:
-    match op:
-        case Put(key=key, value=value):
-            return PutResult(key, value, index)
-        case Get(key=key):
-            return GetResult(key, None)  # read values are not kept
-        case Delete(key=key):
-            return DeleteResult(key, _bool(flag))
-        case Cas(value=value):
-            ok = _bool(flag)
-            return CasResult(ok, value if ok else None, index)
-        case DeletePrefix(prefix=prefix):
-            return DeletePrefixResult(prefix, _int(flag))
-    raise _Unreadable
-
-
-def _replay(command: Command, fingerprint: bytes, record: bytes) -> Result:
-    """The answer to a retry, rebuilt from the retried command and its record."""
-    if record[:_FP] != fingerprint:
-        return InvalidResult(
-            f"Idempotency-Key {command.request_id!r} was already used for a different "
-            "request; use a new key for a new write"
-        )
-    try:
-        summary = msgspec.msgpack.decode(record[_FP:])
-        if not isinstance(summary, list):
-            raise _Unreadable
-        match command:
-            case Put() | Delete() | DeletePrefix():
-                (flag,) = summary
-                return _replay_op(command, flag, _int(flag) if isinstance(command, Put) else 0)
-            case Cas():
-                ok, index = summary
-                return CasResult(_bool(ok), command.value if ok else None, _int(index),
-                                 replayed=not ok)
-            case Txn():
-                succeeded, index, flags = summary
-                branch = command.success if _bool(succeeded) else command.failure
-                if not isinstance(flags, list) or len(flags) != len(branch):
-                    raise _Unreadable
-                results = [
-                    _replay_op(op, f, _int(index)) for op, f in zip(branch, flags, strict=True)
-                ]
-                # Flag the answer only where it differs from the first: reads.
-                missing = any(isinstance(r, GetResult) or (isinstance(r, CasResult) and not r.ok)
-                              for r in results)
-                return TxnResult(succeeded, results, replayed=missing)
-    except (_Unreadable, msgspec.MsgspecError, ValueError, TypeError):
-        pass
-    # Only a damaged table gets here (a record's fingerprint matched its command).
-    return InvalidResult(f"The stored outcome of request {command.request_id!r} is unreadable.")
