@@ -31,17 +31,18 @@ WRITES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize("rid", [POISON, f"c:{2**63}", "z:0001", "z:+1", "caf\u00e9:1"])
 @pytest.mark.parametrize(("method", "path", "kwargs"), WRITES,
                          ids=[f"{m} {p}" for m, p, _ in WRITES])
 async def test_a_poison_idempotency_key_is_refused_on_every_write_route(
-    single: Cluster, method: str, path: str, kwargs: dict[str, Any], rid: str
+    single: Cluster, method: str, path: str, kwargs: dict[str, Any]
 ) -> None:
     before = await single.state()
-    headers = {"Idempotency-Key": rid.encode("utf-8")}
-    r = await single.client.request(method, single.leader_url + path, headers=headers, **kwargs)
-    assert_error(r, 400, "bad_request")
-    assert (await single.state())["node1"]["items"] == before["node1"]["items"]
+    for rid in (POISON, f"c:{2**63}", "z:0001", "z:+1", "caf\u00e9:1"):
+        headers = {"Idempotency-Key": rid.encode("utf-8")}
+        r = await single.client.request(method, single.leader_url + path, headers=headers,
+                                        **kwargs)
+        assert_error(r, 400, "bad_request")
+    assert (await single.state())["node1"] == before["node1"]
 
 
 async def test_the_largest_sequence_number_is_accepted(single: Cluster) -> None:
