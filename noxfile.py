@@ -104,3 +104,17 @@ def stability(session: nox.Session) -> None:
     1M-key state: elections and worst event-loop lag (`-- --big-keys 0` skips the 1M run)."""
     session.install("-e", ".[test,plot]")
     session.run("python", "-m", "trioraft.bench.stability", *session.posargs)
+
+
+@nox.session(name="fuzz-api", python=PY)
+def fuzz_api(session: nox.Session) -> None:
+    """Schemathesis against /openapi.json of a live 3-node cluster, then a convergence check.
+
+    The default suite runs the same test briefly; this runs 500 examples per
+    operation and generation mode (override: FUZZ_API_EXAMPLES, FUZZ_API_BUDGET_S).
+    """
+    session.install("-e", ".[test]")
+    session.env.setdefault("FUZZ_API_EXAMPLES", "500")
+    session.env.setdefault("FUZZ_API_BUDGET_S", "900")
+    session.run("pytest", "tests/api/test_schemathesis.py", "-p", "no:cacheprovider",
+                *session.posargs)

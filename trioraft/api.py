@@ -14,13 +14,23 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from trioraft import kv, observability, openapi
+from trioraft.auth import ClientAuth
+from trioraft.boundary import (
+    MAX_BODY_BYTES,
+    MAX_RAFT_BODY_BYTES,
+    body_limit,
+    decode_json,
+    loggable,
+    precheck,
+    single_header,
+)
 from trioraft.core import (
     AppendEntriesResponse,
     InstallSnapshot,
@@ -29,11 +39,14 @@ from trioraft.core import (
     RequestVoteResponse,
 )
 from trioraft.errors import (
+    ApiError,
+    Forbidden,
     NoLeader,
     NoQuorum,
     Overloaded,
     ProposalDropped,
     ShuttingDown,
+    Unauthorized,
     UnknownOutcome,
 )
 from trioraft.node import RaftNode
@@ -49,21 +62,14 @@ from trioraft.transport import (
     vote_response_to_json,
 )
 
-__all__ = ["MAX_BODY_BYTES", "ApiError", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "MAX_RAFT_BODY_BYTES", "ApiError", "create_app"]
 
 log = logging.getLogger("trioraft.api")
 
-# A value may be 1 MiB of UTF-8; JSON escaping can grow it, so the body limit
-# leaves room. A transaction is capped separately by kv.MAX_TXN_BYTES.
-MAX_BODY_BYTES = 2 * kv.MAX_VALUE_BYTES + 64 * 1024
-MAX_RAFT_BODY_BYTES = 64 << 20
 LEADER_HEADER = "X-Raft-Leader"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
+DEBUG_MAX_KEYS = 100  # /debug's stateMachine: at most this many pairs ...
+DEBUG_MAX_BYTES = 64 * 1024  # ... of at most this many characters of keys and values
+_AUTH_HEADERS = {"WWW-Authenticate": 'Bearer realm="trioraft"'}
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -73,9 +79,17 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+def error_headers(status: int) -> dict[str, str]:
+    """The headers an error answer carries besides its JSON body."""
+    if status == 503:
+        return {"Retry-After": "1"}
+    if status == 401:
+        return dict(_AUTH_HEADERS)
+    return {}
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> Response:
-    headers = {"Retry-After": "1"} if status == 503 else {}
-    return _json({"error": message, "code": code, **extra}, status, headers)
+    return _json({"error": message, "code": code, **extra}, status, error_headers(status))
 
 
 def map_error(exc: BaseException) -> ApiError:
@@ -83,6 +97,10 @@ def map_error(exc: BaseException) -> ApiError:
     match exc:
         case ApiError():
             return exc
+        case Unauthorized():
+            return ApiError(401, "unauthorized", str(exc))
+        case Forbidden():
+            return ApiError(403, "forbidden", str(exc))
         case kv.TooLarge():
             return ApiError(413, "too_large", str(exc))
         case kv.InvalidCommand():
@@ -109,10 +127,7 @@ async def _body_json(required: tuple[str, ...] = ()) -> dict[str, Any]:
     raw = await _raw_body(cache=False)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+    body = decode_json(raw) if raw else None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     for name in required:
@@ -132,7 +147,7 @@ def _string(body: dict[str, Any], name: str, nullable: bool = False) -> str | No
 
 
 def _request_id() -> str | None:
-    return check_request_id(request.headers.get("Idempotency-Key"))
+    return check_request_id(single_header(request.scope["headers"], b"idempotency-key"))
 
 
 def check_request_id(rid: str | None) -> str | None:
@@ -160,6 +175,8 @@ def result_reply(result: kv.Result) -> tuple[int, dict[str, Any]]:
             return 504, {**body, "code": "unknown_outcome"}
         case kv.InvalidResult():
             return 400, body
+        case kv.TooLargeResult():
+            return 413, body
     return 200, body
 
 
@@ -241,23 +258,58 @@ def _raw_target() -> str:
     return target
 
 
-async def _drain_body(resp: Response) -> None:
-    """Read what is left of the request body before answering.
+class _KeyConverter(PathConverter):
+    """A key in the path: any characters at all, a leading '/' or a newline included.
 
-    hypercorn (0.18) can leave a keep-alive connection stuck when a response
-    goes out while the request body is still unread (an early 401, 404 or
-    307): the next request on it gets no answer. Draining (bounded in time)
-    avoids that; if the body cannot be drained, the connection is closed.
+    Werkzeug's `path` needs a non-slash first character and its `.` stops at
+    a newline, so keys like "/a" or "a\nb" (valid keys) had no path form.
     """
-    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
-        return
-    try:
-        with trio.move_on_after(1.0) as scope:
-            await request.get_data(cache=False)
-        if scope.cancelled_caught:
-            resp.headers["Connection"] = "close"
-    except Exception:  # e.g. the body exceeds MAX_CONTENT_LENGTH
-        resp.headers["Connection"] = "close"
+
+    regex = "(?s:.)+?"
+    part_isolating = False  # spans slashes (werkzeug guesses from "/" in the regex)
+
+
+class _Request(TrioRequest):
+    """A request whose body limit is its route's (`boundary.body_limit`), not the app's."""
+
+    def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
+        kwargs["max_content_length"] = body_limit(method, path)
+        super().__init__(method, scheme, path, *args, **kwargs)
+
+
+def debug_body(node: RaftNode) -> dict[str, Any]:
+    """/debug: the course's fields, with `stateMachine` bounded (issue 10 #7).
+
+    At most DEBUG_MAX_KEYS pairs, in key order, holding at most
+    DEBUG_MAX_BYTES characters; `stateMachineTruncated` says whether more
+    exist, and `GET /kv?prefix=&limit=&after=` pages through all of them.
+    """
+    status = node.status()
+    pairs: dict[str, str] = {}
+    size = 0
+    items, more = node.kv.range("", DEBUG_MAX_KEYS)
+    for key, value in items:
+        size += len(key) + len(value)
+        if size > DEBUG_MAX_BYTES:
+            more = True
+            break
+        pairs[key] = value
+    return {
+        "nodeId": status["id"],
+        "state": status["role"],
+        "term": status["term"],
+        "leaderId": status["leader"],
+        "logLength": status["last_log_index"],
+        "commitIndex": status["commit_index"],
+        "stateMachine": pairs,
+        "stateMachineKeys": len(node.kv),
+        "stateMachineTruncated": more,
+        "note": (
+            f"stateMachine shows at most {DEBUG_MAX_KEYS} keys and {DEBUG_MAX_BYTES} "
+            "characters, in key order; page through every key with "
+            "GET /kv?prefix=&limit=1000&after=<last key>"
+        ),
+    }
 
 
 def check_key(key: str) -> str:
@@ -267,32 +319,35 @@ def check_key(key: str) -> str:
     return key
 
 
-class KeyConverter(PathConverter):
-    """A /kv/{key} path key: any non-empty string, a leading "/" included.
-
-    werkzeug's `path` converter (``[^/].*?``) cannot match a key beginning with
-    "/" (sent as ``/kv/%2Flead``, decoded to ``/kv//lead``).
-    """
-
-    regex = ".+?"
-    part_isolating = False  # explicit: werkzeug infers True from a regex without "/"
+def client_auth(node: RaftNode) -> ClientAuth:
+    """The node's client tokens (`trioraft.auth`), read from its configuration."""
+    return ClientAuth(getattr(node.config, "client_tokens", ()))
 
 
-def create_app(node: RaftNode) -> QuartTrio:
+def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
     app = QuartTrio("trioraft")
-    app.url_map.converters["key"] = KeyConverter
+    app.request_class = _Request  # per-route body limits
     app.config["MAX_CONTENT_LENGTH"] = MAX_RAFT_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     # Never answer "/kv//k" with a 308 to "/kv/k": that is another key.
     app.url_map.merge_slashes = False
+    app.url_map.converters["key"] = _KeyConverter
     token = node.config.cluster_token
+    auth = auth if auth is not None else client_auth(node)
+
+    @app.before_request
+    async def _boundary() -> None:
+        # The fast path in front ran these checks already (before Quart read
+        # anything); run them here for requests that reach this app directly.
+        if not request.scope.get("trioraft.prechecked"):
+            precheck(request.method, request.path, request.scope.get("raw_path"),
+                     request.scope["headers"], auth)
 
     @app.after_request
     async def _leader_header(resp: Response) -> Response:
         lid = node.leader_id
         if lid is not None:
             resp.headers[LEADER_HEADER] = lid
-        await _drain_body(resp)
         return resp
 
     @app.errorhandler(HTTPException)
@@ -303,6 +358,9 @@ def create_app(node: RaftNode) -> QuartTrio:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             status, "bad_request"
         )
+        if status == 413:
+            limit = body_limit(request.method, request.path)
+            return _error(413, "too_large", f"request body over {limit} bytes")
         resp = _error(status, code, exc.description or exc.name)
         if (allow := dict(exc.get_headers()).get("Allow")) is not None:
             resp.headers["Allow"] = allow  # RFC 9110: a 405 names the allowed methods
@@ -317,7 +375,7 @@ def create_app(node: RaftNode) -> QuartTrio:
         mapped = map_error(exc)
         if mapped.status == 500:
             log.exception("node=%s unhandled error in %s %s", node.id, request.method,
-                          request.path)
+                          loggable(request.path))
         return _error(mapped.status, mapped.code, mapped.message)
 
     # ------------------------------------------------------------ write path
@@ -332,7 +390,10 @@ def create_app(node: RaftNode) -> QuartTrio:
         return Response("", status=307, headers={"Location": url + _raw_target()})
 
     def _wants_redirect() -> bool:
-        return request.args.get("redirect") == "true" and not node.is_leader
+        flag = request.args.get("redirect")
+        if flag not in (None, "true", "false"):
+            raise ApiError(400, "bad_request", "redirect must be 'true' or 'false'")
+        return flag == "true" and not node.is_leader
 
     async def _write(cmd: kv.Command) -> Response:
         if _wants_redirect():
@@ -357,6 +418,13 @@ def create_app(node: RaftNode) -> QuartTrio:
     @app.route("/kv/<key:key>", methods=["DELETE"])
     async def delete_key(key: str) -> Response:
         return await _write(kv.Delete(check_key(key), request_id=_request_id()))
+
+    @app.route("/kv", methods=["DELETE"])
+    async def delete_prefix() -> Response:
+        prefix = request.args.get("prefix")
+        if prefix is None:
+            raise ApiError(400, "bad_request", "DELETE /kv needs ?prefix=p (a non-empty prefix)")
+        return await _write(kv.DeletePrefix(prefix, request_id=_request_id()))
 
     @app.route("/kv/<key:key>/cas", methods=["POST"])
     async def cas_key(key: str) -> Response:
@@ -403,7 +471,9 @@ def create_app(node: RaftNode) -> QuartTrio:
             raise ApiError(400, "bad_request", "limit must be an integer") from None
         if not 1 <= limit <= 10_000:
             raise ApiError(400, "bad_request", "limit must be between 1 and 10000")
-        after = request.args.get("after")  # a cursor: only keys greater than it
+        after = request.args.get("after")
+        if after is not None:
+            check_key(after)
         if _wants_redirect() and request.args.get("consistency") != "stale":
             return await _redirect()
         await _barrier()
@@ -417,7 +487,7 @@ def create_app(node: RaftNode) -> QuartTrio:
 
     @app.route("/debug", methods=["GET"])
     async def debug() -> Response:
-        return _json(node.debug())
+        return _json(debug_body(node))
 
     @app.route("/health", methods=["GET"])
     async def health() -> Response:
@@ -521,11 +591,18 @@ class _TxnCompare(msgspec.Struct, forbid_unknown_fields=False):
 
 class _TxnOp(msgspec.Struct):
     op: str
-    key: str
+    key: str | None = None
     value: str | None = None
     expected: str | None = None
+    prefix: str | None = None
 
     def to_op(self) -> kv.Op:
+        if self.op == "delete_prefix":
+            if self.prefix is None:
+                raise msgspec.ValidationError("delete_prefix needs a string 'prefix'")
+            return kv.DeletePrefix(self.prefix)
+        if self.key is None:
+            raise msgspec.ValidationError(f"{self.op} needs a string 'key'")
         match self.op:
             case "put":
                 if self.value is None:
@@ -537,7 +614,9 @@ class _TxnOp(msgspec.Struct):
                 return kv.Get(self.key)
             case "cas":
                 return kv.Cas(self.key, self.expected, self.value)
-        raise msgspec.ValidationError(f"unknown op {self.op!r} (put, delete, get, cas)")
+        raise msgspec.ValidationError(
+            f"unknown op {self.op!r} (put, delete, delete_prefix, get, cas)"
+        )
 
 
 class _TxnBody(msgspec.Struct):

@@ -11,16 +11,26 @@ Rules, in the order they are applied:
   ``PEER_IDS`` is an error: one of them would be silently ignored.
 * Every problem is reported as a :class:`ConfigError` (``parse_serve_args`` turns it
   into an argparse usage error: a message on stderr and exit status 2).
+* Secure by default (issue 10): a node listens on loopback unless told otherwise, and
+  refuses to listen on any other address without peer authentication (a cluster token
+  today; TLS will be the other way, see :func:`peer_authentication`) unless
+  ``--insecure`` (env ``INSECURE``) says the operator accepts that anyone who reaches
+  the port is a full Raft peer. Tokens are printable ASCII (`trioraft.auth.check_secret`).
+* Client tokens (``--client-token ROLE:TOKEN``, ``CLIENT_TOKENS``,
+  ``--client-tokens-file``) are separate from the cluster token; see `trioraft.auth`.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from trioraft.auth import ROLES, check_secret
 
 __all__ = [
     "DEFAULT_ELECTION_TIMEOUT_MS",
@@ -36,10 +46,11 @@ __all__ = [
     "format_host_port",
     "parse_host_port",
     "parse_serve_args",
+    "peer_authentication",
 ]
 
 DEFAULT_ID = "node1"
-DEFAULT_LISTEN = ("0.0.0.0", 3000)
+DEFAULT_LISTEN = ("127.0.0.1", 3000)
 DEFAULT_ELECTION_TIMEOUT_MS = (150, 300)
 DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_SNAPSHOT_ENTRIES = 10_000
@@ -68,6 +79,9 @@ SERVE_ENV_VARS = (
     "LOG_FORMAT",
     "ACCESS_LOG",
     "REQUEST_TIMEOUT_MS",
+    "INSECURE",
+    "CLIENT_TOKENS",
+    "CLIENT_TOKENS_FILE",
 )
 
 # Node ids appear in URLs, headers, file names and log lines: keep them plain.
@@ -110,6 +124,10 @@ class NodeConfig:
     access_log: bool = False
     # How long a client write waits for its commit before answering 504.
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_MS / 1000
+    # The operator accepted a non-loopback listen address without peer authentication.
+    insecure: bool = False
+    # (role, token) pairs for the client API; empty: the client API is open.
+    client_tokens: tuple[tuple[str, str], ...] = ()
 
     @property
     def members(self) -> dict[str, str]:
@@ -278,8 +296,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster-token",
         metavar="TOKEN",
-        help="shared secret required on /raft/*; all members must use the same one; an empty "
-        "string disables the check [env CLUSTER_TOKEN; default none]",
+        help="shared secret required on /raft/*; all members must use the same one; printable "
+        "ASCII, at most 512 characters; an empty string disables the check. Needed to listen "
+        "on a non-loopback address (or --insecure) [env CLUSTER_TOKEN; default none]",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --listen address without peer authentication: anyone who "
+        "reaches the port is then a full Raft peer [env INSECURE=1; default off]",
+    )
+    parser.add_argument(
+        "--client-token",
+        metavar="ROLE:TOKEN",
+        action="append",
+        help="a bearer token for the client API, ROLE read or write; repeat for more. With "
+        "any client token set, client routes need 'Authorization: Bearer TOKEN' (/status, "
+        "/health, /ready stay open) [env CLIENT_TOKENS=role:token,role:token; default none: "
+        "the client API is open]",
+    )
+    parser.add_argument(
+        "--client-tokens-file",
+        metavar="PATH",
+        type=Path,
+        help="a file of client tokens, one ROLE:TOKEN a line ('#' comments), added to "
+        "--client-token [env CLIENT_TOKENS_FILE]",
     )
     parser.add_argument(
         "--snapshot-entries",
@@ -327,6 +369,60 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "504 unknown_outcome [env REQUEST_TIMEOUT_MS; default "
         f"{DEFAULT_REQUEST_TIMEOUT_MS}]",
     )
+
+
+def peer_authentication(config: NodeConfig) -> str | None:
+    """How peers authenticate to this node, or None when they do not.
+
+    The hook for every peer credential: a cluster token today; when TLS for
+    peers arrives, a configured client-certificate CA counts here too.
+    """
+    if config.cluster_token is not None:
+        return "cluster token"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to anything
+
+
+def _parse_client_token(item: str, what: str) -> tuple[str, str]:
+    role, sep, token = item.strip().partition(":")
+    if not sep or role not in ROLES:
+        raise ConfigError(f"{what}: expected ROLE:TOKEN with ROLE one of {', '.join(ROLES)}")
+    try:
+        return role, check_secret(token, what)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _client_tokens(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    tokens: list[tuple[str, str]] = []
+    if args.client_token:
+        tokens += [_parse_client_token(item, "--client-token") for item in args.client_token]
+    elif (env_tokens := _env(env, "CLIENT_TOKENS")) is not None:
+        tokens += [
+            _parse_client_token(item, "CLIENT_TOKENS") for item in env_tokens.split(",")
+            if item.strip()
+        ]
+    path = args.client_tokens_file
+    what = "--client-tokens-file"
+    if path is None and (env_path := _env(env, "CLIENT_TOKENS_FILE")) is not None:
+        path, what = Path(env_path), "CLIENT_TOKENS_FILE"
+    if path is not None:
+        try:
+            lines = Path(path).read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{what}: cannot read {path}: {exc}") from None
+        for number, line in enumerate(lines, start=1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                tokens.append(_parse_client_token(line, f"{what} {path}:{number}"))
+    return tuple(tokens)
 
 
 def _env(env: Mapping[str, str], name: str) -> str | None:
@@ -414,8 +510,22 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
 
     if args.cluster_token is not None:
         token: str | None = args.cluster_token or None
+        token_what = "--cluster-token"
     else:
         token = _env(env, "CLUSTER_TOKEN")
+        token_what = "CLUSTER_TOKEN"
+    if token is not None:
+        try:
+            check_secret(token, token_what)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    if args.insecure:
+        insecure = True
+    elif (insecure_env := _env(env, "INSECURE")) is not None:
+        insecure = _parse_bool(insecure_env, "INSECURE")
+    else:
+        insecure = False
 
     text, what = pick(args.snapshot_entries, "--snapshot-entries", "SNAPSHOT_ENTRIES")
     snapshot_entries = _parse_int(text, what, 1) if text is not None else DEFAULT_SNAPSHOT_ENTRIES
@@ -446,7 +556,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
     text, what = pick(args.request_timeout_ms, "--request-timeout-ms", "REQUEST_TIMEOUT_MS")
     timeout_ms = _parse_int(text, what, 1) if text is not None else DEFAULT_REQUEST_TIMEOUT_MS
 
-    return NodeConfig(
+    config = NodeConfig(
         id=node_id,
         listen_host=host,
         listen_port=port,
@@ -463,7 +573,17 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
         log_format=log_format,
         access_log=access_log,
         request_timeout_s=timeout_ms / 1000,
+        insecure=insecure,
+        client_tokens=_client_tokens(args, env),
     )
+    if not _is_loopback(host) and peer_authentication(config) is None and not insecure:
+        raise ConfigError(
+            f"refusing to listen on {format_host_port(host, port)} without peer "
+            "authentication: anyone who reaches that address could act as a Raft peer and "
+            "rewrite the cluster's data. Set --cluster-token (env CLUSTER_TOKEN) on every "
+            "member, listen on loopback, or pass --insecure (env INSECURE=1) to accept the risk"
+        )
+    return config
 
 
 def build_serve_parser(prog: str = "trioraft serve") -> argparse.ArgumentParser:

@@ -1,10 +1,14 @@
-"""Errors the node runtime raises to the HTTP layer (mapped to statuses in api.py)."""
+"""Errors the node runtime and the client-auth check raise (mapped to statuses in api.py)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from trioraft.core import NotLeader, ProposalDropped, RaftError
 
 __all__ = [
+    "ApiError",
+    "Forbidden",
     "NoLeader",
     "NoQuorum",
     "NotLeader",
@@ -12,6 +16,7 @@ __all__ = [
     "ProposalDropped",
     "RaftError",
     "ShuttingDown",
+    "Unauthorized",
     "UnknownOutcome",
 ]
 
@@ -34,3 +39,19 @@ class Overloaded(RaftError):
 
 class ShuttingDown(RaftError):
     """The node is stopping; nothing was done."""
+
+
+class Unauthorized(Exception):
+    """A client route needs a bearer token and none (or an unknown one) was given (401)."""
+
+
+class Forbidden(Exception):
+    """The client's token is valid but its role does not allow this request (403)."""
+
+
+class ApiError(Exception):
+    """An HTTP answer decided at the API boundary: status, machine code, human sentence."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra

@@ -8,6 +8,16 @@ other query parameters, anything unusual -- falls through to the Quart app,
 which remains the reference implementation. Both call the same operations
 (`api.write_op`, `api.get_op`) and the same error mapping (`api.map_error`),
 so a request gets the same answer either way; tests/api runs against both.
+
+Every request also passes two guards here, before either path sees it:
+
+* `boundary.precheck` (client auth, Content-Length against the route's limit,
+  a UTF-8 path): its refusals are answered at once, nothing read;
+* `KeepAliveGuard`: a response that goes out while the request body is still
+  arriving says ``Connection: close``, so the connection closes after it.
+  (hypercorn 0.18 otherwise leaves such a keep-alive connection stuck: a GET
+  with a body, an early 401/404/413, and the next request on it never got an
+  answer.)
 """
 
 from __future__ import annotations
@@ -17,21 +27,31 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
+import trio
 
 from trioraft import kv
 from trioraft.api import (
     LEADER_HEADER,
-    MAX_BODY_BYTES,
-    MAX_RAFT_BODY_BYTES,
     ApiError,
     authorize,
     check_key,
     check_request_id,
+    client_auth,
+    error_headers,
     get_op,
     map_error,
     raft_messages_op,
     raft_propose_op,
     write_op,
+)
+from trioraft.auth import ClientAuth
+from trioraft.boundary import (
+    MAX_BODY_BYTES,
+    MAX_RAFT_BODY_BYTES,
+    decode_json,
+    loggable,
+    precheck,
+    single_header,
 )
 from trioraft.node import RaftNode
 from trioraft.transport import TOKEN_HEADER
@@ -49,29 +69,81 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _QUERIES = {b"": "linearizable", b"consistency=linearizable": "linearizable",
             b"consistency=stale": "stale"}
 _LEADER = LEADER_HEADER.lower().encode()
+_CLOSE_TIMEOUT_S = 5.0
 
 
 class _PutBody(msgspec.Struct):
     value: str
 
 
+class KeepAliveGuard:
+    """Tracks whether the request body has fully arrived; closes the connection if not.
+
+    Wraps one request's `receive` and `send`: a response started before the
+    last body message was received gets ``Connection: close``.
+    """
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._receive, self._send = receive, send
+        self.closing = False  # a response went out before the body was complete
+        headers = scope["headers"]
+        self.complete = not any(
+            (name == b"content-length" and value.strip() not in (b"", b"0"))
+            or name == b"transfer-encoding"
+            for name, value in headers
+        )
+
+    async def receive(self) -> Message:
+        msg = await self._receive()
+        if msg["type"] != "http.request" or not msg.get("more_body"):
+            self.complete = True
+        return msg
+
+    async def send(self, msg: Message) -> None:
+        if self.closing and msg["type"] == "http.response.body" and not msg.get("more_body"):
+            # The last message makes hypercorn close the connection, from
+            # inside this call. Quart-trio cancels its request nursery as soon
+            # as hypercorn reports the disconnect, which would abort that
+            # close half-way (the socket then stays open: the hang this guard
+            # exists for). So it runs shielded, bounded in time.
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+                await self._send(msg)
+            return
+        if msg["type"] == "http.response.start" and not self.complete:
+            self.closing = True
+            msg = {**msg, "headers": [*msg.get("headers", []), (b"connection", b"close")]}
+        await self._send(msg)
+
+
 class FastPath:
-    def __init__(self, app: Any, node: RaftNode) -> None:  # any ASGI app (e.g. QuartTrio)
+    def __init__(  # any ASGI app (e.g. QuartTrio)
+        self, app: Any, node: RaftNode, auth: ClientAuth | None = None
+    ) -> None:
         self.app: ASGIApp = app
         self.node = node
+        self.auth = auth if auth is not None else client_auth(node)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            guard = KeepAliveGuard(scope, receive, send)
+            receive, send = guard.receive, guard.send
             path: str = scope["path"]
             method: str = scope["method"]
             query: bytes = scope["query_string"]
+            try:
+                precheck(method, path, scope.get("raw_path"), scope["headers"], self.auth)
+            except Exception as exc:
+                err = map_error(exc)
+                body = msgspec.json.encode({"error": err.message, "code": err.code, **err.extra})
+                await self._respond(send, err.status, body, b"application/json")
+                return
+            scope = {**scope, "trioraft.prechecked": True}
             if method == "POST" and path in _PEER_ROUTES:
                 await self._serve_peer(scope, receive, send, path)
                 return
             if (
                 path.startswith("/kv/")
                 and len(path) > 4
-                and path[4] != "/"
                 and query in _QUERIES
                 and (method == "GET" or (method in ("PUT", "DELETE") and not query))
             ):
@@ -94,10 +166,7 @@ class FastPath:
                 check_key(key)
                 if not isinstance(value, str):
                     raise ApiError(400, "bad_request", "field 'value' must be a string")
-                rid = None
-                for name, raw_value in scope["headers"]:
-                    if name == b"idempotency-key":
-                        rid = check_request_id(raw_value.decode("latin-1"))
+                rid = check_request_id(single_header(scope["headers"], b"idempotency-key"))
                 cmd: kv.Command = (
                     kv.Put(key, value, request_id=rid) if method == "PUT"
                     else kv.Delete(key, request_id=rid)
@@ -106,7 +175,8 @@ class FastPath:
         except Exception as exc:  # the same mapping as the Quart app's handlers
             err = map_error(exc)
             if err.status == 500:
-                log.exception("node=%s unhandled error in %s %s", node.id, method, scope["path"])
+                log.exception("node=%s unhandled error in %s %s", node.id, method,
+                              loggable(scope["path"]))
             status, body = err.status, {"error": err.message, "code": err.code, **err.extra}
         await self._respond(send, status, msgspec.json.encode(body), b"application/json")
 
@@ -142,8 +212,7 @@ class FastPath:
         lid = self.node.leader_id
         if lid is not None:
             headers.append((_LEADER, lid.encode()))
-        if status == 503:
-            headers.append((b"retry-after", b"1"))
+        headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(status).items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -165,13 +234,12 @@ async def _read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes:
             raise ApiError(400, "bad_request", "the client went away")
         chunk = msg.get("body", b"")
         size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
+        if size > limit:
+            # Stop reading: the answer goes out now, and the KeepAliveGuard
+            # closes the connection behind it (the rest is never read).
+            raise ApiError(413, "too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
         if not msg.get("more_body"):
-            if size > limit:
-                # Read to the end first (as the Quart routes do), so the
-                # client sees the 413 rather than a reset mid-upload.
-                raise ApiError(413, "too_large", f"request body over {limit} bytes")
             return b"".join(chunks)
 
 
@@ -181,12 +249,9 @@ def _put_value(raw: bytes) -> object:
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     try:
         return msgspec.json.decode(raw, type=_PutBody).value
-    except msgspec.ValidationError:  # (a subclass of DecodeError: catch it first)
+    except Exception:  # anything unusual: decode it as the Quart route does, below
         pass
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
-    # Valid JSON but not {"value": "..."}: say exactly what is wrong.
-    body = msgspec.json.decode(raw)
+    body = decode_json(raw)  # the one decoder of the Quart routes: same errors
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     if "value" not in body:

@@ -17,6 +17,19 @@ __all__ = ["spec"]
 _JSON = "application/json"
 
 
+def _at_most(bound: int) -> str:
+    """A regex of the canonical decimals 0..bound (no sign, no leading zeros)."""
+    digits = str(bound)
+    shorter = f"[1-9][0-9]{{0,{len(digits) - 2}}}" if len(digits) > 1 else ""
+    same_length = [digits]
+    for i, d in enumerate(digits):
+        low = "1" if i == 0 else "0"
+        if int(d) > int(low):
+            rest = len(digits) - i - 1
+            same_length.append(f"{digits[:i]}[{low}-{int(d) - 1}][0-9]{{{rest}}}")
+    return "|".join(["0", *([shorter] if shorter else []), *same_length])
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -44,30 +57,41 @@ _KEY_PARAM: dict[str, Any] = {
     "description": (
         "The key, percent-encoded and percent-decoded by the server (UTF-8). "
         "A slash may be sent as '/' or '%2F': both mean '/' in the key, so "
-        "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b'. A key beginning "
-        "with '/' is sent as '%2F...'; the keys '.' and '..' must be sent as '%2E' and "
-        "'%2E%2E' (HTTP clients remove literal dot segments). A key "
-        "ending in '/cas' cannot be used with POST /kv/{key}/cas. The empty key ('PUT /kv/') "
-        "is 400 bad_request. At most "
+        "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b', and '/kv//a' or "
+        "'/kv/%2Fa' the key '/a'. The keys '.' and '..' must be sent as '%2E' "
+        "and '%2E%2E' (HTTP clients remove literal dot segments). A key ending in '/cas' "
+        "cannot be used with POST /kv/{key}/cas. The percent-decoded path must be UTF-8 (else 400). "
+        "The empty key ('PUT /kv/') is 400 bad_request. At most "
         f"{kv.MAX_KEY_BYTES} UTF-8 bytes, non-empty."
     ),
     "schema": {"type": "string", "minLength": 1},
 }
 
+_AUTH_ERRORS: dict[str, Any] = {
+    "401": _resp("Unauthorized"),
+    "403": _resp("Forbidden"),
+}
 _WRITE_ERRORS: dict[str, Any] = {
     "400": _resp("BadRequest"),
+    **_AUTH_ERRORS,
     "413": _resp("TooLarge"),
     "503": _resp("Unavailable"),
     "504": _resp("UnknownOutcome"),
 }
 _READ_ERRORS: dict[str, Any] = {
     "400": _resp("BadRequest"),
+    **_AUTH_ERRORS,
     "413": _resp("TooLarge"),
     "503": _resp("Unavailable"),
 }
+# Client routes: a bearer token when the node has client tokens, else none.
+_CLIENT_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
+_OPEN: list[dict[str, list[str]]] = []
 
 _ERROR_CODES = [
     "bad_request",
+    "unauthorized",
+    "forbidden",
     "not_found",
     "method_not_allowed",
     "cas_failed",
@@ -151,9 +175,29 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["ok", "current", "error", "code"],
         "properties": {
             "ok": {"const": False},
-            "current": {"type": ["string", "null"], "description": "the value now (null: absent)"},
+            "current": {
+                "type": ["string", "null"],
+                "description": "the value now (null: absent; also null in a replayed answer)",
+            },
             "error": {"type": "string"},
             "code": {"const": "cas_failed"},
+            "replayed": _ref("Replayed"),
+        },
+    },
+    "Replayed": {
+        "const": True,
+        "description": (
+            "Present in the answer to a retried Idempotency-Key when the first answer held "
+            "values read (a failed CAS's current, a transaction's get values): those are not "
+            "kept by the exactly-once table and are null here."
+        ),
+    },
+    "DeletePrefixResult": {
+        "type": "object",
+        "required": ["prefix", "deleted"],
+        "properties": {
+            "prefix": _ref("Key"),
+            "deleted": {"type": "integer", "minimum": 0, "description": "keys removed"},
         },
     },
     "RangeResult": {
@@ -174,20 +218,51 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "TxnOp": {
-        "type": "object",
-        "required": ["op", "key"],
-        "properties": {
-            "op": {"type": "string", "enum": ["put", "delete", "get", "cas"]},
-            "key": _ref("Key"),
-            "value": {"type": ["string", "null"], "description": "put: required; cas: new"},
-            "expected": {"type": ["string", "null"], "description": "cas only"},
-        },
+        "description": (
+            "One operation: put (key, value), delete (key), get (key), cas (key, expected, "
+            "value: null as in POST /kv/{key}/cas) or delete_prefix (prefix)."
+        ),
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["op", "key", "value"],
+                "properties": {"op": {"const": "put"}, "key": _ref("Key"), "value": _ref("Value")},
+            },
+            {
+                "type": "object",
+                "required": ["op", "key"],
+                "properties": {"op": {"enum": ["delete", "get"]}, "key": _ref("Key")},
+            },
+            {
+                "type": "object",
+                "required": ["op", "key"],
+                "properties": {
+                    "op": {"const": "cas"},
+                    "key": _ref("Key"),
+                    "expected": {"type": ["string", "null"], "default": None},
+                    "value": {"type": ["string", "null"], "default": None},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["op", "prefix"],
+                "properties": {
+                    "op": {"const": "delete_prefix"},
+                    "prefix": {
+                        **_ref("Key"),
+                        "description": "remove every key starting with it",
+                    },
+                },
+            },
+        ],
     },
     "TxnBody": {
         "type": "object",
         "description": (
             "If every compare holds, run `success`, else `failure`, atomically. At most "
-            f"{kv.MAX_TXN_OPS} compares and ops and {kv.MAX_TXN_BYTES} bytes of keys and values."
+            f"{kv.MAX_TXN_OPS} compares and ops and {kv.MAX_TXN_BYTES} bytes of keys and values; "
+            f"its get values (and failed cas currents) may total at most "
+            f"{kv.MAX_TXN_RESULT_BYTES} bytes, else it changes nothing and answers 413."
         ),
         "properties": {
             "compare": {"type": "array", "items": _ref("TxnCompare"), "default": []},
@@ -224,9 +299,11 @@ _SCHEMAS: dict[str, Any] = {
                                 "current": {"type": ["string", "null"]},
                             },
                         },
+                        _ref("DeletePrefixResult"),
                     ]
                 },
             },
+            "replayed": _ref("Replayed"),
         },
     },
     "Status": {
@@ -259,9 +336,14 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Debug": {
         "type": "object",
-        "description": "The course design's fields.",
+        "description": (
+            "The course design's fields. stateMachine is bounded: at most 100 keys and 64 KiB, "
+            "in key order (stateMachineTruncated says whether more exist); page through the "
+            "whole store with GET /kv?prefix=&limit=&after=."
+        ),
         "required": [
             "nodeId", "state", "term", "leaderId", "logLength", "commitIndex", "stateMachine",
+            "stateMachineKeys", "stateMachineTruncated",
         ],
         "properties": {
             "nodeId": {"type": "string"},
@@ -271,6 +353,9 @@ _SCHEMAS: dict[str, Any] = {
             "logLength": {"type": "integer"},
             "commitIndex": {"type": "integer"},
             "stateMachine": {"type": "object", "additionalProperties": {"type": "string"}},
+            "stateMachineKeys": {"type": "integer", "description": "keys in the store"},
+            "stateMachineTruncated": {"type": "boolean"},
+            "note": {"type": "string"},
         },
     },
     "Health": {
@@ -308,13 +393,19 @@ _PARAMETERS: dict[str, Any] = {
         "name": "Idempotency-Key",
         "in": "header",
         "description": (
-            "'<client-id>:<seq>' (seq a non-negative integer, at most "
-            f"{kv.MAX_REQUEST_ID_BYTES} bytes). A retry with the same key returns the first "
-            f"result and applies at most once. The last {kv.DEDUP_WINDOW} results of each of "
-            f"up to {kv.DEDUP_CLIENTS} clients are remembered; an older seq gets 504 "
+            "'<client-id>:<seq>': client-id printable ASCII, seq a decimal integer below "
+            f"2^63 with no sign or leading zeros, at most {kv.MAX_REQUEST_ID_BYTES} bytes; "
+            "sent once. A retry with the same key returns the first result and applies at "
+            "most once; the same key with a different request is a 400. The last "
+            f"{kv.DEDUP_WINDOW} requests of each of up to {kv.DEDUP_CLIENTS} clients are "
+            "remembered (values read are not: see Replayed); an older seq gets 504 "
             "request_expired."
         ),
-        "schema": {"type": "string", "pattern": "^.+:[0-9]+$"},
+        "schema": {
+            "type": "string",
+            "pattern": f"^[!-~]+:({_at_most(kv.MAX_SEQ)})$",
+            "maxLength": kv.MAX_REQUEST_ID_BYTES,
+        },
     },
     "prefix": {
         "name": "prefix",
@@ -326,10 +417,16 @@ _PARAMETERS: dict[str, Any] = {
         "name": "after",
         "in": "query",
         "description": (
-            "a cursor: only keys greater than this one (pass the last key of the previous "
-            "page to get the next page)"
+            "only keys after this one (exclusive): pass the last key of a page to get the next"
         ),
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "minLength": 1},
+    },
+    "deletePrefix": {
+        "name": "prefix",
+        "in": "query",
+        "required": True,
+        "description": "remove every key starting with this (non-empty) string, atomically",
+        "schema": {"type": "string", "minLength": 1},
     },
     "limit": {
         "name": "limit",
@@ -341,6 +438,11 @@ _PARAMETERS: dict[str, Any] = {
 
 _RESPONSES: dict[str, Any] = {
     "BadRequest": _err("bad_request: malformed JSON, missing or non-string fields, empty key"),
+    "Unauthorized": {
+        **_err("unauthorized: client tokens are on and no known bearer token was sent"),
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    "Forbidden": _err("forbidden: the token's role (read) does not allow writes"),
     "NotFound": _err("not_found: the key is absent"),
     "TooLarge": _err(
         f"too_large: key over {kv.MAX_KEY_BYTES} bytes, value over {kv.MAX_VALUE_BYTES} "
@@ -362,12 +464,14 @@ _RESPONSES: dict[str, Any] = {
 
 
 def _write_op(
-    summary: str, ok: dict[str, Any], body: dict[str, Any] | None, **more: Any
+    summary: str, ok: dict[str, Any], body: dict[str, Any] | None,
+    parameters: list[dict[str, str]] | None = None, more: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
-        "parameters": [_param("redirect"), _param("IdempotencyKey")],
-        "responses": {"200": ok, "307": _resp("Redirect"), **_WRITE_ERRORS, **more},
+        "security": _CLIENT_SECURITY,
+        "parameters": [*(parameters or []), _param("redirect"), _param("IdempotencyKey")],
+        "responses": {"200": ok, "307": _resp("Redirect"), **_WRITE_ERRORS, **(more or {})},
     }
     if body is not None:
         op["requestBody"] = {"required": True, "content": {_JSON: {"schema": body}}}
@@ -379,6 +483,7 @@ _PATHS: dict[str, Any] = {
         "parameters": [_KEY_PARAM],
         "get": {
             "summary": "Read one key",
+            "security": _CLIENT_SECURITY,
             "parameters": [_param("consistency")],
             "responses": {
                 "200": _body(_ref("GetResult"), "the value"),
@@ -397,17 +502,23 @@ _PATHS: dict[str, Any] = {
             "Compare and set",
             _body(_ref("CasOk"), "the precondition held and the write applied"),
             _ref("CasBody"),
-            **{"409": _body(_ref("CasFailed"), "cas_failed: the precondition was false")},
+            more={"409": _body(_ref("CasFailed"), "cas_failed: the precondition was false")},
         ),
     },
     "/kv": {
         "get": {
             "summary": "Range read by prefix, in key order",
+            "security": _CLIENT_SECURITY,
             "parameters": [
-                _param("prefix"), _param("after"), _param("limit"), _param("consistency"),
+                _param("prefix"), _param("limit"), _param("after"), _param("consistency"),
             ],
             "responses": {"200": _body(_ref("RangeResult"), "the items"), **_READ_ERRORS},
         },
+        "delete": _write_op(
+            "Delete every key with a prefix, atomically (one log entry)",
+            _body(_ref("DeletePrefixResult"), "deleted (the count may be 0)"), None,
+            parameters=[_param("deletePrefix")],
+        ),
         "post": _write_op(
             "Write one key (course form)", _body(_ref("PutResult"), "written"),
             _ref("PostKvBody"),
@@ -422,24 +533,28 @@ _PATHS: dict[str, Any] = {
     "/status": {
         "get": {
             "summary": "This node's Raft status",
+            "security": _OPEN,
             "responses": {"200": _body(_ref("Status"), "status")},
         }
     },
     "/debug": {
         "get": {
-            "summary": "The course design's debug view",
-            "responses": {"200": _body(_ref("Debug"), "debug")},
+            "summary": "The course design's debug view (bounded; a read route)",
+            "security": _CLIENT_SECURITY,
+            "responses": {"200": _body(_ref("Debug"), "debug"), **_AUTH_ERRORS},
         }
     },
     "/health": {
         "get": {
             "summary": "Liveness: 200 while the process serves",
+            "security": _OPEN,
             "responses": {"200": _body(_ref("Health"), "serving")},
         }
     },
     "/ready": {
         "get": {
             "summary": "Readiness: a leader is known and this node is caught up",
+            "security": _OPEN,
             "responses": {
                 "200": _body(_ref("Ready"), "ready"),
                 "503": _resp("Unavailable"),
@@ -483,7 +598,20 @@ _SPEC: dict[str, Any] = {
         ),
     },
     "paths": _PATHS,
+    "security": _CLIENT_SECURITY,
     "components": {
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": (
+                    "A client token (trioraft serve --client-token ROLE:TOKEN). Off unless "
+                    "configured; role read allows the GET routes and /debug, write allows "
+                    "everything. /status, /health, /ready and /openapi.json need none. The "
+                    "peer credential (--cluster-token) is separate and not accepted here."
+                ),
+            }
+        },
         "schemas": _SCHEMAS,
         "parameters": _PARAMETERS,
         "responses": _RESPONSES,

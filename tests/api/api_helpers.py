@@ -9,7 +9,9 @@ import httpx
 ERROR_CODES = {
     400: {"bad_request"},
     401: {"unauthorized"},
+    403: {"forbidden"},
     404: {"not_found"},
+    500: {"internal"},
     405: {"method_not_allowed"},
     409: {"cas_failed"},
     413: {"too_large"},

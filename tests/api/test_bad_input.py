@@ -95,7 +95,8 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("patch-key", "PATCH", "/kv/k", {"json": {"value": "v"}}, 405, "method_not_allowed"),
     ("post-key", "POST", "/kv/k", {"json": {"value": "v"}}, 405, "method_not_allowed"),
     ("put-range", "PUT", "/kv", {"json": {"value": "v"}}, 405, "method_not_allowed"),
-    ("delete-range", "DELETE", "/kv", {}, 405, "method_not_allowed"),
+    ("delete-range-no-prefix", "DELETE", "/kv", {}, 400, "bad_request"),
+    ("delete-range-empty-prefix", "DELETE", "/kv?prefix=", {}, 400, "bad_request"),
     ("get-cas", "GET", "/kv/k/cas", {}, 200, ""),  # GET reads the key "k/cas": see below
     ("get-txn", "GET", "/txn", {}, 405, "method_not_allowed"),
     ("post-status", "POST", "/status", {}, 405, "method_not_allowed"),
@@ -128,12 +129,16 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
      "bad_request"),
 ]
 CASES = [c for c in CASES if c[0] != "get-cas"]
+# Answered from the Content-Length alone, before the upload ends (issue 10 #5):
+# httpx then warns that its upload generator was never exhausted.
+EARLY = {"put-body-3MiB", "txn-body-3MiB"}
+_EARLY_MARK = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status", "code"),
-    [c[1:] for c in CASES],
-    ids=[c[0] for c in CASES],
+    [pytest.param(*c[1:], id=c[0], marks=[_EARLY_MARK] if c[0] in EARLY else [])
+     for c in CASES],
 )
 async def test_bad_input_is_a_json_4xx_on_every_node_and_changes_nothing(
     trio3: Cluster, method: str, path: str, kwargs: dict[str, Any], status: int, code: str

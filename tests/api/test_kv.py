@@ -113,7 +113,7 @@ async def test_key_with_leading_slash_is_not_rewritten_to_another_key(single: Cl
 
 
 @pytest.mark.parametrize("key", ["/lead", "/", "//a/", "/x/cas"])
-async def test_key_with_leading_slash_round_trips_in_the_path(single: Cluster, key: str) -> None:
+async def test_keys_beginning_with_slash_put_get_cas_range_delete(single: Cluster, key: str) -> None:
     url = f"{single.leader_url}/kv/{quote_key(key)}"
     assert assert_ok(await single.client.put(url, json={"value": "v"}))["key"] == key
     assert assert_ok(await single.client.get(url)) == {"key": key, "value": "v"}
@@ -122,6 +122,23 @@ async def test_key_with_leading_slash_round_trips_in_the_path(single: Cluster, k
     items = assert_ok(await single.client.get(f"{single.leader_url}/kv"))["items"]
     assert items == [{"key": key, "value": "w"}]
     assert assert_ok(await single.client.delete(url)) == {"key": key, "deleted": True}
+
+
+async def test_key_with_leading_slash_round_trips_in_the_path(single: Cluster) -> None:
+    url = f"{single.leader_url}/kv/{quote_key('/lead')}"
+    assert assert_ok(await single.client.put(url, json={"value": "v"}))["key"] == "/lead"
+    assert assert_ok(await single.client.get(url))["value"] == "v"
+    assert assert_ok(await single.client.get(url + "?consistency=stale&x=1"))["value"] == "v"
+    cas = await single.client.post(url + "/cas", json={"expected": "v", "value": "w"})
+    assert assert_ok(cas)["ok"] is True
+
+
+@pytest.mark.parametrize("key", ["a\nb", "\r", "tab\there", "\x00"])
+async def test_keys_with_control_characters_have_a_path_form(single: Cluster, key: str) -> None:
+    url = f"{single.leader_url}/kv/{quote_key(key)}"
+    for query in ("", "?redirect=false"):  # the fast path, then the Quart routes
+        assert assert_ok(await single.client.put(url + query, json={"value": "v"}))["key"] == key
+        assert assert_ok(await single.client.get(url + query))["key"] == key
 
 
 async def test_key_with_leading_slash_works_in_the_course_form(single: Cluster) -> None:

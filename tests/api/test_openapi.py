@@ -47,7 +47,7 @@ def test_the_spec_covers_the_api_md_routes() -> None:
     routes = spec_routes(spec())
     assert routes["/kv/{key}"] == {"get", "put", "delete"}
     assert routes["/kv/{key}/cas"] == {"post"}
-    assert routes["/kv"] == {"get", "post"}
+    assert routes["/kv"] == {"get", "post", "delete"}
     assert routes["/txn"] == {"post"}
     for path in ("/status", "/debug", "/health", "/ready"):
         assert routes[path] == {"get"}
@@ -76,6 +76,21 @@ def test_every_ref_resolves() -> None:
                 walk(v)
 
     walk(doc)
+
+
+def test_the_spec_describes_client_authentication() -> None:
+    doc = spec()
+    scheme = doc["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    for path in ("/status", "/health", "/ready"):
+        assert doc["paths"][path]["get"]["security"] == []
+    for path, method in [("/kv/{key}", "get"), ("/kv/{key}", "put"), ("/kv", "delete"),
+                         ("/txn", "post"), ("/debug", "get")]:
+        op = doc["paths"][path][method]
+        assert {"bearerAuth": []} in op["security"]
+        assert {"401", "403"} <= set(op["responses"])
+    assert {"unauthorized", "forbidden"} <= set(
+        doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"])
 
 
 def test_spec_returns_a_fresh_copy() -> None:

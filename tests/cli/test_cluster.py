@@ -254,9 +254,16 @@ def test_five_nodes():
 
 
 def test_binding_all_interfaces_advertises_loopback():
-    [spec] = plan_cluster(ClusterOptions(nodes=1, host="0.0.0.0"))
+    [spec] = plan_cluster(ClusterOptions(nodes=1, host="0.0.0.0",
+                                         serve_args=("--cluster-token=t0ken",)))
     assert spec.url == "http://127.0.0.1:3001"
     assert "0.0.0.0:3001" in spec.serve_argv
+
+
+def test_binding_all_interfaces_needs_peer_authentication():
+    # Secure by default (issue 10): a non-loopback address needs a token.
+    with pytest.raises(ConfigError, match="without peer authentication"):
+        plan_cluster(ClusterOptions(nodes=1, host="0.0.0.0"))
 
 
 def test_invalid_plans_are_config_errors():

@@ -37,7 +37,7 @@ def test_defaults_match_the_contract():
     config = parse()
     assert config == NodeConfig(
         id="node1",
-        listen_host="0.0.0.0",
+        listen_host="127.0.0.1",
         listen_port=3000,
         advertise_url="http://node1:3000",
         peers={},
@@ -68,7 +68,7 @@ def test_members_includes_self():
 
 def test_the_full_command_line_of_the_contract():
     config = parse(
-        "--id", "node1", "--listen", "0.0.0.0:3000",
+        "--id", "node1", "--listen", "0.0.0.0:3000", "--cluster-token", "s3cret",
         "--peer", "node2=http://node2:3000", "--peer", "node3=http://node3:3000",
         "--data-dir", "./data/node1",
     )  # fmt: skip
@@ -164,7 +164,7 @@ def test_course_form_ignores_empty_items():
 
 def test_port_alone_keeps_the_default_host():
     config = parse(PORT="5000")
-    assert (config.listen_host, config.listen_port) == ("0.0.0.0", 5000)
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 5000)
 
 
 def test_host_alone_keeps_the_default_port():
@@ -173,8 +173,9 @@ def test_host_alone_keeps_the_default_port():
 
 
 def test_ipv6_listen():
-    config = parse("--listen", "[::]:3001")
+    config = parse("--listen", "[::]:3001", "--insecure")
     assert (config.listen_host, config.listen_port) == ("::", 3001)
+    assert parse("--listen", "[::1]:3001").listen_host == "::1"
 
 
 def test_port_zero_is_allowed_for_ephemeral_binding():
@@ -328,3 +329,63 @@ def test_snapshot_bytes_defaults_to_64_mib_and_the_flag_beats_the_env():
 @pytest.mark.parametrize("bad", ["0", "-5", "lots"])
 def test_snapshot_bytes_must_be_a_positive_integer(capsys, bad):
     assert "--snapshot-bytes" in usage_error(capsys, "--snapshot-bytes", bad)
+
+
+# ------------------------------------------------- secure by default (issue 10)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:3000", "10.0.0.5:3000", "[::]:3000", "node1:3000"])
+def test_a_non_loopback_listen_address_needs_peer_authentication(capsys, listen):
+    err = usage_error(capsys, "--listen", listen)
+    assert "without peer authentication" in err
+    assert "--cluster-token" in err
+    assert "--insecure" in err
+    assert usage_error(capsys, HOST=listen.rpartition(":")[0].strip("[]"))
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:3000", "127.9.9.9:1", "[::1]:3000",
+                                    "localhost:3000"])
+def test_loopback_needs_no_token(listen):
+    assert parse("--listen", listen).cluster_token is None
+
+
+def test_a_token_or_insecure_allows_any_listen_address():
+    assert parse("--listen", "0.0.0.0:3000", "--cluster-token", "t0k").cluster_token == "t0k"
+    assert parse("--listen", "0.0.0.0:3000", CLUSTER_TOKEN="t0k").cluster_token == "t0k"
+    assert parse("--listen", "0.0.0.0:3000", "--insecure").insecure
+    assert parse(HOST="0.0.0.0", INSECURE="1").insecure
+    assert not parse().insecure
+
+
+@pytest.mark.parametrize("token", ["caf\u00e9", "\u2603", "has space", "tab\there", "x" * 513,
+                                   "line\nbreak"])
+def test_a_token_that_cannot_travel_in_a_header_is_refused_at_startup(capsys, token):
+    assert "printable ASCII" in usage_error(capsys, "--cluster-token", token)
+    assert "printable ASCII" in usage_error(capsys, CLUSTER_TOKEN=token)
+    assert "printable ASCII" in usage_error(capsys, "--client-token", f"read:{token}")
+
+
+# ------------------------------------------------------------ client tokens
+
+
+def test_client_tokens_from_flags_env_and_file(tmp_path):
+    assert parse("--client-token", "read:r1", "--client-token", "write:w1").client_tokens == (
+        ("read", "r1"), ("write", "w1"))
+    assert parse(CLIENT_TOKENS="read:r1, write:w1").client_tokens == (
+        ("read", "r1"), ("write", "w1"))
+    path = tmp_path / "tokens"
+    path.write_text("# ops team\nwrite:w2\n\nread:r2\n", encoding="ascii")
+    assert parse("--client-tokens-file", str(path)).client_tokens == (
+        ("write", "w2"), ("read", "r2"))
+    assert parse("--client-token", "read:r1", CLIENT_TOKENS_FILE=str(path)).client_tokens == (
+        ("read", "r1"), ("write", "w2"), ("read", "r2"))
+    assert parse().client_tokens == ()
+
+
+@pytest.mark.parametrize("item", ["r1", "admin:x", "read:", ":x"])
+def test_a_malformed_client_token_is_a_usage_error(capsys, item):
+    assert "--client-token" in usage_error(capsys, "--client-token", item)
+
+
+def test_an_unreadable_tokens_file_is_a_usage_error(capsys, tmp_path):
+    assert "cannot read" in usage_error(capsys, "--client-tokens-file", str(tmp_path / "none"))

@@ -65,7 +65,9 @@ NODE_ENV_VARS = {
     "HEARTBEAT_MS",
 }
 # Settings a user may give in compose/.env (or the shell), passed through as is.
-PASS_THROUGH = {"CLUSTER_TOKEN", "ELECTION_TIMEOUT_MS", "HEARTBEAT_MS"}
+PASS_THROUGH = {"ELECTION_TIMEOUT_MS", "HEARTBEAT_MS"}
+# Settings compose refuses to start without (${VAR:?message}).
+REQUIRED = {"CLUSTER_TOKEN"}
 
 
 # --------------------------------------------------------------------------
@@ -224,6 +226,27 @@ def test_pass_through_settings(path, n, project):
 
 
 @pytest.mark.parametrize(("path", "n", "project"), TOPOLOGIES)
+def test_nodes_listen_on_all_interfaces_with_a_required_token(path, n, project):
+    # Issue 10: a non-loopback listen address needs peer authentication, so
+    # the token is required (compose stops with the message when it is unset).
+    from trioraft.config import parse_serve_args
+
+    for name, svc in load(path)["services"].items():
+        env = env_of(svc)
+        for var in REQUIRED:
+            pattern = r"\$\{" + var + r":\?[^}]*README[^}]*\}"
+            assert re.fullmatch(pattern, env[var] or ""), name
+        command = svc["command"]
+        assert command[:1] == ["serve"], name
+        assert "0.0.0.0:3000" in command, name
+        plain = {k: v for k, v in env.items() if v is not None and not v.startswith("$")}
+        node = parse_serve_args(command[1:], {**plain, "CLUSTER_TOKEN": "t0ken"})
+        assert (node.listen_host, node.cluster_token) == ("0.0.0.0", "t0ken")
+        with pytest.raises(SystemExit):
+            parse_serve_args(command[1:], plain)
+
+
+@pytest.mark.parametrize(("path", "n", "project"), TOPOLOGIES)
 def test_operational_settings(path, n, project):
     spec = load(path)
     for name, svc in spec["services"].items():
@@ -265,7 +288,8 @@ def test_env_example_documents_exactly_the_pass_through_settings():
         m = re.match(r"^#?([A-Z][A-Z0-9_]*)=", line.strip())
         if m:
             keys.add(m.group(1))
-    assert keys == PASS_THROUGH
+    assert keys == PASS_THROUGH | REQUIRED
+    assert "\nCLUSTER_TOKEN=\n" in ENV_EXAMPLE.read_text(encoding="utf-8")  # to fill in
 
 
 # --------------------------------------------------------------------------
@@ -282,7 +306,9 @@ def compose_cli() -> tuple[list[str], bool] | None:
     return None
 
 
-def compose_config(path: Path, project: str, tmp_path: Path, env: dict[str, str]) -> dict:
+def compose_config(
+    path: Path, project: str, tmp_path: Path, env: dict[str, str], ok: bool = True
+) -> Any:
     found = compose_cli()
     assert found is not None
     cmd, v1 = found
@@ -298,10 +324,13 @@ def compose_config(path: Path, project: str, tmp_path: Path, env: dict[str, str]
         args = [*cmd, "-f", str(target), "--project-directory", str(COMPOSE_DIR)]
     else:
         args = [*cmd, "-f", str(path)]
-    full_env = {k: v for k, v in os.environ.items() if k not in PASS_THROUGH}
+    full_env = {k: v for k, v in os.environ.items() if k not in PASS_THROUGH | REQUIRED}
     full_env.pop("COMPOSE_PROJECT_NAME", None)
     full_env.update(env)
     result = run([*args, "-p", project, "config"], env=full_env, cwd=tmp_path)
+    if not ok:
+        assert result.returncode != 0
+        return result.stderr
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -315,7 +344,9 @@ def compose_config(path: Path, project: str, tmp_path: Path, env: dict[str, str]
 def test_compose_cli_resolves_the_files(path, n, project, tmp_path):
     if (COMPOSE_DIR / ".env").exists():
         pytest.skip("a local compose/.env would change the resolved values")
-    plain = compose_config(path, project, tmp_path, {})
+    missing = compose_config(path, project, tmp_path, {}, ok=False)
+    assert "CLUSTER_TOKEN" in missing
+    plain = compose_config(path, project, tmp_path, {"CLUSTER_TOKEN": "s3cret"})
     assert sorted(plain["services"]) == [f"node{k}" for k in range(1, n + 1)]
     for svc in plain["services"].values():
         assert Path(svc["build"]["context"]).resolve() == REPO

@@ -27,7 +27,7 @@ def run(machine, command):
 def test_the_documented_memory_bound_matches_the_limits():
     from trioraft.kv import _limits
 
-    bound = f"{DEDUP_CLIENTS:,} x {DEDUP_WINDOW} = {DEDUP_CLIENTS * DEDUP_WINDOW:,} results"
+    bound = f"{DEDUP_CLIENTS:,} x {DEDUP_WINDOW} = {DEDUP_CLIENTS * DEDUP_WINDOW:,} records"
     assert bound in (_limits.__doc__ or "")
 
 

@@ -13,6 +13,7 @@ from ._commands import (
     Compare,
     CompareOp,
     Delete,
+    DeletePrefix,
     Get,
     Op,
     Put,
@@ -27,16 +28,20 @@ from ._commands import (
 from ._errors import InvalidCommand, InvalidSnapshot, TooLarge
 from ._limits import (
     DEDUP_CLIENTS,
+    DEDUP_MAX_BYTES,
     DEDUP_WINDOW,
     MAX_KEY_BYTES,
     MAX_REQUEST_ID_BYTES,
+    MAX_SEQ,
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
+    MAX_TXN_RESULT_BYTES,
     MAX_VALUE_BYTES,
 )
 from ._machine import KVStateMachine
 from ._results import (
     CasResult,
+    DeletePrefixResult,
     DeleteResult,
     ExpiredRequest,
     GetResult,
@@ -44,6 +49,7 @@ from ._results import (
     OpResult,
     PutResult,
     Result,
+    TooLargeResult,
     TxnResult,
     decode_results,
     encode_results,
@@ -52,11 +58,14 @@ from ._results import (
 
 __all__ = [
     "DEDUP_CLIENTS",
+    "DEDUP_MAX_BYTES",
     "DEDUP_WINDOW",
     "MAX_KEY_BYTES",
     "MAX_REQUEST_ID_BYTES",
+    "MAX_SEQ",
     "MAX_TXN_BYTES",
     "MAX_TXN_OPS",
+    "MAX_TXN_RESULT_BYTES",
     "MAX_VALUE_BYTES",
     "Cas",
     "CasResult",
@@ -64,6 +73,8 @@ __all__ = [
     "Compare",
     "CompareOp",
     "Delete",
+    "DeletePrefix",
+    "DeletePrefixResult",
     "DeleteResult",
     "ExpiredRequest",
     "Get",
@@ -78,6 +89,7 @@ __all__ = [
     "PutResult",
     "Result",
     "TooLarge",
+    "TooLargeResult",
     "Txn",
     "TxnResult",
     "decode_command",

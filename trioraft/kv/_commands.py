@@ -8,8 +8,10 @@ Rules
 -----
 * Commands are msgspec Structs in a tagged union (the tag is the first array
   element on the wire), encoded as compact msgpack arrays.
-* `Put`, `Delete`, `Cas` and `Txn` are commands; `Get` only appears inside a
-  `Txn` (plain reads do not go through the log).
+* `Put`, `Delete`, `DeletePrefix`, `Cas` and `Txn` are commands; `Get` only
+  appears inside a `Txn` (plain reads do not go through the log).
+* `DeletePrefix(prefix)` removes every key that starts with the (non-empty)
+  prefix, atomically, in one log entry; it reports how many it removed.
 * `Cas(expected=None)` means "only if absent"; `Cas(value=None)` means delete.
 * A `Txn` works like etcd's: if every `Compare` holds, its `success` ops run,
   otherwise its `failure` ops run, all within the one log entry, in order (a
@@ -24,6 +26,7 @@ Rules
 
 from __future__ import annotations
 
+import re
 from typing import Literal, TypeAlias
 
 import msgspec
@@ -32,6 +35,7 @@ from ._errors import InvalidCommand, TooLarge
 from ._limits import (
     MAX_KEY_BYTES,
     MAX_REQUEST_ID_BYTES,
+    MAX_SEQ,
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
     MAX_VALUE_BYTES,
@@ -43,6 +47,7 @@ __all__ = [
     "Compare",
     "CompareOp",
     "Delete",
+    "DeletePrefix",
     "Get",
     "Op",
     "Put",
@@ -78,6 +83,13 @@ class Delete(_Wire, frozen=True, tag="delete"):
     request_id: str | None = None
 
 
+class DeletePrefix(_Wire, frozen=True, tag="delete_prefix"):
+    """Remove every key starting with `prefix` (non-empty), atomically."""
+
+    prefix: str
+    request_id: str | None = None
+
+
 class Cas(_Wire, frozen=True, tag="cas"):
     """Compare-and-set: if the current value equals `expected`, store `value`.
 
@@ -109,7 +121,7 @@ class Compare(_Wire, frozen=True):
     value: str | None = None
 
 
-Op: TypeAlias = Put | Delete | Get | Cas  # what a Txn may run
+Op: TypeAlias = Put | Delete | Get | Cas | DeletePrefix  # what a Txn may run
 
 
 class Txn(_Wire, frozen=True, tag="txn"):
@@ -121,7 +133,7 @@ class Txn(_Wire, frozen=True, tag="txn"):
     request_id: str | None = None
 
 
-Command: TypeAlias = Put | Delete | Cas | Txn
+Command: TypeAlias = Put | Delete | DeletePrefix | Cas | Txn
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Command] = msgspec.msgpack.Decoder(Command)
@@ -170,24 +182,34 @@ def _validate_optional_value(value: object) -> int:
     return 0 if value is None else validate_value(value)
 
 
-def parse_request_id(request_id: str) -> tuple[str, int]:
-    """Split `"client:seq"` into `(client, seq)`.
+_SEQ_RE = re.compile(r"0|[1-9][0-9]{0,18}")
+_CLIENT_RE = re.compile(r"[!-~]+")
 
-    The client part is everything before the last colon and must be non-empty;
-    seq is a non-negative decimal integer (ASCII digits only). Raises
+
+def parse_request_id(request_id: object) -> tuple[str, int]:
+    """Split `"client:seq"` into `(client, seq)`, accepting only the canonical form.
+
+    The client part is everything before the last colon: one or more
+    printable ASCII characters (``!`` to ``~``). seq is a decimal integer in
+    ``[0, MAX_SEQ]`` with no sign and no leading zeros, so each seq has one
+    spelling (``z:0001`` is refused, not taken for ``z:1``). Raises
     `InvalidCommand` (or `TooLarge` beyond MAX_REQUEST_ID_BYTES).
     """
     if not isinstance(request_id, str):
         raise InvalidCommand("The request id must be a string.")
-    if _utf8_len(request_id, "request id") > MAX_REQUEST_ID_BYTES:
+    if len(request_id) > MAX_REQUEST_ID_BYTES:
         raise TooLarge(f"The request id is longer than the limit of {MAX_REQUEST_ID_BYTES} bytes.")
     client, sep, seq = request_id.rpartition(":")
-    if not sep or not client or not seq or not (seq.isascii() and seq.isdigit()):
+    if not sep or not _CLIENT_RE.fullmatch(client) or not _SEQ_RE.fullmatch(seq):
         raise InvalidCommand(
-            "The request id must look like 'client:seq' with a non-empty client "
-            "and a non-negative integer seq."
+            "The request id must look like 'client:seq': a client of printable ASCII "
+            "characters and a sequence number in its canonical decimal form "
+            "(no sign, no leading zeros)."
         )
-    return client, int(seq)
+    number = int(seq)
+    if number > MAX_SEQ:
+        raise InvalidCommand(f"The request id's sequence number is above the limit of {MAX_SEQ}.")
+    return client, number
 
 
 def _validate_op(op: object) -> int:
@@ -196,17 +218,21 @@ def _validate_op(op: object) -> int:
         return validate_key(op.key) + validate_value(op.value)
     if isinstance(op, Delete | Get):
         return validate_key(op.key)
+    if isinstance(op, DeletePrefix):
+        if not isinstance(op.prefix, str) or not op.prefix:
+            raise InvalidCommand("The prefix of a delete_prefix must be a non-empty string.")
+        return validate_key(op.prefix)
     if isinstance(op, Cas):
         return (
             validate_key(op.key)
             + _validate_optional_value(op.expected)
             + _validate_optional_value(op.value)
         )
-    raise InvalidCommand("A transaction op must be a put, delete, get or cas.")
+    raise InvalidCommand("A transaction op must be a put, delete, delete_prefix, get or cas.")
 
 
 def _validate_nested_op(op: object) -> int:
-    if isinstance(op, Put | Delete | Cas) and op.request_id is not None:
+    if isinstance(op, Put | Delete | DeletePrefix | Cas) and op.request_id is not None:
         raise InvalidCommand("Only the transaction itself may carry a request id, not its ops.")
     return _validate_op(op)
 
@@ -229,8 +255,8 @@ def validate_command(command: object, *, check_request_id: bool = True) -> None:
     With `check_request_id=False` (what `apply` does) a malformed request id is
     not an error: the command is then simply applied without deduplication.
     """
-    if not isinstance(command, Put | Delete | Cas | Txn):
-        raise InvalidCommand("The command must be a put, delete, cas or txn.")
+    if not isinstance(command, Put | Delete | DeletePrefix | Cas | Txn):
+        raise InvalidCommand("The command must be a put, delete, delete_prefix, cas or txn.")
     if check_request_id and command.request_id is not None:
         parse_request_id(command.request_id)
     if not isinstance(command, Txn):

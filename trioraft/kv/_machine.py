@@ -7,84 +7,149 @@ Rules
 -----
 * Deterministic: the same applied entries give the same state on every
   replica: no clocks, no randomness, and nothing that depends on the order of
-  a dict other than apply order. `snapshot()` is canonical (equal states give
-  equal bytes) and `state_digest()` hashes it.
-* `apply` never raises for a bad entry: undecodable or invalid bytes give an
-  `InvalidResult` and change nothing but `applied_index`, so a corrupt or
-  hostile entry cannot stop a replica. Indexes must strictly increase (an
-  assertion: a violation is a bug in the caller).
-* Commands with a request id are applied at most once (see `_dedup`).
-* A transaction is atomic: it is validated completely before any change, and
-  then nothing in it can fail part-way.
+  a dict other than apply order. Snapshots are canonical (equal states give
+  equal bytes) and `state_digest()` hashes them.
+* Total: `apply` never raises for any bytes. Undecodable or invalid bytes
+  give an `InvalidResult` and change nothing but `applied_index`; a request
+  id that is not canonical or out of range (an old log may hold one from
+  before the API refused them) is ignored: the command is applied without
+  deduplication, alike on every replica. `snapshot` encodes whatever `apply`
+  can build, and `restore` of any bytes either succeeds or raises
+  `InvalidSnapshot` (tests/kv/test_kv_fuzz.py checks all three with
+  hypothesis). Indexes must strictly increase (an assertion: a violation is
+  a bug in the caller).
+* Commands with a request id are applied at most once (see `_dedup`); the
+  table keeps a fingerprint of the whole command and a summary of its effect,
+  never a value (`_records`; `_limits` for the bound).
+* A transaction is atomic: it is validated completely before any change;
+  if its reads would return more than MAX_TXN_RESULT_BYTES, its changes are
+  undone and it answers `TooLargeResult`, on every replica alike.
 * Reads (`get`, `range`, `items`) are local and immediate; linearizability is
   the node's job (ReadIndex), not this class's.
+
+Snapshots while applying (issue 11 #4)
+--------------------------------------
+`snapshot_chunks()` captures the state in O(blocks + clients) on the
+caller's thread and returns an iterator that encodes it frame by frame,
+possibly in another thread, while `apply` goes on:
+
+* keys: the captured list of key blocks (immutable tuples, `_sorted`);
+* values: read from the live dict through a *view*, an undo log the machine
+  fills with a key's captured value before the first change to that key
+  after the capture. The encoder reads a key's live value first and its undo
+  entry second; since the machine writes the undo entry before it changes
+  the value, whichever it sees, the undo entry (when present) or else the
+  live value is the captured value. (Each dict operation is atomic under the
+  GIL, and one thread's operations are seen by another in program order.)
+* the exactly-once table: per-client copy-on-write (`_dedup`).
+
+A view lives as long as its iterator: exhausting or dropping it stops the
+undo log. `restore` detaches every view (they keep reading the replaced,
+no longer changing dict).
 """
 
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left, insort
+import threading
+import weakref
 from collections.abc import Callable, Iterator
-from itertools import pairwise
 
-import msgspec
-
-from ._commands import Cas, Command, Compare, Delete, Get, Op, Put, Txn, parse_request_id
+from ._commands import (
+    Cas,
+    Command,
+    Compare,
+    Delete,
+    DeletePrefix,
+    Get,
+    Op,
+    Put,
+    Txn,
+    parse_request_id,
+)
 from ._commands import decode_for_apply as _decode_for_apply
-from ._dedup import ClientState, DedupTable
-from ._errors import InvalidCommand, InvalidSnapshot
-from ._limits import DEDUP_CLIENTS, DEDUP_WINDOW
+from ._dedup import EXPIRED, DedupTable
+from ._errors import InvalidCommand
+from ._limits import DEDUP_CLIENTS, DEDUP_MAX_BYTES, DEDUP_WINDOW, MAX_TXN_RESULT_BYTES
+from ._records import fingerprint as _fingerprint
+from ._records import replay as _replay
+from ._records import summary as _summary
 from ._results import (
     CasResult,
+    DeletePrefixResult,
     DeleteResult,
+    ExpiredRequest,
     GetResult,
     InvalidResult,
     OpResult,
     PutResult,
     Result,
+    TooLargeResult,
     TxnResult,
 )
+from ._snapshot import decode, encode_frames
+from ._sorted import SortedKeys
 
 __all__ = ["KVStateMachine"]
 
-_SNAPSHOT_VERSION = 1
+
+Undo = list[tuple[str, str | None]]  # (key, value before the change), in change order
 
 
-class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
-    version: int
-    applied_index: int
-    data: list[tuple[str, str]]  # ascending key order, keys unique
-    clients: list[ClientState]  # ascending last_index order
+class _View:
+    """The undo log of one snapshot in progress: captured values of changed keys."""
 
+    __slots__ = ("__weakref__", "data", "undo")
 
-_snapshot_encoder = msgspec.msgpack.Encoder()
-_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+    def __init__(self, data: dict[str, str]) -> None:
+        self.data = data  # the live dict at the capture
+        self.undo: dict[str, str | None] = {}  # key -> value at the capture (None: absent)
 
-
-def _fingerprint(value: str) -> str:
-    """A short, deterministic stand-in for a value in the exactly-once table."""
-    return "#" + hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
+    def values_of(self, keys: tuple[str, ...]) -> list[str]:
+        """The captured values of captured keys (see the module docstring)."""
+        values = list(map(self.data.get, keys))  # live values first ...
+        undo = self.undo  # ... undo entries second
+        if undo:
+            values = [undo.get(k, v) for k, v in zip(keys, values, strict=True)]
+        return values  # type: ignore[return-value]  # captured keys all have values
 
 
 def _utf8_len(text: str) -> int:
-    # Stored strings were validated as UTF-8 before they were stored.
-    return len(text.encode("utf-8"))
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _read_bytes(result: OpResult) -> int:
+    """Bytes of stored values that a result returns (what MAX_TXN_RESULT_BYTES bounds)."""
+    if isinstance(result, GetResult) and result.value is not None:
+        return _utf8_len(result.value)
+    if isinstance(result, CasResult) and not result.ok and result.current is not None:
+        return _utf8_len(result.current)
+    return 0
 
 
 class KVStateMachine:
     """A string-to-string map built by applying committed log entries."""
 
     def __init__(
-        self, *, dedup_window: int = DEDUP_WINDOW, dedup_clients: int = DEDUP_CLIENTS
+        self,
+        *,
+        dedup_window: int = DEDUP_WINDOW,
+        dedup_clients: int = DEDUP_CLIENTS,
+        dedup_max_bytes: int = DEDUP_MAX_BYTES,
     ) -> None:
-        """`dedup_window` / `dedup_clients` exist for tests; every replica must agree."""
+        """The dedup bounds exist for tests; every replica must agree on them."""
         self._dedup_window = dedup_window
         self._dedup_clients = dedup_clients
+        self._dedup_max_bytes = dedup_max_bytes
         self._data: dict[str, str] = {}
-        self._keys: list[str] = []  # invariant: self._keys == sorted(self._data)
+        self._keys = SortedKeys()  # invariant: the keys of self._data, in order
         self._data_bytes = 0  # invariant: UTF-8 bytes of all keys and values
         self._applied_index = 0  # index of the last entry applied (or restored)
-        self._dedup = DedupTable(dedup_window, dedup_clients)
+        self._dedup = DedupTable(dedup_window, dedup_clients, dedup_max_bytes)
+        # Snapshot views in progress (weak: a dropped iterator ends its view).
+        # Replaced, never mutated, under the lock (an encoder thread ends views).
+        self._views: list[weakref.ref[_View]] = []
+        self._views_lock = threading.Lock()
 
     # --------------------------------------------------------------- queries
 
@@ -102,6 +167,11 @@ class KVStateMachine:
     def dedup_clients(self) -> int:
         """How many clients the exactly-once table currently remembers."""
         return len(self._dedup)
+
+    @property
+    def dedup_bytes(self) -> int:
+        """The exactly-once table's accounted size (see `_limits`)."""
+        return self._dedup.accounted_bytes
 
     def __len__(self) -> int:
         return len(self._data)
@@ -125,26 +195,23 @@ class KVStateMachine:
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
-        start = bisect_left(self._keys, prefix)
         if after is not None and after >= prefix:
-            start = max(start, bisect_left(self._keys, after))
-            if start < len(self._keys) and self._keys[start] == after:
-                start += 1
+            keys = self._keys.iter_from(after, inclusive=False)
+        else:
+            keys = self._keys.iter_from(prefix)
         items: list[tuple[str, str]] = []
-        keys = self._keys
-        position = start
-        while position < len(keys) and keys[position].startswith(prefix):
+        for key in keys:
+            if not key.startswith(prefix):
+                break
             if len(items) == limit:
                 return items, True
-            key = keys[position]
             items.append((key, self._data[key]))
-            position += 1
         return items, False
 
     def items(self) -> Iterator[tuple[str, str]]:
         """All (key, value) pairs in ascending key order. Do not apply while iterating."""
-        for key in self._keys:
-            yield key, self._data[key]
+        data = self._data
+        return ((key, data[key]) for key in self._keys.iter_from(""))
 
     # ----------------------------------------------------------------- apply
 
@@ -158,35 +225,20 @@ class KVStateMachine:
             command = _decode_for_apply(data)
         except InvalidCommand as exc:
             return InvalidResult(str(exc))
-
         request = self._request_key(command.request_id)
-        if request is not None:
-            client, seq = request
+        if request is None:
+            return self._execute(index, command)
+        client, seq = request
+        fingerprint = _fingerprint(command)
+        earlier = self._dedup.check(client, seq, index)
+        if earlier is EXPIRED:
             assert command.request_id is not None
-            earlier = self._dedup.check(client, seq, command.request_id, index)
-            if earlier is not None:
-                # A retry (or too old to tell): do not apply again. A Put's
-                # result is stored without its value (the retry carries it).
-                if isinstance(earlier, PutResult):
-                    if (
-                        isinstance(command, Put) and command.key == earlier.key
-                        and _fingerprint(command.value) == earlier.value
-                    ):
-                        return PutResult(command.key, command.value, earlier.index)
-                    return InvalidResult(
-                        f"Idempotency-Key {command.request_id!r} was already used for a "
-                        "different request; use a new key for a new write"
-                    )
-                return earlier
+            return ExpiredRequest(command.request_id)
+        if isinstance(earlier, bytes):
+            return _replay(command, fingerprint, earlier)
         result = self._execute(index, command)
-        if request is not None:
-            stored = result
-            if isinstance(result, PutResult):
-                # Keep the table small: the retry carries the value again, so a
-                # fingerprint is enough to recognise it (and to refuse a reused
-                # key carrying a different value).
-                stored = PutResult(result.key, _fingerprint(result.value), result.index)
-            self._dedup.record(request[0], request[1], index, stored)
+        if not isinstance(result, TooLargeResult):  # it changed nothing: nothing to remember
+            self._dedup.record(client, seq, index, fingerprint + _summary(command, result, index))
         return result
 
     def apply_noop(self, index: int) -> None:
@@ -207,20 +259,22 @@ class KVStateMachine:
         try:
             return parse_request_id(request_id)
         except InvalidCommand:
-            return None  # a malformed id is ignored: applied without dedup
+            return None  # not canonical or out of range: applied without dedup
 
     def _execute(self, index: int, command: Command) -> Result:
         if isinstance(command, Txn):
             return self._txn(index, command)
-        return self._op(index, command)
+        return self._op(index, command, None)
 
-    def _op(self, index: int, op: Op) -> OpResult:
+    def _op(self, index: int, op: Op, undo: Undo | None) -> OpResult:
         match op:
             case Put(key=key, value=value):
-                self._put(key, value)
+                self._put(key, value, undo)
                 return PutResult(key, value, index)
             case Delete(key=key):
-                return DeleteResult(key, self._delete(key))
+                return DeleteResult(key, self._delete(key, undo))
+            case DeletePrefix(prefix=prefix):
+                return DeletePrefixResult(prefix, self._delete_prefix(prefix, undo))
             case Get(key=key):
                 return GetResult(key, self._data.get(key))
             case Cas(key=key, expected=expected, value=value):
@@ -228,16 +282,28 @@ class KVStateMachine:
                 if current != expected:
                     return CasResult(False, current, index)
                 if value is None:
-                    self._delete(key)
+                    self._delete(key, undo)
                 else:
-                    self._put(key, value)
+                    self._put(key, value, undo)
                 return CasResult(True, value, index)
         raise AssertionError(f"validated op of unknown type: {op!r}")
 
-    def _txn(self, index: int, txn: Txn) -> TxnResult:
+    def _txn(self, index: int, txn: Txn) -> TxnResult | TooLargeResult:
         succeeded = all(self._holds(c) for c in txn.compare)
-        branch = txn.success if succeeded else txn.failure
-        return TxnResult(succeeded, [self._op(index, op) for op in branch])
+        undo: Undo = []
+        results: list[OpResult] = []
+        read = 0
+        for op in txn.success if succeeded else txn.failure:
+            result = self._op(index, op, undo)
+            results.append(result)
+            read += _read_bytes(result)
+            if read > MAX_TXN_RESULT_BYTES:
+                self._undo(undo)
+                return TooLargeResult(
+                    f"The transaction's reads would return more than {MAX_TXN_RESULT_BYTES} "
+                    "bytes of values; it was not applied. Read fewer or smaller keys."
+                )
+        return TxnResult(succeeded, results)
 
     def _holds(self, compare: Compare) -> bool:
         current = self._data.get(compare.key)
@@ -252,87 +318,137 @@ class KVStateMachine:
                 return current is None
         raise AssertionError(f"validated compare with unknown op: {compare.op!r}")
 
-    def _put(self, key: str, value: str) -> None:
+    def _before_change(self, key: str, old: str | None) -> None:
+        # Every snapshot view in progress learns a key's captured value
+        # *before* the key changes (the module docstring says why).
+        for ref in self._views:
+            view = ref()
+            if view is not None and key not in view.undo:
+                view.undo[key] = old
+
+    def _put(self, key: str, value: str, undo: Undo | None) -> None:
         old = self._data.get(key)
+        if undo is not None:
+            undo.append((key, old))
+        if self._views:
+            self._before_change(key, old)
         if old is None:
-            insort(self._keys, key)
+            self._keys.insert(key)
             self._data_bytes += _utf8_len(key)
         else:
             self._data_bytes -= _utf8_len(old)
         self._data[key] = value
         self._data_bytes += _utf8_len(value)
 
-    def _delete(self, key: str) -> bool:
-        old = self._data.pop(key, None)
+    def _delete(self, key: str, undo: Undo | None) -> bool:
+        old = self._data.get(key)
         if old is None:
             return False
-        position = bisect_left(self._keys, key)
-        assert self._keys[position] == key
-        del self._keys[position]
+        if undo is not None:
+            undo.append((key, old))
+        if self._views:
+            self._before_change(key, old)
+        del self._data[key]
+        self._keys.remove(key)
         self._data_bytes -= _utf8_len(key) + _utf8_len(old)
         return True
+
+    def _delete_prefix(self, prefix: str, undo: Undo | None) -> int:
+        keys = self._keys.pop_prefix(prefix)
+        for key in keys:
+            old = self._data[key]
+            if undo is not None:
+                undo.append((key, old))
+            if self._views:
+                self._before_change(key, old)
+            del self._data[key]
+            self._data_bytes -= _utf8_len(key) + _utf8_len(old)
+        return len(keys)
+
+    def _undo(self, undo: Undo) -> None:
+        for key, old in reversed(undo):
+            if old is None:
+                self._delete(key, None)
+            else:
+                self._put(key, old, None)
 
     # ------------------------------------------------------------- snapshots
 
     def snapshot(self) -> bytes:
-        """Everything (data, exactly-once table, applied_index) as msgpack.
+        """Everything (data, exactly-once table, applied_index) as bytes.
 
         Canonical: equal states give equal bytes.
         """
-        return self.snapshot_later()()
+        return b"".join(self.snapshot_chunks())
+
+    def snapshot_chunks(self) -> Iterator[bytes]:
+        """Capture the state now, cheaply; encode it lazily, one frame per `next()`.
+
+        Capturing costs O(blocks + clients) on the caller's thread (see the
+        module docstring); the returned iterator reads only captured state,
+        so it may be consumed later, in another thread, while entries keep
+        being applied (in one other thread: the machine itself is not
+        thread-safe). Each step encodes one frame (at most FRAME_PAIRS pairs
+        or FRAME_CHARS characters), so no single call holds the GIL for long.
+        The chunks concatenated are `snapshot()`.
+        """
+        view = _View(self._data)
+        frames = encode_frames(
+            self._applied_index, len(self._keys), self._keys.capture(), view.values_of,
+            self._dedup.capture(),
+        )
+        ref = weakref.ref(view, self._end_view)  # a dropped iterator ends its view
+        with self._views_lock:
+            self._views = [*self._views, ref]
+        return self._frames(frames, ref, view)
+
+    def _frames(self, frames: Iterator[bytes], ref: weakref.ref[_View],
+                view: _View) -> Iterator[bytes]:
+        # `view` is an argument so that this generator keeps it alive (and so
+        # recording) until the frames are done or the generator is dropped.
+        try:
+            yield from frames
+        finally:
+            self._end_view(ref)
+
+    def _end_view(self, ref: weakref.ref[_View]) -> None:
+        with self._views_lock:
+            self._views = [r for r in self._views if r is not ref]
 
     def snapshot_later(self) -> Callable[[], bytes]:
-        """Capture the state now (cheap copies); encode it later, e.g. in a thread.
+        """Capture the state now (cheaply); encode it later, e.g. in a thread.
 
-        Lets the node keep applying entries while a large snapshot is encoded.
+        The returned function joins the chunks of `snapshot_chunks()` into one
+        bytes object; joining is one long copy, so a caller that can write
+        chunks should prefer `snapshot_chunks()`.
         """
-        keys = list(self._keys)
-        data = dict(self._data)
-        clients = self._dedup.to_state()
-        applied = self._applied_index
+        chunks = self.snapshot_chunks()
+        return lambda: b"".join(chunks)
 
-        def encode() -> bytes:
-            return _snapshot_encoder.encode(
-                _Snapshot(
-                    version=_SNAPSHOT_VERSION,
-                    applied_index=applied,
-                    data=[(k, data[k]) for k in keys],
-                    clients=clients,
-                )
-            )
+    def restore(self, data: bytes | bytearray | memoryview) -> None:
+        """Replace the whole state with a snapshot; raises `InvalidSnapshot` only.
 
-        return encode
-
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state with a `snapshot()`; raises `InvalidSnapshot`.
-
-        On error the current state is left untouched.
+        Accepts this version's format and the previous one. On error the
+        current state is left untouched. Decoding works frame by frame, so a
+        large snapshot is restored in many short steps (call it in a thread on
+        a fresh machine to keep an event loop responsive).
         """
-        try:
-            snap = _snapshot_decoder.decode(data)
-        except (msgspec.MsgspecError, ValueError, TypeError) as exc:
-            raise InvalidSnapshot(f"The snapshot could not be decoded: {exc}") from None
-        if snap.version != _SNAPSHOT_VERSION:
-            raise InvalidSnapshot(f"Unsupported snapshot version {snap.version}.")
-        if snap.applied_index < 0:
-            raise InvalidSnapshot("The snapshot has a negative applied index.")
-        keys = [key for key, _ in snap.data]
-        if any(not key for key in keys) or any(a >= b for a, b in pairwise(keys)):
-            raise InvalidSnapshot("The snapshot's keys are empty, unsorted or repeated.")
-        try:
-            dedup = DedupTable.from_state(snap.clients, self._dedup_window, self._dedup_clients)
-            data_bytes = sum(_utf8_len(k) + _utf8_len(v) for k, v in snap.data)
-        except ValueError as exc:  # UnicodeEncodeError included
-            raise InvalidSnapshot(f"The snapshot is inconsistent: {exc}") from None
-        self._data = dict(snap.data)
-        self._keys = keys
-        self._data_bytes = data_bytes
-        self._applied_index = snap.applied_index
-        self._dedup = dedup
+        restored = decode(data, self._dedup_window, self._dedup_clients, self._dedup_max_bytes)
+        with self._views_lock:
+            # Views in progress keep reading the replaced dict, which no longer changes.
+            self._views = []
+        self._data = restored.data
+        self._keys = restored.keys
+        self._data_bytes = restored.data_bytes
+        self._applied_index = restored.applied_index
+        self._dedup = restored.dedup
 
     def state_digest(self) -> str:
         """SHA-256 hex digest of the canonical state (for convergence checks)."""
-        return hashlib.sha256(self.snapshot()).hexdigest()
+        digest = hashlib.sha256()
+        for chunk in self.snapshot_chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
 
     def __repr__(self) -> str:
         return (

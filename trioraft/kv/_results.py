@@ -11,12 +11,19 @@ result             JSON body
 =================  ==========================================================
 `PutResult`        ``{"key", "value", "index"}``
 `DeleteResult`     ``{"key", "deleted"}``
+`DeletePrefixResult` ``{"prefix", "deleted": count}``
 `CasResult`        ``{"ok": true, "index"}`` / ``{"ok": false, "current"}``
 `GetResult`        ``{"key", "value"}`` (value null when absent; in a txn)
 `TxnResult`        ``{"succeeded", "results": [one body per op]}``
 `ExpiredRequest`   ``{"error", "code": "request_expired", "request_id"}``
 `InvalidResult`    ``{"error", "code": "bad_request"}``
+`TooLargeResult`   ``{"error", "code": "too_large"}``
 =================  ==========================================================
+
+A *replayed* answer (a retry of an already applied request id) is rebuilt
+from the exactly-once table, which keeps no values read: a failed CAS's
+`current` and a transaction's `get` values are then null, and the body says
+``"replayed": true``.
 
 The HTTP status (409 for a failed CAS, ...) is the API layer's choice.
 """
@@ -29,6 +36,7 @@ import msgspec
 
 __all__ = [
     "CasResult",
+    "DeletePrefixResult",
     "DeleteResult",
     "ExpiredRequest",
     "GetResult",
@@ -36,6 +44,7 @@ __all__ = [
     "OpResult",
     "PutResult",
     "Result",
+    "TooLargeResult",
     "TxnResult",
     "decode_results",
     "encode_results",
@@ -54,10 +63,18 @@ class DeleteResult(msgspec.Struct, frozen=True, array_like=True, tag="delete"):
     deleted: bool  # False when the key was already absent
 
 
+class DeletePrefixResult(msgspec.Struct, frozen=True, array_like=True, tag="delete_prefix"):
+    prefix: str
+    deleted: int  # how many keys were removed
+
+
 class CasResult(msgspec.Struct, frozen=True, array_like=True, tag="cas"):
     ok: bool
     current: str | None  # the value after the operation (None = absent)
     index: int  # log index of the entry, also when not ok
+    # A retry answered from the exactly-once table: a failed CAS's `current`
+    # is then unknown (None), as read values are not kept.
+    replayed: bool = False
 
 
 class GetResult(msgspec.Struct, frozen=True, array_like=True, tag="get"):
@@ -65,12 +82,14 @@ class GetResult(msgspec.Struct, frozen=True, array_like=True, tag="get"):
     value: str | None  # None when absent
 
 
-OpResult: TypeAlias = PutResult | DeleteResult | GetResult | CasResult
+OpResult: TypeAlias = PutResult | DeleteResult | GetResult | CasResult | DeletePrefixResult
 
 
 class TxnResult(msgspec.Struct, frozen=True, array_like=True, tag="txn"):
     succeeded: bool  # True when every compare held and `success` ran
     results: list[OpResult]  # one per op of the branch that ran, in order
+    # A retry answered from the exactly-once table: get values are None.
+    replayed: bool = False
 
 
 class ExpiredRequest(msgspec.Struct, frozen=True, array_like=True, tag="expired"):
@@ -89,8 +108,22 @@ class InvalidResult(msgspec.Struct, frozen=True, array_like=True, tag="invalid")
     reason: str
 
 
+class TooLargeResult(msgspec.Struct, frozen=True, array_like=True, tag="too_large"):
+    """The command would have produced a result over its limit; nothing changed."""
+
+    reason: str
+
+
 Result: TypeAlias = (
-    PutResult | DeleteResult | CasResult | GetResult | TxnResult | ExpiredRequest | InvalidResult
+    PutResult
+    | DeleteResult
+    | DeletePrefixResult
+    | CasResult
+    | GetResult
+    | TxnResult
+    | ExpiredRequest
+    | InvalidResult
+    | TooLargeResult
 )
 
 
@@ -111,6 +144,9 @@ def decode_results(data: bytes) -> list[Result]:
         raise ValueError(f"malformed results: {exc}") from None
 
 
+_REPLAYED: dict[bool, dict[str, bool]] = {False: {}, True: {"replayed": True}}
+
+
 def result_to_json(result: Result) -> dict[str, Any]:
     """The API.md JSON body for `result` (a fresh dict each call)."""
     match result:
@@ -118,14 +154,20 @@ def result_to_json(result: Result) -> dict[str, Any]:
             return {"key": key, "value": value, "index": index}
         case DeleteResult(key=key, deleted=deleted):
             return {"key": key, "deleted": deleted}
+        case DeletePrefixResult(prefix=prefix, deleted=deleted):
+            return {"prefix": prefix, "deleted": deleted}
         case CasResult(ok=True, index=index):
             return {"ok": True, "index": index}
-        case CasResult(current=current):
-            return {"ok": False, "current": current}
+        case CasResult(current=current, replayed=replayed):
+            return {"ok": False, "current": current, **_REPLAYED[replayed]}
         case GetResult(key=key, value=value):
             return {"key": key, "value": value}
-        case TxnResult(succeeded=succeeded, results=results):
-            return {"succeeded": succeeded, "results": [result_to_json(r) for r in results]}
+        case TxnResult(succeeded=succeeded, results=results, replayed=replayed):
+            return {
+                "succeeded": succeeded,
+                "results": [result_to_json(r) for r in results],
+                **_REPLAYED[replayed],
+            }
         case ExpiredRequest(request_id=request_id):
             return {
                 "error": (
@@ -137,4 +179,6 @@ def result_to_json(result: Result) -> dict[str, Any]:
             }
         case InvalidResult(reason=reason):
             return {"error": reason, "code": "bad_request"}
+        case TooLargeResult(reason=reason):
+            return {"error": reason, "code": "too_large"}
     raise TypeError(f"not a key-value result: {result!r}")
