@@ -60,7 +60,8 @@ _KEY_PARAM: dict[str, Any] = {
         "'/kv/a%2Fb' and '/kv/a/b' name the same key 'a/b', and '/kv//a' or "
         "'/kv/%2Fa' the key '/a'. The keys '.' and '..' must be sent as '%2E' "
         "and '%2E%2E' (HTTP clients remove literal dot segments). A key ending in '/cas' "
-        "cannot be used with POST /kv/{key}/cas. The percent-decoded path must be UTF-8 (else 400). "
+        "cannot be used with POST /kv/{key}/cas. The percent-decoded path must be UTF-8 "
+        "(else 400). "
         "The empty key ('PUT /kv/') is 400 bad_request. At most "
         f"{kv.MAX_KEY_BYTES} UTF-8 bytes, non-empty."
     ),

@@ -113,7 +113,9 @@ async def test_key_with_leading_slash_is_not_rewritten_to_another_key(single: Cl
 
 
 @pytest.mark.parametrize("key", ["/lead", "/", "//a/", "/x/cas"])
-async def test_keys_beginning_with_slash_put_get_cas_range_delete(single: Cluster, key: str) -> None:
+async def test_keys_beginning_with_slash_put_get_cas_range_delete(
+    single: Cluster, key: str
+) -> None:
     url = f"{single.leader_url}/kv/{quote_key(key)}"
     assert assert_ok(await single.client.put(url, json={"value": "v"}))["key"] == key
     assert assert_ok(await single.client.get(url)) == {"key": key, "value": "v"}
