@@ -1,6 +1,17 @@
 """The sans-IO Raft core: no sockets, files, clocks or Trio -- only data in, data out."""
 
-from trioraft.core._errors import NotLeader, ProposalDropped, RaftError
+from trioraft.core._errors import (
+    ChangeInProgress,
+    InvalidChange,
+    LastVoter,
+    MemberExists,
+    MembershipError,
+    NotLeader,
+    ProposalDropped,
+    RaftError,
+    TransferRefused,
+    UnknownMember,
+)
 from trioraft.core._progress import Progress, ProgressState
 from trioraft.core._raft import CoreConfig, RaftCore, Ready, Role
 from trioraft.core._types import (
@@ -21,10 +32,13 @@ from trioraft.core._types import (
     SnapshotMeta,
     TimeoutNow,
 )
+from trioraft.core._validate import MAX_TERM_OR_INDEX, message_ok
 
 __all__ = [
+    "MAX_TERM_OR_INDEX",
     "AppendEntries",
     "AppendEntriesResponse",
+    "ChangeInProgress",
     "Configuration",
     "CoreConfig",
     "Entry",
@@ -32,7 +46,11 @@ __all__ = [
     "HardState",
     "InstallSnapshot",
     "InstallSnapshotResponse",
+    "InvalidChange",
+    "LastVoter",
     "Member",
+    "MemberExists",
+    "MembershipError",
     "Message",
     "NotLeader",
     "Progress",
@@ -48,4 +66,7 @@ __all__ = [
     "Role",
     "SnapshotMeta",
     "TimeoutNow",
+    "TransferRefused",
+    "UnknownMember",
+    "message_ok",
 ]

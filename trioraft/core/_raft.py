@@ -1,7 +1,15 @@
 """The Raft state machine itself: roles, terms, votes, replication, commit, ReadIndex.
 
-Inputs: `step(msg, now)`, `handle_timeout(now)`, `propose(datas)`,
-`read_index(ctx)`, `compact(index)`, `report_snapshot(peer, ok)`.
+Inputs:
+- `step(msg, now)`: a message from a peer. Total: whatever a peer sends, the
+  core never raises or asserts (see `_validate` and the rules in `step`);
+- `handle_timeout(now)` when `deadline` has passed;
+- `propose(datas)`, `read_index(ctx)`, `transfer_leadership(target)`,
+  `propose_change(change)` (membership, see `_changes`), `retire()`;
+- `report_snapshot(peer, ok)`: the runtime's transfer of a snapshot to `peer`
+  failed (ok=False) or sent its last chunk (ok=True);
+- `snapshot_meta(index)` / `snapshot_taken(meta)`: log compaction, below.
+
 Outputs: `ready()` returns a `Ready` batch; the caller must, in this order,
 0. (optionally at once) send `ready.early_messages`,
 1. persist `ready.hard_state`, `ready.snapshot` and `ready.entries` (fsync),
@@ -10,6 +18,22 @@ Outputs: `ready()` returns a `Ready` batch; the caller must, in this order,
 4. call `advance(ready)`.
 Nothing in a Ready may be acted on out of that order: the messages include
 vote grants and append acknowledgements that promise the data is durable.
+
+Snapshots and compaction (the catch-up tail, PLAN.md):
+1. when the runtime decides to snapshot at applied index i, it asks
+   `meta = core.snapshot_meta(i)` (index, term and the configuration in
+   force at i -- not the latest, possibly uncommitted, one);
+2. it encodes and durably writes the snapshot with that meta;
+3. it calls `point = core.snapshot_taken(meta)`. The core records `meta` as
+   its newest snapshot (the one it sends to followers that need compacted
+   entries) and drops entries up to `meta.index -
+   CoreConfig.snapshot_catchup_entries`. It returns the compaction point
+   (index, term): the runtime then compacts stable storage up to it (any
+   time later; a crash in between just keeps more entries).
+4. at restart, pass the newest snapshot's meta as `snapshot`, the stored
+   entries, and the stored compaction point as `compacted`: the entries
+   start right after it. (`compacted=None` means the snapshot's own point.)
+`compact(index)` is the older one-call form of 1 + 3.
 
 The rules of Figure 2 of the Raft paper are cited where they are enforced.
 """
@@ -21,8 +45,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from trioraft.core._errors import NotLeader, ProposalDropped
+from trioraft.core._errors import NotLeader, ProposalDropped, TransferRefused
 from trioraft.core._log import RaftLog
+from trioraft.core._membership import ConfigHistory
 from trioraft.core._progress import Progress, ProgressState
 from trioraft.core._types import (
     AppendEntries,
@@ -41,6 +66,7 @@ from trioraft.core._types import (
     SnapshotMeta,
     TimeoutNow,
 )
+from trioraft.core._validate import MAX_READ_CTXS, MAX_TERM_OR_INDEX, config_of, message_ok
 
 __all__ = ["CoreConfig", "RaftCore", "Ready", "Role"]
 
@@ -50,22 +76,35 @@ class Role(enum.Enum):
     PRECANDIDATE = "precandidate"
     CANDIDATE = "candidate"
     LEADER = "leader"
-    LEARNER = "learner"
+    LEARNER = "learner"  # not a voter of its configuration (or not a member at all)
 
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
     id: str
-    voters: frozenset[str]  # initial membership (a snapshot's membership overrides it)
+    voters: frozenset[str]  # bootstrap membership (a snapshot's configuration overrides it)
     election_timeout: tuple[float, float] = (0.150, 0.300)  # seconds, [min, max)
     heartbeat_interval: float = 0.050
     max_entries_per_msg: int = 512
     max_bytes_per_msg: int = 1 << 20
     max_inflight: int = 8
+    # A probe (PROBE state: where does the follower's log match?) is small:
+    # it may well be rejected, and the follower may not be answering at all.
+    probe_max_entries: int = 4
+    probe_max_bytes: int = 64 << 10
     pre_vote: bool = True
     check_quorum: bool = True
+    # Entries kept in the log after a snapshot (etcd's SnapshotCatchUpEntries):
+    # a follower less than this far behind is caught up with entries.
+    snapshot_catchup_entries: int = 5000
+    # Give up on a snapshot transfer nobody reported on after this long.
+    snapshot_timeout: float = 30.0
+    # A read that has not been answered after this long is refused (-1).
+    read_timeout: float = 5.0
+    max_pending_reads: int = 10_000
     # Deliberately broken variants, for the simulation's "teeth" tests only:
-    # "commit_old_terms", "vote_without_log_check", "no_truncate".
+    # "commit_old_terms", "vote_without_log_check", "no_truncate",
+    # "match_moves_back", "two_changes", "change_before_commit".
     unsafe: frozenset[str] = frozenset()
 
 
@@ -100,8 +139,19 @@ class Ready:
 class _ReadRound:
     seq: int
     index: int
+    deadline: float
     local: list[int]
     remote: dict[str, list[int]]
+
+
+@dataclass(slots=True)
+class _Forwarded:
+    """A read this follower forwarded to its leader: only that leader, in that
+    term, may answer it."""
+
+    leader: str
+    term: int
+    deadline: float
 
 
 class RaftCore:
@@ -113,20 +163,29 @@ class RaftCore:
         snapshot: SnapshotMeta | None = None,
         entries: Sequence[Entry] = (),
         now: float = 0.0,
+        compacted: tuple[int, int] | None = None,
     ) -> None:
+        """Start from stable storage. Raises ValueError if it does not fit together."""
         self.config = config
         self.id = config.id
         self._rng = rng
         hs = hard_state or HardState()
         snap = snapshot or SnapshotMeta()
-        # A snapshot's membership overrides the bootstrap set in the config.
-        self.configuration = (
-            snap.config if snap.config.members else Configuration.of_voters(config.voters)
-        )
-        self.voters: frozenset[str] = self.configuration.voters
         self.term = hs.term  # current_term: never decreases
         self.vote = hs.vote  # voted_for in `term`: at most one grant per term
-        self.log = RaftLog(snap, list(entries), hs.commit)
+        self.log = RaftLog(snap, list(entries), hs.commit, compacted)
+        # A snapshot's membership overrides the bootstrap set in the config;
+        # CONFIG entries after the snapshot override both (§4.1: in force
+        # once appended).
+        base = snap.config if snap.config.members else Configuration.of_voters(config.voters)
+        self._configs = ConfigHistory(snap.index, base)
+        for e in self.log.entries:
+            if e.index > snap.index and e.kind is EntryKind.CONFIG:
+                cfg = config_of(e)
+                if cfg is None:
+                    raise ValueError(f"stored CONFIG entry {e.index} is malformed")
+                self._configs.append(e.index, cfg)
+        self.voters: frozenset[str] = self.configuration.voters
         self.role = Role.FOLLOWER
         self.leader_id: str | None = None
         self.progress: dict[str, Progress] = {}
@@ -141,13 +200,15 @@ class RaftCore:
         self._check_quorum_due = 0.0
         self._broadcast = False  # new entries or commit to tell followers about
         self._read_seq = 0
-        self._reads_waiting_commit: list[tuple[str | None, int]] = []  # until our no-op commits
-        self._reads_new: list[tuple[str | None, int]] = []  # need a heartbeat round
+        # Reads until our no-op commits: (src or None, ctx, deadline).
+        self._reads_waiting_commit: list[tuple[str | None, int, float]] = []
+        self._reads_new: list[tuple[str | None, int, float]] = []  # need a heartbeat round
         self._read_rounds: list[_ReadRound] = []
         self._transfer_target: str | None = None
         self._transfer_deadline = 0.0
-        # Follower-only: reads forwarded to the leader, failed if the leader changes.
-        self._forwarded_reads: list[int] = []
+        # Follower-only: reads forwarded to the leader, failed if the leader
+        # or term changes, or when they time out (a lost request or answer).
+        self._forwarded: dict[int, _Forwarded] = {}
         self._forwarded_new: list[int] = []  # not yet sent
         self._leader_contact = -1e9  # when we last heard from the current leader
         self._retired = False  # shutting down: never campaign again
@@ -158,11 +219,19 @@ class RaftCore:
 
     # ================================================================ queries
     @property
+    def configuration(self) -> Configuration:
+        """The latest configuration in the log (in force, committed or not)."""
+        return self._configs.current
+
+    @property
     def deadline(self) -> float:
         """When `handle_timeout` must next be called."""
         if self.role is Role.LEADER:
             return min(self._heartbeat_due, self._check_quorum_due)
-        return self._election_deadline
+        d = self._election_deadline
+        if self._forwarded:
+            d = min(d, next(iter(self._forwarded.values())).deadline)
+        return d
 
     @property
     def commit_index(self) -> int:
@@ -206,14 +275,15 @@ class RaftCore:
         self._election_deadline = self._now + lo + self._rng.random() * (hi - lo)
 
     def _become_follower(self, term: int, leader: str | None) -> None:
-        if term > self.term:
+        changed_term = term > self.term
+        if changed_term:
             # Figure 2, all servers: a higher term makes us a follower of that
             # term, and our vote (if any) belonged to the old term.
             self.term = term
             self.vote = None
         was_leader = self.role is Role.LEADER
         self.role = Role.FOLLOWER if self.id in self.voters else Role.LEARNER
-        if leader != self.leader_id or was_leader:
+        if leader != self.leader_id or was_leader or changed_term:
             self._fail_reads()
         self.leader_id = leader
         self.progress = {}
@@ -222,27 +292,27 @@ class RaftCore:
 
     def _fail_reads(self) -> None:
         """Refuse every pending read: leadership it relied on is gone."""
-        for src, ctx in self._reads_waiting_commit + self._reads_new:
+        for src, ctx, _ in self._reads_waiting_commit + self._reads_new:
             self._refuse_read(src, [ctx])
         for rnd in self._read_rounds:
             self._refuse_read(None, rnd.local)
             for src, ctxs in rnd.remote.items():
                 self._refuse_read(src, ctxs)
-        for ctx in self._forwarded_reads:
-            self._read_states.append((ctx, -1))
+        self._read_states.extend((ctx, -1) for ctx in self._forwarded)
         self._reads_waiting_commit, self._reads_new, self._read_rounds = [], [], []
-        self._forwarded_reads, self._forwarded_new = [], []
+        self._forwarded, self._forwarded_new = {}, []
 
     def _refuse_read(self, src: str | None, ctxs: list[int]) -> None:
-        if not ctxs:
-            return
-        if src is None:
-            self._read_states.extend((c, -1) for c in ctxs)
-        else:
-            self._send(ReadIndexResponse(self.id, src, self.term, tuple(ctxs), -1))
+        self._answer_read(src, ctxs, -1)
 
     def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
         if self.id not in self.voters:
+            return
+        if self.term + 1 >= MAX_TERM_OR_INDEX:
+            # Terms are bounded (PLAN.md): never step past the bound. Only a
+            # cluster that somehow reached it could get here; it stays put
+            # rather than write a term its peers and storage would refuse.
+            self._reset_election_timer()
             return
         self._fail_reads()
         self.leader_id = None
@@ -284,20 +354,42 @@ class RaftCore:
         self.leader_id = self.id
         self._leader_contact = self._now
         last = self.log.last_index()
-        self.progress = {p: Progress(last + 1) for p in sorted(self.voters) if p != self.id}
+        # Every member but us, learners included: they receive the log too.
+        self.progress = {p: Progress(last + 1) for p in sorted(self.configuration.ids - {self.id})}
         self._heartbeat_due = self._now  # announce ourselves at once
         self._check_quorum_due = self._now + self.config.election_timeout[0]
         self._read_seq = 0
         # §5.4.2 / §8: a leader cannot know which earlier-term entries are
         # committed until it commits one of its own term, so it appends a
-        # no-op right away (this also unblocks ReadIndex).
+        # no-op right away (this also unblocks ReadIndex and, §4.1's fix,
+        # membership changes).
         self.log.append([Entry(last + 1, self.term, EntryKind.NOOP)])
         self._broadcast = True
         self._maybe_commit()
 
+    def _config_changed(self) -> None:
+        """The latest configuration in the log changed (appended, truncated, installed)."""
+        cfg = self.configuration
+        self.voters = cfg.voters
+        if self.role is Role.LEADER:
+            last = self.log.last_index()
+            for p in cfg.ids - {self.id}:
+                if p not in self.progress:
+                    self.progress[p] = Progress(last + 1)
+            for p in list(self.progress):
+                if p not in cfg.ids:
+                    del self.progress[p]
+            if self._transfer_target is not None and self._transfer_target not in self.voters:
+                self._transfer_target = None
+        elif self.id not in self.voters:
+            self.role = Role.LEARNER  # a (pre)candidate that lost its vote stops here
+        elif self.role is Role.LEARNER:
+            self.role = Role.FOLLOWER
+
     # ================================================================= inputs
     def handle_timeout(self, now: float) -> None:
         self._now = now
+        self._expire_reads()
         if self.role is Role.LEADER:
             if now >= self._check_quorum_due:
                 self._check_quorum_due = now + self.config.election_timeout[0]
@@ -314,6 +406,40 @@ class RaftCore:
                 return
             self._campaign(pre_vote=self.config.pre_vote)
 
+    def _expire_reads(self) -> None:
+        """Refuse reads that waited longer than read_timeout.
+
+        A ReadIndexRequest or its answer can be lost while the leader stays
+        the same; without this the follower's pending set only grows. A
+        refusal (-1) is always safe: the runtime answers "not served".
+        """
+        now = self._now
+        while self._forwarded:
+            ctx, f = next(iter(self._forwarded.items()))
+            if f.deadline > now:
+                break
+            del self._forwarded[ctx]
+            self._read_states.append((ctx, -1))
+        if self.role is not Role.LEADER:
+            return
+        for lst in (self._reads_waiting_commit, self._reads_new):
+            if lst and lst[0][2] <= now:
+                keep = [r for r in lst if r[2] > now]
+                for src, ctx, _ in (r for r in lst if r[2] <= now):
+                    self._refuse_read(src, [ctx])
+                lst[:] = keep
+        while self._read_rounds and self._read_rounds[0].deadline <= now:
+            rnd = self._read_rounds.pop(0)
+            self._refuse_read(None, rnd.local)
+            for src, ctxs in rnd.remote.items():
+                self._refuse_read(src, ctxs)
+
+    def _pending_reads(self) -> int:
+        return (
+            len(self._reads_waiting_commit) + len(self._reads_new)
+            + sum(len(r.local) + sum(map(len, r.remote.values())) for r in self._read_rounds)
+        )
+
     def _check_quorum(self) -> bool:
         """CheckQuorum: step down if a quorum has not been heard from lately.
 
@@ -322,7 +448,7 @@ class RaftCore:
         """
         if not self.config.check_quorum:
             return True
-        active = 1 + sum(
+        active = (self.id in self.voters) + sum(
             1 for p, pr in self.progress.items() if pr.recent_active and p in self.voters
         )
         for pr in self.progress.values():
@@ -335,10 +461,7 @@ class RaftCore:
     def _heartbeat(self) -> None:
         for peer, pr in self.progress.items():
             pr.on_heartbeat()
-            if (
-                pr.state is ProgressState.SNAPSHOT
-                and self._now - pr.snapshot_sent_at > 2 * self.config.election_timeout[1]
-            ):
+            if pr.state is ProgressState.SNAPSHOT and self._now >= pr.snapshot_deadline:
                 pr.become_probe()  # the transfer seems lost: try again
             self._send_heartbeat(peer, pr, self._read_seq)
         self._broadcast = True
@@ -349,13 +472,15 @@ class RaftCore:
             raise NotLeader(self.leader_id)
         if self._transfer_target is not None:
             raise ProposalDropped("leadership transfer in progress")
+        return self._append_own([(EntryKind.NORMAL, d) for d in datas])
+
+    def _append_own(self, items: Sequence[tuple[EntryKind, bytes]]) -> tuple[int, int]:
         first = self.log.last_index() + 1
         self.log.append(
-            [Entry(first + i, self.term, EntryKind.NORMAL, d) for i, d in enumerate(datas)]
+            [Entry(first + i, self.term, kind, d) for i, (kind, d) in enumerate(items)]
         )
         self._broadcast = True
-        if len(self.voters) == 1:
-            self._maybe_commit()
+        self._maybe_commit()  # a single voter commits on its own (once persisted)
         return first, self.term
 
     def read_index(self, ctx: int) -> None:
@@ -363,24 +488,34 @@ class RaftCore:
 
         ReadIndex (thesis §6.4): the index is the leader's commit index at the
         time of the request, valid once a quorum confirms the leader was still
-        leader after the request arrived. A result of -1 means "refused".
+        leader after the request arrived. A result of -1 means "refused"
+        (leadership changed, the read timed out, or too many are pending).
         """
         if self.role is Role.LEADER:
             self._leader_read(None, ctx)
         elif self.leader_id is not None:
-            # Batched: one ReadIndexRequest per Ready carries every ctx.
-            self._forwarded_reads.append(ctx)
+            if len(self._forwarded) >= self.config.max_pending_reads or ctx in self._forwarded:
+                self._read_states.append((ctx, -1))
+                return
+            # Batched: one ReadIndexRequest per Ready carries every new ctx.
+            self._forwarded[ctx] = _Forwarded(
+                self.leader_id, self.term, self._now + self.config.read_timeout
+            )
             self._forwarded_new.append(ctx)
         else:
             raise NotLeader(None)
 
     def _leader_read(self, src: str | None, ctx: int) -> None:
-        if len(self.voters) == 1 and self._committed_in_term():
+        if self._pending_reads() >= self.config.max_pending_reads:
+            self._refuse_read(src, [ctx])
+            return
+        deadline = self._now + self.config.read_timeout
+        if self.voters == {self.id} and self._committed_in_term():
             self._answer_read(src, [ctx], self.log.committed)
         elif self._committed_in_term():
-            self._reads_new.append((src, ctx))
+            self._reads_new.append((src, ctx, deadline))
         else:
-            self._reads_waiting_commit.append((src, ctx))
+            self._reads_waiting_commit.append((src, ctx, deadline))
 
     def _committed_in_term(self) -> bool:
         return self.log.term_at(self.log.committed) == self.term
@@ -388,16 +523,39 @@ class RaftCore:
     def _answer_read(self, src: str | None, ctxs: list[int], index: int) -> None:
         if src is None or src == self.id:
             self._read_states.extend((c, index) for c in ctxs)
-        else:
-            self._send(ReadIndexResponse(self.id, src, self.term, tuple(ctxs), index))
+            return
+        for i in range(0, len(ctxs), MAX_READ_CTXS):  # what message_ok admits
+            chunk = tuple(ctxs[i : i + MAX_READ_CTXS])
+            self._send(ReadIndexResponse(self.id, src, self.term, chunk, index))
 
     def transfer_leadership(self, target: str) -> None:
-        """Hand leadership to `target` (e.g. before a graceful shutdown)."""
-        if self.role is not Role.LEADER or target not in self.progress:
+        """Hand leadership to `target` (thesis §3.10).
+
+        Raises NotLeader, or TransferRefused if the target is not another
+        voter, is not caught up (it is not receiving entries normally, or
+        lacks committed entries), or a transfer is already under way. Once
+        started, new proposals are refused until the target has taken over
+        or the transfer times out (one maximum election timeout).
+        """
+        if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
+        if target == self.id or target not in self.voters:
+            raise TransferRefused(f"{target!r} is not another voter of the configuration")
+        if self._transfer_target is not None:
+            raise TransferRefused(f"a transfer to {self._transfer_target!r} is in progress")
+        pr = self.progress[target]
+        if pr.state is not ProgressState.REPLICATE or pr.match_index < self.log.committed:
+            raise TransferRefused(
+                f"{target!r} is not caught up (match {pr.match_index}, commit "
+                f"{self.log.committed}, {pr.state.value})"
+            )
         self._transfer_target = target
         self._transfer_deadline = self._now + self.config.election_timeout[1]
         self._maybe_send_timeout_now()
+
+    @property
+    def transfer_target(self) -> str | None:
+        return self._transfer_target
 
     def _maybe_send_timeout_now(self) -> None:
         t = self._transfer_target
@@ -409,25 +567,67 @@ class RaftCore:
         self._retired = True
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
-        """The runtime tells us a snapshot transfer to `peer` failed (or finished)."""
+        """The runtime's transfer of a snapshot to `peer` failed (ok=False: send
+        another when it is needed) or sent its last chunk (ok=True: the
+        follower's answer should follow shortly; if it was lost, retry after
+        two election timeouts rather than the full snapshot_timeout)."""
         pr = self.progress.get(peer)
-        if pr is not None and pr.state is ProgressState.SNAPSHOT and not ok:
+        if pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        if ok:
+            pr.snapshot_deadline = min(
+                pr.snapshot_deadline, self._now + 2 * self.config.election_timeout[1]
+            )
+        else:
             pr.become_probe()
+            self._broadcast = True
 
-    def compact(self, index: int) -> None:
-        """A snapshot covering entries <= index is durable: forget them."""
-        self.log.compact(index, self.configuration)
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """The meta of a snapshot of the state machine at applied `index`.
+
+        Its configuration is the one in force at `index` (not a later,
+        possibly uncommitted, one). Raises ValueError if `index` is not an
+        applied index the log still describes.
+        """
+        term = self.log.term_at(index)
+        if index > self.log.applied or index < self.log.snapshot.index or term is None:
+            raise ValueError(f"no snapshot can be taken at {index}")
+        return SnapshotMeta(index, term, self._configs.at(index))
+
+    def snapshot_taken(self, meta: SnapshotMeta) -> tuple[int, int]:
+        """A snapshot `meta` (from `snapshot_meta`) is durable. Returns the
+        compaction point (index, term) stable storage may now compact to.
+
+        A snapshot not newer than the current one (e.g. overtaken by one
+        installed from the leader meanwhile) changes nothing.
+        """
+        log = self.log
+        if meta.index > log.snapshot.index:
+            if meta.index > log.applied or log.term_at(meta.index) != meta.term:
+                raise ValueError(f"snapshot {meta.index}/{meta.term} does not match the log")
+            self._configs.compact_to(meta.index)
+        return log.snapshot_taken(meta, self.config.snapshot_catchup_entries)
+
+    def compact(self, index: int) -> tuple[int, int]:
+        """`snapshot_taken(snapshot_meta(index))` in one call."""
+        if index <= self.log.snapshot.index:
+            return self.log.offset, self.log.offset_term
+        return self.snapshot_taken(self.snapshot_meta(index))
 
     # ============================================================== messages
     def step(self, msg: Message, now: float) -> None:
+        """Take one message from a peer. Never raises, whatever it holds."""
         self._now = now
-        if msg.dst != self.id or msg.src not in self.voters or msg.src == self.id:
-            # Not for us, or from a node outside the configuration: a stray or
-            # hostile sender must not move our term or win our vote.
+        if not message_ok(msg) or msg.dst != self.id or msg.src == self.id:
+            return
+        if not self._sender_allowed(msg):
+            return
+        if isinstance(msg, TimeoutNow):
+            self._handle_timeout_now(msg)
             return
         if msg.term > self.term:
             if isinstance(msg, RequestVote):
-                if self._in_lease() and not msg.transfer:
+                if self._in_lease() and not self._transfer_vote(msg):
                     # CheckQuorum's lease: we heard from a live leader less than
                     # an election timeout ago, so this candidate is disruptive
                     # (e.g. rejoining from a partition); ignore it entirely.
@@ -439,7 +639,7 @@ class RaftCore:
                     self._become_follower(msg.term, None)
             elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
                 pass  # a granted pre-vote carries the hypothetical term: no change
-            elif isinstance(msg, AppendEntries | InstallSnapshot | TimeoutNow):
+            elif isinstance(msg, AppendEntries | InstallSnapshot):
                 self._become_follower(msg.term, msg.src)
             else:
                 self._become_follower(msg.term, None)
@@ -464,9 +664,51 @@ class RaftCore:
                 self._handle_read_request(msg)
             case ReadIndexResponse():
                 self._handle_read_response(msg)
-            case TimeoutNow():
-                if self.role is not Role.LEADER and self.id in self.voters:
-                    self._campaign(pre_vote=False, transfer=True)
+
+    def _sender_allowed(self, msg: Message) -> bool:
+        """Who may send what (checked before any term rule runs).
+
+        - Votes (requests and answers) only from voters of our configuration:
+          a stray, removed or not-yet-promoted node must not move our term or
+          win our vote. A node that lost its disk returns under a fresh id
+          (PLAN.md), so it is a learner here and cannot vote or be voted for.
+        - AppendEntries and InstallSnapshot from anyone: only a leader elected
+          by a quorum of *its* configuration sends them, and that may be a
+          configuration we have not received yet (a leader added after our
+          log ends). Term rules and Log Matching keep them safe.
+        - Everything else from members only.
+        """
+        if isinstance(msg, RequestVote | RequestVoteResponse):
+            return msg.src in self.voters
+        if isinstance(msg, AppendEntries | InstallSnapshot):
+            return True
+        return msg.src in self.configuration.ids
+
+    def _transfer_vote(self, msg: RequestVote) -> bool:
+        """May this RequestVote override the leader lease (leadership transfer)?
+
+        Only a real election (not a pre-vote), for exactly the next term, from
+        a candidate whose log is at least as up to date as ours: the one
+        candidate a transfer produces (the target campaigns at leader's term
+        + 1, with a log the leader found complete). A peer cannot use the flag
+        to inflate terms: it gains one term per round, as any election would.
+        """
+        return (
+            msg.transfer and not msg.pre_vote and msg.term == self.term + 1
+            and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)
+        )
+
+    def _handle_timeout_now(self, msg: TimeoutNow) -> None:
+        """Campaign at once -- if the leader we follow, in our term, asks.
+
+        TimeoutNow on demand from anyone else would let a peer force
+        elections; a retiring node must not campaign at all.
+        """
+        if (
+            msg.term == self.term and msg.src == self.leader_id
+            and self.role is Role.FOLLOWER and not self._retired
+        ):
+            self._campaign(pre_vote=False, transfer=True)
 
     def _in_lease(self) -> bool:
         if not self.config.check_quorum:
@@ -487,9 +729,6 @@ class RaftCore:
             self._send(RequestVoteResponse(self.id, msg.src, self.term, False, msg.pre_vote))
         elif isinstance(msg, ReadIndexRequest):
             self._send(ReadIndexResponse(self.id, msg.src, self.term, msg.ctxs, -1))
-        elif isinstance(msg, ReadIndexResponse):
-            self._read_states.extend((c, -1) for c in msg.ctxs if c in self._forwarded_reads)
-            self._forwarded_reads = [c for c in self._forwarded_reads if c not in msg.ctxs]
 
     # ----------------------------------------------------------------- votes
     def _handle_request_vote(self, msg: RequestVote) -> None:
@@ -524,15 +763,31 @@ class RaftCore:
             self._become_follower(self.term, None)
 
     # ------------------------------------------------------------ follower side
-    def _handle_append(self, msg: AppendEntries) -> None:
-        # msg.term == self.term: this is the one leader of our term (Election Safety).
-        if self.role is not Role.FOLLOWER and self.role is not Role.LEARNER:
-            self._become_follower(self.term, msg.src)
-        if self.leader_id != msg.src:
+    def _accept_leader(self, src: str) -> bool:
+        """A leader message at our term: is `src` the one leader of the term?
+
+        Election Safety: at most one leader per term. If we lead this term, or
+        already follow another leader in it, the sender cannot be a leader of
+        this term: the message is forged or misdirected, and ignoring it (as
+        if lost) is safe.
+        """
+        if self.role is Role.LEADER:
+            return False
+        if self.leader_id is not None and self.leader_id != src:
+            return False
+        if self.role is Role.PRECANDIDATE or self.role is Role.CANDIDATE:
+            self._become_follower(self.term, src)
+        if self.leader_id != src:
             self._fail_reads()
-            self.leader_id = msg.src
+            self.leader_id = src
         self._leader_contact = self._now
         self._reset_election_timer()
+        return True
+
+    def _handle_append(self, msg: AppendEntries) -> None:
+        # msg.term == self.term (a higher term was adopted above).
+        if not self._accept_leader(msg.src):
+            return
         log = self.log
         if msg.prev_log_index < log.committed:
             # Everything up to our commit index matches any current leader's log
@@ -566,12 +821,14 @@ class RaftCore:
         for i, e in enumerate(entries):
             t = log.term_at(e.index)
             if t is None:
-                log.append(entries[i:])
+                self._append_entries(entries[i:])
                 break
             if t != e.term:
                 tail = [x for x in log.entries if x.index > entries[-1].index]
                 log.truncate_from(e.index)
-                log.append(entries[i:])
+                if self._configs.truncate_from(e.index):
+                    self._config_changed()  # an uncommitted CONFIG entry rolled back
+                self._append_entries(entries[i:])
                 if "no_truncate" in self.config.unsafe:
                     log.append(tail)  # broken variant: keep the stale suffix
                 break
@@ -587,29 +844,47 @@ class RaftCore:
             )
         )
 
+    def _append_entries(self, entries: list[Entry]) -> None:
+        """Append (validated) entries; CONFIG ones take effect now (§4.1)."""
+        self.log.append(entries)
+        changed = False
+        for e in entries:
+            if e.kind is EntryKind.CONFIG:
+                cfg = config_of(e)
+                assert cfg is not None  # message_ok checked every CONFIG entry
+                self._configs.append(e.index, cfg)
+                changed = True
+        if changed:
+            self._config_changed()
+
     def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
-        if self.role is not Role.FOLLOWER and self.role is not Role.LEARNER:
-            self._become_follower(self.term, msg.src)
-        self.leader_id = msg.src
-        self._leader_contact = self._now
-        self._reset_election_timer()
+        if not self._accept_leader(msg.src):
+            return
         meta = msg.meta
         if meta.index <= self.log.committed:
             # We already hold (and agree on) everything the snapshot covers.
             self._send(InstallSnapshotResponse(self.id, msg.src, self.term, self.log.committed))
             return
+        # Above our commit index nothing is settled, so the snapshot (which
+        # holds only entries committed by the leader) wins: keep our suffix
+        # only if it continues the snapshot's last entry.
         keep = self.log.term_at(meta.index) == meta.term
         self.log.restore(meta, keep)
-        if meta.config.members:
-            self.configuration = meta.config
-            self.voters = meta.config.voters
+        self._configs.reset(meta.index, meta.config)
+        if not keep:
+            self._configs.truncate_from(meta.index + 1)
+        self._config_changed()
         self._pending_snapshot = (meta, keep)
         self._send(InstallSnapshotResponse(self.id, msg.src, self.term, meta.index))
 
     def _handle_read_response(self, msg: ReadIndexResponse) -> None:
-        mine = [c for c in msg.ctxs if c in self._forwarded_reads]
-        self._read_states.extend((c, msg.index) for c in mine)
-        self._forwarded_reads = [c for c in self._forwarded_reads if c not in msg.ctxs]
+        # Only the leader we asked, in the term we asked it, may answer: any
+        # other member could name a stale index and make us serve a stale read.
+        for c in msg.ctxs:
+            f = self._forwarded.get(c)
+            if f is not None and f.leader == msg.src and f.term == msg.term:
+                del self._forwarded[c]
+                self._read_states.append((c, msg.index))
 
     # -------------------------------------------------------------- leader side
     def _handle_append_response(self, msg: AppendEntriesResponse) -> None:
@@ -618,8 +893,15 @@ class RaftCore:
         pr = self.progress.get(msg.src)
         if pr is None:
             return
+        if msg.match_index > self.log.last_index() or msg.reject_index > self.log.last_index():
+            # We never sent anything that could be answered so (our log only
+            # grows while we lead): forged. Believing it would let a peer
+            # claim entries it lacks, stall its replication, or worse.
+            return
         pr.recent_active = True
-        if msg.read_seq > pr.read_ack:
+        if self._read_seq >= msg.read_seq > pr.read_ack:
+            # A read round is acknowledged only if we have started it: a
+            # forged future read_seq must not pre-acknowledge later reads.
             pr.read_ack = msg.read_seq
             self._release_reads()
         if not msg.success:
@@ -628,27 +910,42 @@ class RaftCore:
         if pr.maybe_update(msg.match_index):
             if pr.state is ProgressState.PROBE:
                 pr.become_replicate()
+            elif pr.state is ProgressState.SNAPSHOT and pr.match_index >= self.log.offset:
+                pr.become_probe()  # caught up by entries after all (etcd does the same)
             self._maybe_commit()
             if self._transfer_target == msg.src:
                 self._maybe_send_timeout_now()
-        elif pr.state is ProgressState.PROBE:
-            pr.probe_sent = False
+        else:
+            pr.on_answer(
+                self._now, msg.match_index == pr.next_index - 1,
+                2 * self.config.heartbeat_interval,
+            )
         if pr.next_index <= self.log.last_index() or (
             min(self.log.committed, pr.match_index) > pr.commit_sent
         ):
             self._broadcast = True
 
     def _handle_reject(self, pr: Progress, msg: AppendEntriesResponse) -> None:
-        if msg.reject_index < pr.match_index:
-            return  # stale: we already know it matches further than that
-        if msg.reject_index == pr.match_index and pr.match_index > 0:
-            # It no longer holds an entry it acknowledged: its disk was wiped
-            # or replaced (operator action, outside Raft's fault model). Start
-            # over from what it says it has, or it would never catch up. Our
-            # commit index never moves back, so nothing committed is at risk.
-            pr.match_index = max(0, min(pr.match_index, msg.conflict_index - 1))
+        if pr.state is ProgressState.SNAPSHOT:
+            # Paused while a snapshot is in flight (PLAN.md): a heartbeat the
+            # follower rejects because it lacks the log must not start a
+            # second transfer. Only the transfer's own outcome moves it on.
+            return
+        if msg.reject_index <= pr.match_index:
+            # Stale: it rejected an older message (reordered or duplicated).
+            # A follower never loses an entry it acknowledged in our term, so
+            # match_index stays: it must never move back (it feeds the commit
+            # rule). A node that lost its disk comes back under a fresh member
+            # id (PLAN.md), so "it lost what it acknowledged" cannot happen.
+            if "match_moves_back" in self.config.unsafe and msg.reject_index == pr.match_index:
+                pr.match_index = max(0, min(pr.match_index, msg.conflict_index - 1))
+            else:
+                pr.on_answer(self._now, False, 2 * self.config.heartbeat_interval)
+                return
         if pr.state is ProgressState.PROBE and msg.reject_index != pr.next_index - 1:
-            return  # a reply to an older probe
+            # A reply to an older probe or to a heartbeat.
+            pr.on_answer(self._now, False, 2 * self.config.heartbeat_interval)
+            return
         # Fast backtracking: skip a whole conflicting term per round trip.
         nxt = msg.conflict_index
         if msg.conflict_term is not None:
@@ -663,11 +960,12 @@ class RaftCore:
         if self.role is not Role.LEADER:
             return
         pr = self.progress.get(msg.src)
-        if pr is None:
+        if pr is None or msg.match_index > self.log.last_index():
             return
         pr.recent_active = True
         pr.maybe_update(msg.match_index)
-        pr.become_probe()
+        if pr.state is ProgressState.SNAPSHOT:
+            pr.become_probe()
         self._maybe_commit()
         self._broadcast = True
 
@@ -681,7 +979,7 @@ class RaftCore:
     def _release_reads(self) -> None:
         while self._read_rounds:
             rnd = self._read_rounds[0]
-            acks = 1 + sum(
+            acks = (self.id in self.voters) + sum(
                 1 for p, pr in self.progress.items() if pr.read_ack >= rnd.seq and p in self.voters
             )
             if acks < self.quorum():
@@ -692,9 +990,11 @@ class RaftCore:
                 self._answer_read(src, ctxs, rnd.index)
 
     def _maybe_commit(self) -> None:
+        if self.role is not Role.LEADER:
+            return
         matches = sorted(
             [self.progress[p].match_index for p in self.voters if p != self.id]
-            + [self._self_match() if self.id in self.voters else 0],
+            + ([self._self_match()] if self.id in self.voters else []),
             reverse=True,
         )
         n = matches[self.quorum() - 1]
@@ -708,8 +1008,16 @@ class RaftCore:
         self._broadcast = True
         if self._reads_waiting_commit and self._committed_in_term():
             waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
-            for src, ctx in waiting:
-                self._leader_read(src, ctx)
+            self._reads_new.extend(waiting)
+        self._after_commit()
+
+    def _after_commit(self) -> None:
+        """Membership hook: a leader that removed itself steps down once the
+        change is committed (thesis §4.2.2); until then it leads without
+        counting itself."""
+        if self.id not in self.voters and self.log.committed >= self._configs.current_index:
+            self._send_appends()  # tell the others the change committed
+            self._become_follower(self.term, None)
 
     def _self_match(self) -> int:
         # The leader counts only entries it has itself persisted (advance()).
@@ -723,8 +1031,7 @@ class RaftCore:
         prev = pr.match_index
         prev_term = self.log.term_at(prev)
         if prev_term is None:
-            prev = self.log.snapshot.index
-            prev_term = self.log.snapshot.term
+            prev, prev_term = self.log.offset, self.log.offset_term
         commit = min(self.log.committed, prev)
         pr.commit_sent = max(pr.commit_sent, commit)
         self._send(
@@ -739,7 +1046,9 @@ class RaftCore:
         sent_to: set[str] = set()
         for peer, pr in self.progress.items():
             while not pr.paused(self.config.max_inflight):
-                if pr.next_index < self.log.first_index():
+                if pr.next_index <= self.log.offset:
+                    # It needs entries we compacted: send the newest snapshot
+                    # (it covers at least up to the compaction point).
                     self._send_snapshot(peer, pr)
                     sent_to.add(peer)
                     break
@@ -759,11 +1068,14 @@ class RaftCore:
     def _send_append(self, peer: str, pr: Progress) -> None:
         prev = pr.next_index - 1
         prev_term = self.log.term_at(prev)
-        assert prev_term is not None
+        assert prev_term is not None  # offset <= prev <= last_index
+        probe = pr.state is ProgressState.PROBE
+        n = min(self.config.max_entries_per_msg,
+                self.config.probe_max_entries if probe else self.config.max_entries_per_msg)
         entries = self.log.slice(
             pr.next_index,
-            min(self.log.last_index() + 1, pr.next_index + self.config.max_entries_per_msg),
-            self.config.max_bytes_per_msg,
+            min(self.log.last_index() + 1, pr.next_index + max(1, n)),
+            self.config.probe_max_bytes if probe else self.config.max_bytes_per_msg,
         )
         self._send(
             AppendEntries(
@@ -777,11 +1089,11 @@ class RaftCore:
                 pr.next_index = entries[-1].index + 1
                 pr.inflight.append(entries[-1].index)
         else:
-            pr.probe_sent = True
+            pr.sent_probe(self._now)
 
     def _send_snapshot(self, peer: str, pr: Progress) -> None:
         meta = self.log.snapshot
-        pr.become_snapshot(meta.index, self._now)
+        pr.become_snapshot(meta.index, self._now + self.config.snapshot_timeout)
         self._send(InstallSnapshot(self.id, peer, self.term, meta, self.log.committed))
 
     def _send(self, msg: Message) -> None:
@@ -791,18 +1103,19 @@ class RaftCore:
     def ready(self) -> Ready:
         """Collect everything the caller must now persist, send and apply."""
         if self._forwarded_new:
+            new, self._forwarded_new = self._forwarded_new, []
             if self.leader_id is not None and self.role is not Role.LEADER:
-                self._send(
-                    ReadIndexRequest(
-                        self.id, self.leader_id, self.term, tuple(self._forwarded_new)
-                    )
-                )
-            self._forwarded_new = []
+                for i in range(0, len(new), MAX_READ_CTXS):
+                    chunk = tuple(new[i : i + MAX_READ_CTXS])
+                    self._send(ReadIndexRequest(self.id, self.leader_id, self.term, chunk))
         if self.role is Role.LEADER:
             if self._reads_new:
                 self._read_seq += 1
-                rnd = _ReadRound(self._read_seq, self.log.committed, [], {})
-                for src, ctx in self._reads_new:
+                rnd = _ReadRound(
+                    self._read_seq, self.log.committed,
+                    min(d for _, _, d in self._reads_new), [], {},
+                )
+                for src, ctx, _ in self._reads_new:
                     if src is None or src == self.id:
                         rnd.local.append(ctx)
                     else:

@@ -122,6 +122,7 @@ class _Disk:
     hard_state: HardState = field(default_factory=HardState)
     snapshot: SnapshotMeta = field(default_factory=SnapshotMeta)
     snapshot_data: tuple[bytes, ...] = ()  # the applied command digests it covers
+    compacted: tuple[int, int] = (0, 0)  # the compaction point: entries start after it
     entries: list[Entry] = field(default_factory=list)
 
     def save(self, rd: Ready, snap_data: tuple[bytes, ...] | None) -> None:
@@ -129,6 +130,7 @@ class _Disk:
             assert snap_data is not None
             self.snapshot = rd.snapshot
             self.snapshot_data = snap_data
+            self.compacted = (rd.snapshot.index, rd.snapshot.term)
             if rd.snapshot_keep_entries:
                 self.entries = [e for e in self.entries if e.index > rd.snapshot.index]
             else:
@@ -173,14 +175,18 @@ class _Node:
             max_inflight=self.sim.rng.choice([2, 8]),
         )
         d = self.disk
-        return RaftCore(
-            cfg,
-            random.Random(self.sim.rng.random()),
-            hard_state=d.hard_state,
-            snapshot=d.snapshot,
-            entries=list(d.entries),
-            now=self.sim.now,
-        )
+        try:
+            return RaftCore(
+                cfg,
+                random.Random(self.sim.rng.random()),
+                hard_state=d.hard_state,
+                snapshot=d.snapshot,
+                entries=list(d.entries),
+                now=self.sim.now,
+                compacted=d.compacted,
+            )
+        except ValueError as exc:  # what it persisted does not fit together
+            raise SafetyViolation(f"{self.id} cannot restart from its disk: {exc}") from None
 
     def crash(self) -> None:
         self.up = False
@@ -324,15 +330,19 @@ class Simulation:
             # Snapshot and compact now and then, as the runtime does.
             core = n.core
             if core.applied_index - core.log.snapshot.index >= self.snapshot_every:
+                # As the runtime does: meta from the core, write the snapshot,
+                # tell the core, then compact stable storage to the point it names.
                 idx = core.applied_index
-                term = core.log.term_at(idx)
-                assert term is not None
-                n.disk.snapshot = SnapshotMeta(idx, term, core.configuration)
+                meta = core.snapshot_meta(idx)
+                n.disk.snapshot = meta
                 n.disk.snapshot_data = tuple(n.applied[:idx])
-                n.disk.entries = [e for e in n.disk.entries if e.index > idx]
-                if self._crash_point(n):  # snapshot durable, memory not yet compacted
+                if self._crash_point(n):  # snapshot durable, log not yet compacted
                     return
-                core.compact(idx)
+                point = core.snapshot_taken(meta)
+                if self._crash_point(n):  # memory compacted, stable storage not yet
+                    return
+                n.disk.compacted = point
+                n.disk.entries = [e for e in n.disk.entries if e.index > point[0]]
         self._arm(n)
 
     _incoming_snapshot: dict[str, tuple[bytes, ...]]
@@ -395,7 +405,7 @@ class Simulation:
                 self._check_completeness(n)
         # Committed entries never change, and the local log agrees with them.
         log = core.log
-        lo = max(log.snapshot.index + 1, c - 8)
+        lo = max(log.offset + 1, c - 8)
         for i in range(lo, c + 1):
             d = _digest(log.entry(i))
             prev = self.committed.get(i)
@@ -413,8 +423,8 @@ class Simulation:
             return log.last_term(), log.last_index(), log.snapshot.index, None
         d = n.disk
         last = d.entries[-1] if d.entries else None
-        lt = last.term if last else d.snapshot.term
-        li = last.index if last else d.snapshot.index
+        lt = last.term if last else d.compacted[1]
+        li = last.index if last else d.compacted[0]
         return lt, li, d.snapshot.index, None
 
     def _holds(self, n: _Node, index: int, term: int) -> bool:
