@@ -45,6 +45,7 @@ class Cluster:
         self.cores: dict[str, RaftCore | None] = {}
         self.queue: list[Message] = []
         self.applied: dict[str, list[Entry]] = {i: [] for i in ids}
+        self.read_states: dict[str, list[tuple[int, int]]] = {i: [] for i in ids}
         for i in ids:
             self.boot(i)
 
@@ -84,6 +85,7 @@ class Cluster:
             self.queue.extend(rd.early_messages)
             self.queue.extend(rd.messages)
             self.applied[node].extend(rd.committed)
+            self.read_states[node].extend(rd.read_states)
             core.advance(rd)
 
     def deliver(
