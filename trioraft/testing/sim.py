@@ -12,10 +12,22 @@ After every step it checks Raft's safety properties:
 - State Machine Safety: no two nodes apply different entries at an index;
 - commit indexes never move back (per incarnation) and committed entries never change;
 - applied <= committed on every node;
-- ReadIndex: a read index is >= every index committed when the read began.
+- ReadIndex: a read index is >= every index committed when the read began;
+- a leader's match_index for a follower never moves back within its term;
+- no write's answer contradicts its entry's fate: a write answered "dropped"
+  is never applied anywhere, one answered "ok" is applied (the runtime's
+  rule: each write -- relayed batches included -- is settled by its own entry).
 
-After the faults stop, liveness: a leader is elected and a fresh proposal is
-applied on every node within a bounded virtual time.
+Workload: clients propose at the leader or at followers, which relay their
+writes to the leader in batches as the runtime does; some seeds have a slow
+link (high latency, low bandwidth, FIFO) to one node, which is also down for
+the last stretch of the faults; snapshots are taken every few entries and the
+core keeps a catch-up tail (CoreConfig.snapshot_catchup_entries).
+
+After the faults stop, proposals go on (sustained load) and every node must
+apply what was committed shortly after within a bound *while they continue*
+(issue 11: catching up must not need the writes to stop); then liveness: a
+fresh proposal is applied on every node within a bounded virtual time.
 
 Run many seeds: ``python -m trioraft.testing.sim --seeds 500``.
 Replay one: ``python -m trioraft.testing.sim --seed 1234 [--nodes 5] [--unsafe X]``.
@@ -24,6 +36,7 @@ Replay one: ``python -m trioraft.testing.sim --seed 1234 [--nodes 5] [--unsafe X
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import heapq
 import random
@@ -33,8 +46,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trioraft.core import (
+    AppendEntries,
     CoreConfig,
     Entry,
+    EntryKind,
     HardState,
     InstallSnapshot,
     Message,
@@ -79,6 +94,29 @@ class SimConfig:
     # sending (durable, unacknowledged), between sending and applying, and
     # right after a snapshot is written (before the log is compacted).
     crash_points: float = 0.0005
+    # A slow link (high latency, low bandwidth) to one node; None: drawn per seed.
+    slow_link: bool | None = None
+    # Followers relay client writes to the leader in batches, as the runtime
+    # does; None: drawn per seed.
+    relay: bool | None = None
+    # After the faults stop, proposals go on for this long, and every node must
+    # apply what was committed `settle` seconds in within `converge_bound`
+    # seconds more -- while the load continues (issue 11: catching up must not
+    # need the writes to stop).
+    load_time: float = 2.5
+    load_interval: float = 0.020  # mean seconds between client requests meanwhile
+    settle: float = 0.5
+    converge_bound: float = 2.0
+    # The core's catch-up tail (CoreConfig.snapshot_catchup_entries); None:
+    # drawn per seed (5,000 behind a slow link, else 4, 64 or 5,000 so that
+    # InstallSnapshot is exercised too).
+    catchup: int | None = None
+
+
+# Broken variants the simulated runtime (not the core) implements.
+SIM_UNSAFE = frozenset({"ack_before_persist", "settle_batch_by_first", "no_catchup_tail"})
+CORE_UNSAFE = frozenset({"commit_old_terms", "vote_without_log_check", "no_truncate",
+                         "match_moves_back", "two_changes", "change_before_commit"})
 
 
 # SimConfig field -> the command-line flag that sets it (for replay commands).
@@ -90,6 +128,9 @@ _FLAGS = {
     "crash_after_send": "--crash-after-send",
     "drop": "--drop",
     "crash_points": "--crash-points",
+    "slow_link": "--slow-link",
+    "relay": "--relay",
+    "catchup": "--catchup",
 }
 
 
@@ -143,6 +184,16 @@ class _Disk:
             self.entries.extend(rd.entries)
 
 
+def _size(msg: Message, snap: tuple[bytes, ...] | None) -> int:
+    """Bytes a message takes on the wire (roughly, for the slow link)."""
+    if isinstance(msg, AppendEntries):
+        return 64 + sum(len(e.data) + 24 for e in msg.entries)
+    if isinstance(msg, InstallSnapshot):
+        return 64 + 1000 * len(snap or ())  # the state: ~1 KB per applied write
+    return 64
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _digest(e: Entry) -> bytes:
     return hashlib.blake2b(
         e.term.to_bytes(8, "big") + bytes([e.kind]) + e.data, digest_size=8
@@ -167,12 +218,18 @@ class _Node:
         cfg = CoreConfig(
             id=self.id,
             voters=frozenset(self.sim.ids),
-            unsafe=self.sim.config.unsafe & {"commit_old_terms", "vote_without_log_check",
-                                            "no_truncate"},
-            max_entries_per_msg=(
-                self.sim.config.max_entries_per_msg or self.sim.rng.choice([1, 4, 64])
+            unsafe=self.sim.config.unsafe & CORE_UNSAFE,
+            snapshot_catchup_entries=(
+                0 if "no_catchup_tail" in self.sim.config.unsafe else self.sim.catchup
             ),
-            max_inflight=self.sim.rng.choice([2, 8]),
+            max_entries_per_msg=(
+                self.sim.config.max_entries_per_msg or self.sim.rng.choice(
+                    [16, 64] if self.sim.slow_node else [1, 4, 64]
+                )
+            ),
+            # Through a slow link only a deep pipeline keeps up with the load
+            # (bandwidth-delay product); elsewhere shallow ones are tried too.
+            max_inflight=8 if self.sim.slow_node else self.sim.rng.choice([2, 8]),
         )
         d = self.disk
         try:
@@ -192,6 +249,7 @@ class _Node:
         self.up = False
         self.deferred = []  # unpersisted writes are lost
         self.timer_gen += 1
+        self.sim.forget_pending(self.id)  # its clients' answers are now unknown
 
     def restart(self) -> None:
         self.up = True
@@ -199,6 +257,7 @@ class _Node:
         self.core = self._boot()
         self.applied = list(self.disk.snapshot_data)
         self.sim.commit_seen[self.id] = self.core.commit_index
+        self.sim.checked.pop(self.id, None)
         self.sim.after_input(self)
 
 
@@ -224,6 +283,30 @@ class Simulation:
         self.faulty = True
         self.blocked: set[tuple[str, str]] = set()  # (src, dst) pairs cut
         self.snapshot_every = r.choice([8, 25, 1000]) if config.snapshots else 10**9
+        # A slow link to one node (30-60 ms each way, 20-80 KB/s), FIFO like TCP.
+        slow = r.random() < 0.4 if config.slow_link is None else config.slow_link
+        self.slow_node = r.choice(self.ids) if slow else None
+        self.slow_latency = r.uniform(0.03, 0.06)
+        self.slow_bandwidth = r.uniform(20_000, 80_000)  # bytes per second
+        self.link_free: dict[tuple[str, str], float] = {}
+        self.fifo: dict[tuple[str, str], float] = {}  # last delivery time per link
+        self.relay = r.random() < 0.5 if config.relay is None else config.relay
+        if self.slow_node and config.snapshots:
+            self.snapshot_every = r.choice([8, 25])  # snapshots while it catches up
+        self.catchup: int = (
+            config.catchup if config.catchup is not None
+            else 5000 if self.slow_node else r.choice([4, 64, 5000])
+        )
+        # Proposals and their answers (the fate check). A write is identified
+        # by its data; each is proposed at most once.
+        self.relay_buf: dict[str, list[bytes]] = {i: [] for i in self.ids}
+        # (leader, index) -> (term, data, batch) awaiting the leader's apply.
+        self.pending: dict[tuple[str, int], tuple[int, bytes, list[bytes]]] = {}
+        self.answers: dict[bytes, str] = {}  # data -> "ok" | "dropped"
+        self.committed_data: set[bytes] = set()
+        self.matches: dict[tuple[str, int], dict[str, int]] = {}  # (leader, term) -> matches
+        self.loading = True  # clients keep proposing
+        self.checked: dict[str, int] = {}  # node -> commit index checked up to
         # Safety bookkeeping.
         self.leaders: dict[int, str] = {}
         self.entries_seen: dict[tuple[int, int], tuple[bytes, int | None]] = {}
@@ -248,20 +331,36 @@ class Simulation:
         self._push(n.core.deadline, "timer", (n.id, n.timer_gen))
 
     def send(self, src: _Node, msg: Message, snap: tuple[bytes, ...] | None) -> None:
-        if (msg.src, msg.dst) in self.blocked:
+        if (msg.src, msg.dst) in self.blocked or (self.faulty and self.rng.random() < self.drop):
+            if isinstance(msg, InstallSnapshot):
+                self._snapshot_report(src, msg, False, self.now + 0.05)
             return
-        copies = 1
-        if self.faulty:
-            if self.rng.random() < self.drop:
-                return
-            if self.rng.random() < self.dup:
-                copies = 2
+        copies = 2 if self.faulty and self.rng.random() < self.dup else 1
+        key = (msg.src, msg.dst)
         for _ in range(copies):
             lo, hi = self.delay
             d = lo + self.rng.random() * (hi - lo)
+            at = self.now + d
             if self.faulty and self.rng.random() < self.reorder:
-                d += self.rng.random() * 0.1
-            self._push(self.now + d, "msg", (msg, snap))
+                at += self.rng.random() * 0.1  # overtaken by later messages
+            else:
+                # A link delivers in order (TCP-like) unless a fault reorders it.
+                at = max(at, self.fifo.get(key, 0.0))
+                self.fifo[key] = at
+            if self.slow_node in (msg.src, msg.dst):
+                # Serialised through the link at its bandwidth, then its latency.
+                start = max(self.now, self.link_free.get(key, 0.0))
+                self.link_free[key] = start + _size(msg, snap) / self.slow_bandwidth
+                at = self.link_free[key] + self.slow_latency + d
+            self._push(at, "msg", (msg, snap))
+            if isinstance(msg, InstallSnapshot):
+                self._snapshot_report(src, msg, True, at)
+
+    def _snapshot_report(self, src: _Node, msg: InstallSnapshot, ok: bool, at: float) -> None:
+        """The sender's runtime learns how its transfer went, as the real one
+        does from its HTTP calls: failed (report_snapshot(dst, False)), or
+        every chunk delivered (True; the follower's answer may still be lost)."""
+        self._push(at, "snap_report", (src.id, src.incarnation, msg.dst, ok))
 
     # ------------------------------------------------------------ node driver
     def after_input(self, n: _Node) -> None:
@@ -365,6 +464,63 @@ class Simulation:
             )
         self.committed[e.index] = d
         n.applied.append(d)
+        if e.kind is EntryKind.NORMAL:
+            self.committed_data.add(e.data)
+            if self.answers.get(e.data) == "dropped":
+                raise SafetyViolation(
+                    f"answer contradicts fate: a write was answered 'dropped' but {n.id} "
+                    f"applied it at {e.index}"
+                )
+        self._settle(n, e)
+
+    # ------------------------------------------------------- proposals' fate
+    def _settle(self, n: _Node, e: Entry) -> None:
+        """The leader's runtime answers a write when it applies its index.
+
+        The correct rule (issue 11 #1): each write is settled by its *own*
+        entry -- applied with the term it was appended in: its result;
+        another entry took the index: "dropped", for that write alone.
+        """
+        p = self.pending.pop((n.id, e.index), None)
+        if p is None:
+            return
+        term, data, batch = p
+        if e.term == term:
+            self.answers.setdefault(data, "ok")
+            return
+        self._answer_dropped(data)
+        if "settle_batch_by_first" in self.config.unsafe:
+            # Broken (the old _settle_proposal): the whole batch is answered
+            # 503 at its first replaced entry, although a prefix applied.
+            for other in batch:
+                if self.answers.get(other) == "ok" or other not in self.answers:
+                    self.answers[other] = "dropped"
+                    if other in self.committed_data:
+                        raise SafetyViolation(
+                            "answer contradicts fate: a write was answered 'dropped' but "
+                            "was applied"
+                        )
+
+    def _answer_dropped(self, data: bytes) -> None:
+        if data in self.committed_data:
+            raise SafetyViolation(
+                "answer contradicts fate: a write was answered 'dropped' but was applied"
+            )
+        self.answers[data] = "dropped"
+
+    def forget_pending(self, node_id: str) -> None:
+        """A crashed leader's runtime loses its reply slots: those answers are unknown."""
+        for key in [k for k in self.pending if k[0] == node_id]:
+            del self.pending[key]
+
+    def _propose_batch(self, n: _Node, datas: list[bytes]) -> None:
+        try:
+            first, term = n.core.propose(datas)
+        except (NotLeader, ProposalDropped):
+            return  # refused before anything was appended: a definite "not applied"
+        for i, d in enumerate(datas):
+            self.pending[(n.id, first + i)] = (term, d, datas)
+        self.after_input(n)
 
     # ------------------------------------------------------------------ checks
     def _check_ready(self, n: _Node, rd: Ready) -> None:
@@ -403,9 +559,23 @@ class Simulation:
                 n.led_term = core.term
                 self.result.elections += 1
                 self._check_completeness(n)
+            # A leader's match_index for a follower never moves back within its
+            # term: the commit rule counts it.
+            seen = self.matches.setdefault((n.id, core.term), {})
+            for p, pr in core.progress.items():
+                if pr.match_index < seen.get(p, 0):
+                    raise SafetyViolation(
+                        f"{n.id}'s match_index for {p} moved back {seen[p]}->{pr.match_index} "
+                        f"in term {core.term}"
+                    )
+                seen[p] = pr.match_index
         # Committed entries never change, and the local log agrees with them.
         log = core.log
-        lo = max(log.offset + 1, c - 8)
+        # Entries newly committed since the last check (each is checked once
+        # per incarnation: a committed entry can never change afterwards
+        # without this check, or Log Matching's, seeing it).
+        lo = max(log.offset + 1, c - 64, self.checked.get(n.id, 0) + 1)
+        self.checked[n.id] = c
         for i in range(lo, c + 1):
             d = _digest(log.entry(i))
             prev = self.committed.get(i)
@@ -502,11 +672,32 @@ class Simulation:
             self.pending_reads[self._ctx] = self.max_commit
         else:
             self._proposal += 1
-            try:
-                n.core.propose([f"{self.seed}:{self._proposal}".encode()])
-            except (NotLeader, ProposalDropped):
-                return
+            data = f"{self.seed}:{self._proposal}".encode()
+            if n.core.role is Role.LEADER:
+                self._propose_batch(n, [data])
+            elif self.relay and n.core.leader_id is not None:
+                # The follower's runtime relays it to the leader, batched with
+                # other clients' writes (a burst of them: many clients).
+                if not self.relay_buf[n.id]:
+                    self._push(self.now + self.rng.uniform(0.005, 0.05), "relay", n.id)
+                self.relay_buf[n.id].append(data)
+                for _ in range(self.rng.randint(0, 7)):
+                    self._proposal += 1
+                    self.relay_buf[n.id].append(f"{self.seed}:{self._proposal}".encode())
+            return
         self.after_input(n)
+
+    def _relay(self, nid: str) -> None:
+        """A follower sends its buffered writes to the leader it knows, as one batch."""
+        n = self.nodes[nid]
+        batch, self.relay_buf[nid] = self.relay_buf[nid], []
+        leader = n.core.leader_id if n.up else None
+        if not batch or leader is None or leader == nid or (nid, leader) in self.blocked:
+            return  # not sent: the clients are told "no leader" (never applied)
+        if self.faulty and self.rng.random() < self.drop:
+            return  # lost: never proposed
+        lo, hi = self.delay
+        self._push(self.now + lo + self.rng.random() * (hi - lo), "relayed", (leader, batch))
 
     def _fault(self) -> None:
         r = self.rng
@@ -562,17 +753,29 @@ class Simulation:
         self._incoming_snapshot = {}
         cfg = self.config
         r = self.rng
+        load_end = cfg.fault_time + (cfg.load_time if cfg.check_liveness else 0.0)
         t = 0.0
         while (t := t + r.expovariate(1 / 0.004)) < cfg.fault_time:
             self._push(t, "client", None)
+        while (t := t + r.expovariate(1 / cfg.load_interval)) < load_end:
+            self._push(t, "client", None)  # sustained, below what the links carry
         t = 0.0
         while (t := t + r.uniform(0.25, 1.75) * cfg.fault_interval) < cfg.fault_time:
             self._push(t, "fault", None)
         self._push(cfg.fault_time, "calm", None)
+        if self.slow_node is not None:
+            # Issue 11 #2's case: the node behind the slow link is down for the
+            # last stretch of the faults and must catch up under load after.
+            self._push(cfg.fault_time - 0.8, "crash", self.slow_node)
+        if cfg.check_liveness:
+            self._push(cfg.fault_time + cfg.settle, "converge_target", None)
+            self._push(cfg.fault_time + cfg.settle + cfg.converge_bound, "converge_check", None)
         try:
-            self._loop(cfg.fault_time)
+            self._loop(load_end)
+            self.loading = False
             if cfg.check_liveness:
                 self._liveness()
+                self._check_fates()
         except SafetyViolation as exc:
             self.result.violation = str(exc)
         except AssertionError as exc:  # an invariant inside the core broke
@@ -593,7 +796,19 @@ class Simulation:
                     self.after_input(n)
             elif kind == "msg":
                 msg, snap = payload
-                n = self.nodes[msg.dst]
+                dst = self.nodes.get(msg.dst)
+                if dst is None:
+                    continue
+                n = dst
+                if (
+                    msg.src not in self.nodes and isinstance(msg, AppendEntries | InstallSnapshot)
+                    and (type(msg.term) is not int or msg.term >= n.core.term)
+                ):
+                    # A stranger's leader messages at a current term: the core
+                    # believes leader messages from any sender (a leader may be
+                    # newer than our configuration); authenticating peers is
+                    # the transport's job (issue 10), so they never get here.
+                    continue
                 if n.up and (msg.src, msg.dst) not in self.blocked:
                     if isinstance(msg, InstallSnapshot):
                         self._incoming_snapshot[n.id] = snap
@@ -601,14 +816,37 @@ class Simulation:
                     self.after_input(n)
                     self._incoming_snapshot.pop(n.id, None)
             elif kind == "client":
-                self._client()
+                if self.loading:
+                    self._client()
+            elif kind == "relay":
+                self._relay(payload)
+            elif kind == "relayed":
+                lid, batch = payload
+                ld = self.nodes[lid]
+                if ld.up and ld.core.role is Role.LEADER:
+                    self._propose_batch(ld, batch)
+            elif kind == "snap_report":
+                nid, inc, dst_id, ok = payload
+                n = self.nodes[nid]
+                # Delivered to a node that is down or cut off: the transfer failed.
+                ok = ok and self.nodes[dst_id].up and (nid, dst_id) not in self.blocked
+                if n.up and n.incarnation == inc:
+                    n.core.report_snapshot(dst_id, ok)
+                    self.after_input(n)
+            elif kind == "converge_target":
+                self._converge_target = max(
+                    n.core.commit_index for n in self.nodes.values() if n.up
+                )
+            elif kind == "converge_check":
+                self._check_converged()
             elif kind == "fault":
                 self._fault()
             elif kind == "crash":
                 n = self.nodes[payload]
                 if n.up:
                     n.crash()
-                    self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
+                    if payload != self.slow_node:
+                        self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
             elif kind == "restart":
                 n = self.nodes[payload]
                 if not n.up:
@@ -624,6 +862,34 @@ class Simulation:
                 for n in self.nodes.values():
                     if not n.up:
                         n.restart()
+
+    _converge_target = 0
+
+    def _check_converged(self) -> None:
+        """Issue 11 #2: every node applies what was committed shortly after the
+        faults stopped within a bound, *while proposals continue* (a follower
+        behind a slow link must not need the writes to stop to catch up)."""
+        target = self._converge_target
+        for n in self.nodes.values():
+            if n.core.applied_index < target:
+                raise SafetyViolation(
+                    f"liveness under load: {n.id} applied {n.core.applied_index} < {target} "
+                    f"{self.config.converge_bound}s after it was committed, while proposals "
+                    f"continued (slow link to {self.slow_node})"
+                )
+
+    def _check_fates(self) -> None:
+        """No answer contradicts its write's fate, now that everything converged."""
+        for data, answer in self.answers.items():
+            applied = data in self.committed_data
+            if answer == "ok" and not applied:
+                raise SafetyViolation("answer contradicts fate: 'ok' for a write never applied")
+            if answer == "dropped" and applied:
+                raise SafetyViolation("answer contradicts fate: 'dropped' for an applied write")
+
+    def inject(self, at: float, msg: Message) -> None:
+        """Deliver `msg` (from a fake peer) at virtual time `at`."""
+        self._push(at, "msg", (msg, None))
 
     def _liveness(self) -> None:
         """After the faults stop, a proposal must commit and apply everywhere."""
@@ -704,6 +970,12 @@ def bench(entries: int = 200_000, batch: int = 100, nodes: int = 3) -> float:
     return entries / elapsed
 
 
+def _flag(text: str) -> bool:
+    if text not in ("True", "False"):
+        raise argparse.ArgumentTypeError("True or False")
+    return text == "True"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trioraft.testing.sim", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -721,6 +993,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--drop", type=float, default=None, help="message loss rate (default: drawn)")
     p.add_argument("--crash-points", type=float, default=SimConfig.crash_points,
                    help="probability of a crash at each crash point of each Ready")
+    p.add_argument("--slow-link", type=_flag, default=None,
+                   help="True/False: a slow link to one node (default: drawn per seed)")
+    p.add_argument("--relay", type=_flag, default=None,
+                   help="True/False: followers relay writes in batches (default: drawn)")
+    p.add_argument("--catchup", type=int, default=None,
+                   help="the core's catch-up tail in entries (default: drawn)")
     p.add_argument("--unsafe", action="append", default=[],
                    help="enable a deliberately broken variant (teeth)")
     p.add_argument("--bench", action="store_true",
@@ -739,7 +1017,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         fault_interval=a.fault_interval, churn=a.churn,
                         max_entries_per_msg=a.max_entries,
                         crash_after_send=a.crash_after_send, drop=a.drop,
-                        crash_points=a.crash_points)
+                        crash_points=a.crash_points, slow_link=a.slow_link, relay=a.relay,
+                        catchup=a.catchup)
         res = run_seed(s, cfg)
         committed += res.committed
         steps += res.steps
