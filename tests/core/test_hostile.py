@@ -221,3 +221,38 @@ def test_wrong_field_types_are_dropped_not_raised() -> None:
         b.step(m, c.now)
     c.process("b")
     assert _snapshot_of(c, "b") == before
+
+
+def test_entries_that_contradict_our_committed_prefix_are_not_appended() -> None:
+    # Found by the fuzzer: a message reaching back below our commit index whose
+    # entry at the commit index has another term cannot come from a real
+    # leader (Leader Completeness); appending its tail made our log's terms
+    # decrease.
+    c = _cluster()
+    b = c.core("b")
+    c.elect("b")  # b leads term 2 ...
+    c.deliver()
+    c.propose("b", b"y")
+    c.deliver()
+    a = c.core("a")
+    assert a.log.last_term() == a.term == 2
+    before = _snapshot_of(c, "a")
+    last = a.log.last_index()
+    forged = AppendEntries("b", "a", a.term, 1, 1, tuple(Entry(i, 1) for i in range(2, last + 2)),
+                           0)
+    a.step(forged, c.now)
+    c.process("a")
+    assert _snapshot_of(c, "a") == before
+    assert b.role is Role.LEADER
+
+
+def test_a_snapshot_older_in_term_than_our_committed_entries_is_ignored() -> None:
+    c = _cluster()
+    c.elect("b")
+    c.deliver()
+    a = c.core("a")
+    before = _snapshot_of(c, "a")
+    meta = SnapshotMeta(a.log.last_index() + 5, 1, Configuration.of_voters("abc"))
+    a.step(InstallSnapshot("b", "a", a.term, meta, 0), c.now)
+    c.process("a")
+    assert _snapshot_of(c, "a") == before

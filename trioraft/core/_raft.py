@@ -793,7 +793,15 @@ class RaftCore:
             # Everything up to our commit index matches any current leader's log
             # (Leader Completeness), so the part of the message we have
             # committed is skipped and the rest is checked entry by entry.
-            entries = [e for e in msg.entries if e.index > log.committed]
+            # The same property unmasks a forged or broken sender: a message
+            # whose entry at our commit index differs from ours cannot come
+            # from a real leader, and is ignored (as if lost).
+            c = log.committed
+            if msg.prev_log_index + len(msg.entries) >= c:
+                at_c = msg.entries[c - msg.prev_log_index - 1]
+                if at_c.term != log.term_at(c):
+                    return
+            entries = [e for e in msg.entries if e.index > c]
             ok_prev = True
         else:
             entries = list(msg.entries)
@@ -861,6 +869,12 @@ class RaftCore:
         if not self._accept_leader(msg.src):
             return
         meta = msg.meta
+        committed_term = self.log.term_at(self.log.committed)
+        if meta.index > self.log.committed and (committed_term or 0) > meta.term:
+            # A real leader's snapshot beyond our commit index contains our
+            # committed entries, and terms never decrease along a log: this
+            # one cannot be real (forged or broken sender). Ignore it.
+            return
         if meta.index <= self.log.committed:
             # We already hold (and agree on) everything the snapshot covers.
             self._send(InstallSnapshotResponse(self.id, msg.src, self.term, self.log.committed))
