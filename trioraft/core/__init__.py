@@ -1,5 +1,6 @@
 """The sans-IO Raft core: no sockets, files, clocks or Trio -- only data in, data out."""
 
+from trioraft.core._changes import ChangeKind, ConfChange, apply_change
 from trioraft.core._errors import (
     ChangeInProgress,
     InvalidChange,
@@ -39,6 +40,8 @@ __all__ = [
     "AppendEntries",
     "AppendEntriesResponse",
     "ChangeInProgress",
+    "ChangeKind",
+    "ConfChange",
     "Configuration",
     "CoreConfig",
     "Entry",
@@ -68,5 +71,6 @@ __all__ = [
     "TimeoutNow",
     "TransferRefused",
     "UnknownMember",
+    "apply_change",
     "message_ok",
 ]

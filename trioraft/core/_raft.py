@@ -45,7 +45,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from trioraft.core._errors import NotLeader, ProposalDropped, TransferRefused
+from trioraft.core._changes import ConfChange, apply_change
+from trioraft.core._errors import ChangeInProgress, NotLeader, ProposalDropped, TransferRefused
 from trioraft.core._log import RaftLog
 from trioraft.core._membership import ConfigHistory
 from trioraft.core._progress import Progress, ProgressState
@@ -483,6 +484,52 @@ class RaftCore:
         self._maybe_commit()  # a single voter commits on its own (once persisted)
         return first, self.term
 
+    def propose_change(self, change: ConfChange) -> tuple[int, int]:
+        """Append a membership change; returns (index, term). Leader only.
+
+        It takes effect at once (thesis §4.1: a configuration is used as soon
+        as it is appended) and is final once committed; if another leader
+        overwrites the entry, the configuration rolls back with it. Raises
+        NotLeader, ChangeInProgress (a change is uncommitted, the leader has
+        not yet committed an entry of its term, or a leadership transfer is
+        under way), or the refusals of `apply_change` (UnknownMember,
+        MemberExists, LastVoter, InvalidChange). A refused change changed
+        nothing. See `_changes` for the safety argument.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self._transfer_target is not None:
+            raise ChangeInProgress("a leadership transfer is in progress")
+        if not self._committed_in_term() and "change_before_commit" not in self.config.unsafe:
+            # Rule 2 of _changes: wait for our no-op to commit.
+            raise ChangeInProgress("the leader has not yet committed an entry of its term")
+        if (
+            self._configs.current_index > self.log.committed
+            and "two_changes" not in self.config.unsafe
+        ):
+            # Rule 1 of _changes: one change at a time.
+            raise ChangeInProgress("the previous membership change is not committed yet")
+        new = apply_change(self.configuration, change)
+        index, term = self._append_own([(EntryKind.CONFIG, new.encode())])
+        self._configs.append(index, new)
+        self._config_changed()
+        self._maybe_commit()  # e.g. removing a lagging voter may commit at once
+        return index, term
+
+    def change_committed(self) -> bool:
+        """Whether the latest configuration is committed (no change in flight)."""
+        return self._configs.current_index <= self.log.committed
+
+    def caught_up(self, member_id: str) -> bool:
+        """Leader only: `member_id` receives entries normally and holds every
+        committed one -- the runtime's test before promoting a learner or
+        transferring leadership to it."""
+        pr = self.progress.get(member_id)
+        return (
+            self.role is Role.LEADER and pr is not None
+            and pr.state is ProgressState.REPLICATE and pr.match_index >= self.log.committed
+        )
+
     def read_index(self, ctx: int) -> None:
         """Ask for a linearizable read index; answered in `Ready.read_states`.
 
@@ -544,7 +591,7 @@ class RaftCore:
         if self._transfer_target is not None:
             raise TransferRefused(f"a transfer to {self._transfer_target!r} is in progress")
         pr = self.progress[target]
-        if pr.state is not ProgressState.REPLICATE or pr.match_index < self.log.committed:
+        if not self.caught_up(target):
             raise TransferRefused(
                 f"{target!r} is not caught up (match {pr.match_index}, commit "
                 f"{self.log.committed}, {pr.state.value})"
