@@ -226,3 +226,92 @@ def test_a_voter_follows_a_leader_its_log_does_not_know_yet() -> None:
     c.deliver()
     assert c.core("c").log.last_index() == c.core("d").log.last_index()
     assert c.core("c").leader_id == "d"
+
+
+# ----------------------------------------------------------------- teeth
+# The two rules of single-server changes (see trioraft.core._changes), each
+# shown necessary: the broken variant loses a committed entry in a scripted
+# schedule, the real core refuses the change that makes it possible.
+
+
+def _two_changes(unsafe: frozenset[str]) -> Cluster:
+    """C0 = {a..e}. a removes d and then e back to back (C2 = {a, b, c}, quorum
+    2) and commits X with b alone; c, d, e never saw either change. When a
+    dies, c wins term 2 with c, d, e -- a majority of C0 -- without X."""
+    c = Cluster(["a", "b", "c", "d", "e"], unsafe=unsafe)
+    c.elect("a")
+    c.deliver()
+    a = c.core("a")
+    a.propose_change(ConfChange.remove("d"))
+    a.propose_change(ConfChange.remove("e"))  # refused unless "two_changes"
+    x = c.propose("a", b"X")
+    c.deliver(between("a", "b"))
+    c.queue = []
+    assert a.commit_index >= x  # a and b: a quorum of {a, b, c}
+    c.crash("a")
+    c.elect("c", allow=between("c", "d", "e"))
+    c.deliver(between("b", "c", "d", "e"))
+    c.tick("c")
+    c.deliver(between("b", "c", "d", "e"))
+    return c
+
+
+def test_teeth_two_changes_in_flight_lose_a_committed_entry() -> None:
+    c = _two_changes(frozenset({"two_changes"}))
+    # A leader without the committed entry X: Leader Completeness is broken.
+    assert c.core("c").role is Role.LEADER
+    assert b"X" not in [e.data for e in c.core("c").log.entries]
+
+
+def test_the_second_change_in_flight_is_refused() -> None:
+    with pytest.raises(ChangeInProgress, match="not committed"):
+        _two_changes(frozenset())
+
+
+def _change_before_commit(unsafe: frozenset[str]) -> Cluster:
+    """Ongaro's scenario (raft-dev, 2015). C0 = {a, b, c, d} plus learner e.
+    a (term 1) promotes e -- C1 = {a..e} -- but only e gets it. b wins term 2
+    under C0 and, before committing anything of its term, removes d: C2 =
+    {a, b, c}, committed by b and c. Then a wins term 3 with a, d, e (a
+    majority of C1) and overwrites what b committed."""
+    c = Cluster(["a", "b", "c", "d"], unsafe=unsafe)
+    c.join("e")
+    c.elect("a")
+    c.deliver()
+    c.core("a").propose_change(ConfChange.add_learner(Member("e")))
+    c.process("a")
+    c.deliver()
+    c.tick("a")
+    c.deliver()
+    c.core("a").propose_change(ConfChange.promote("e"))
+    c.process("a")
+    c.deliver(between("a", "e"))
+    c.queue = []
+    c.crash("a")
+    c.elect("b", allow=between("b", "c", "d"))
+    c.queue = []  # b's no-op goes nowhere yet
+    b = c.core("b")
+    b.propose_change(ConfChange.remove("d"))  # refused unless "change_before_commit"
+    c.process("b")
+    for _ in range(5):  # the lost probe is sent again after two heartbeats
+        c.deliver(between("b", "c"))
+        c.tick("b")
+    assert b.commit_index == b.log.last_index()  # committed by b and c
+    c.crash("b")
+    c.boot("a")
+    c.elect("a", allow=between("a", "d", "e"))
+    return c
+
+
+def test_teeth_a_change_before_the_leader_commits_in_its_term_loses_entries() -> None:
+    c = _change_before_commit(frozenset({"change_before_commit"}))
+    # a leads term 3 without b's committed term-2 entries: Leader Completeness
+    # is broken (and a would overwrite them on every follower it reaches).
+    assert c.core("a").role is Role.LEADER
+    assert 2 not in [e.term for e in c.core("a").log.entries]
+    assert [e.term for e in c.core("c").log.entries].count(2) == 2  # committed there
+
+
+def test_a_change_before_the_leader_commits_in_its_term_is_refused() -> None:
+    with pytest.raises(ChangeInProgress, match="of its term"):
+        _change_before_commit(frozenset())

@@ -11,6 +11,7 @@ __all__ = [
     "LastVoter",
     "MemberExists",
     "MembershipError",
+    "NotCaughtUp",
     "NotLeader",
     "ProposalDropped",
     "RaftError",
@@ -59,6 +60,12 @@ class UnknownMember(MembershipError):
 class MemberExists(MembershipError):
     """A member with that id already exists (ids name one incarnation: a
     re-admitted node needs a fresh one)."""
+
+
+class NotCaughtUp(MembershipError):
+    """The learner to promote does not hold every committed entry yet (or is
+    not receiving entries normally): promoting it now could leave the new
+    configuration without a quorum that can make progress (thesis §4.2.1)."""
 
 
 class LastVoter(MembershipError):

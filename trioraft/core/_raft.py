@@ -45,8 +45,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from trioraft.core._changes import ConfChange, apply_change
-from trioraft.core._errors import ChangeInProgress, NotLeader, ProposalDropped, TransferRefused
+from trioraft.core._changes import ChangeKind, ConfChange, apply_change
+from trioraft.core._errors import (
+    ChangeInProgress,
+    NotCaughtUp,
+    NotLeader,
+    ProposalDropped,
+    TransferRefused,
+)
 from trioraft.core._log import RaftLog
 from trioraft.core._membership import ConfigHistory
 from trioraft.core._progress import Progress, ProgressState
@@ -492,7 +498,8 @@ class RaftCore:
         overwrites the entry, the configuration rolls back with it. Raises
         NotLeader, ChangeInProgress (a change is uncommitted, the leader has
         not yet committed an entry of its term, or a leadership transfer is
-        under way), or the refusals of `apply_change` (UnknownMember,
+        under way), NotCaughtUp (a promotion of a learner that is not
+        `caught_up`), or the refusals of `apply_change` (UnknownMember,
         MemberExists, LastVoter, InvalidChange). A refused change changed
         nothing. See `_changes` for the safety argument.
         """
@@ -510,6 +517,10 @@ class RaftCore:
             # Rule 1 of _changes: one change at a time.
             raise ChangeInProgress("the previous membership change is not committed yet")
         new = apply_change(self.configuration, change)
+        if change.kind is ChangeKind.PROMOTE and not self.caught_up(change.member.id):
+            # Availability, not safety: a voter that cannot vote yet (it may
+            # not even know the configuration) counts against the quorum.
+            raise NotCaughtUp(f"{change.member.id!r} is not caught up yet")
         index, term = self._append_own([(EntryKind.CONFIG, new.encode())])
         self._configs.append(index, new)
         self._config_changed()

@@ -47,15 +47,19 @@ from typing import Any
 
 from trioraft.core import (
     AppendEntries,
+    ConfChange,
+    Configuration,
     CoreConfig,
     Entry,
     EntryKind,
     HardState,
     InstallSnapshot,
+    Member,
     Message,
     NotLeader,
     ProposalDropped,
     RaftCore,
+    RaftError,
     Ready,
     Role,
     SnapshotMeta,
@@ -107,6 +111,9 @@ class SimConfig:
     load_interval: float = 0.020  # mean seconds between client requests meanwhile
     settle: float = 0.5
     converge_bound: float = 2.0
+    # Membership changes under the faults (add learner, promote, remove --
+    # the leader too --, transfer, wipe and re-admit); None: drawn per seed.
+    membership: bool | None = None
     # The core's catch-up tail (CoreConfig.snapshot_catchup_entries); None:
     # drawn per seed (5,000 behind a slow link, else 4, 64 or 5,000 so that
     # InstallSnapshot is exercised too).
@@ -114,7 +121,8 @@ class SimConfig:
 
 
 # Broken variants the simulated runtime (not the core) implements.
-SIM_UNSAFE = frozenset({"ack_before_persist", "settle_batch_by_first", "no_catchup_tail"})
+SIM_UNSAFE = frozenset({"ack_before_persist", "settle_batch_by_first", "no_catchup_tail",
+                        "wipe_keeps_id"})
 CORE_UNSAFE = frozenset({"commit_old_terms", "vote_without_log_check", "no_truncate",
                          "match_moves_back", "two_changes", "change_before_commit"})
 
@@ -131,6 +139,7 @@ _FLAGS = {
     "slow_link": "--slow-link",
     "relay": "--relay",
     "catchup": "--catchup",
+    "membership": "--membership",
 }
 
 
@@ -201,9 +210,12 @@ def _digest(e: Entry) -> bytes:
 
 
 class _Node:
-    def __init__(self, sim: Simulation, node_id: str) -> None:
+    def __init__(self, sim: Simulation, node_id: str, joiner: bool = False) -> None:
         self.sim = sim
         self.id = node_id
+        # A joiner starts empty and knows no configuration: it never votes or
+        # counts until a membership change admits it (PLAN.md's identity rules).
+        self.joiner = joiner
         self.disk = _Disk()
         self.up = True
         self.incarnation = 0
@@ -217,7 +229,7 @@ class _Node:
     def _boot(self) -> RaftCore:
         cfg = CoreConfig(
             id=self.id,
-            voters=frozenset(self.sim.ids),
+            voters=frozenset() if self.joiner else frozenset(self.sim.initial_ids),
             unsafe=self.sim.config.unsafe & CORE_UNSAFE,
             snapshot_catchup_entries=(
                 0 if "no_catchup_tail" in self.sim.config.unsafe else self.sim.catchup
@@ -267,7 +279,8 @@ class Simulation:
         self.config = config
         self.rng = random.Random(seed)
         self.now = 0.0
-        self.ids = [f"n{i}" for i in range(1, config.nodes + 1)]
+        self.initial_ids = [f"n{i}" for i in range(1, config.nodes + 1)]
+        self.ids = list(self.initial_ids)  # the processes that exist (member ids)
         self.result = SimResult(seed, config)
         self._seq = 0
         self._events: list[tuple[float, int, str, Any]] = []
@@ -316,10 +329,19 @@ class Simulation:
         self.pending_reads: dict[int, int] = {}  # ctx -> max commit when issued
         self._ctx = 0
         self._proposal = 0
+        # Membership changes (issue 12): the operator adds, promotes, removes,
+        # transfers leadership and wipes disks; a wiped node returns under a
+        # fresh member id (a joiner) and is re-admitted by changes.
+        self.membership = r.random() < 0.5 if config.membership is None else config.membership
+        self.gone: set[str] = set()  # ids whose process (disk) is gone for good
+        self.joiners: list[str] = []  # fresh ids waiting to be admitted
+        self._fresh = 0
         self.nodes = {i: _Node(self, i) for i in self.ids}
         for n in self.nodes.values():
             self.commit_seen[n.id] = n.core.commit_index
             self._arm(n)
+        self._nobody = _Node(self, "-")  # stands for a process that is gone
+        self._nobody.up = False
 
     # ------------------------------------------------------------ event queue
     def _push(self, at: float, kind: str, payload: Any) -> None:
@@ -559,6 +581,10 @@ class Simulation:
                 n.led_term = core.term
                 self.result.elections += 1
                 self._check_completeness(n)
+                if self.membership and self.faulty:
+                    # An operator retrying a change hits the new leader at once
+                    # (before its no-op commits, sometimes).
+                    self._push(self.now, "member", None)
             # A leader's match_index for a follower never moves back within its
             # term: the commit rule counts it.
             seen = self.matches.setdefault((n.id, core.term), {})
@@ -606,6 +632,19 @@ class Simulation:
             return True
         return any(e.index == index and e.term == term for e in d.entries)
 
+    def _config_of(self, n: _Node) -> Configuration:
+        """The configuration a node would use now (down: after restarting from disk)."""
+        if n.up:
+            return n.core.configuration
+        d = n.disk
+        cfg = d.snapshot.config if d.snapshot.config.members else (
+            Configuration() if n.joiner else Configuration.of_voters(self.initial_ids)
+        )
+        for e in d.entries:
+            if e.index > d.snapshot.index and e.kind is EntryKind.CONFIG:
+                cfg = Configuration.decode(e.data)
+        return cfg
+
     def _check_commit_is_durable(self, n: _Node, index: int) -> None:
         """Commit safety: no node lacking a committed entry could win an election.
 
@@ -614,18 +653,26 @@ class Simulation:
         some member of every quorum. If a node lacking it could gather a
         quorum of votes now, some schedule would elect it and lose the entry:
         the commit was premature (this is what the paper's Figure 8 shows).
+        Across membership changes: a candidate asks the voters of *its*
+        configuration, a voter grants only to a voter of *its own*, and a
+        process whose disk is gone votes for nobody.
         """
         term = n.core.log.term_at(index)
         if term is None:
             return
         summaries = {m.id: self._log_summary(m) for m in self.nodes.values()}
-        quorum = len(self.ids) // 2 + 1
+        configs = {m.id: self._config_of(m) for m in self.nodes.values()}
         for x in self.nodes.values():
-            if self._holds(x, index, term):
+            xcfg = configs[x.id]
+            if x.id not in xcfg.voters or self._holds(x, index, term):
                 continue
             xt, xi, _, _ = summaries[x.id]
-            voters = sum(1 for (yt, yi, _, _) in summaries.values() if (xt, xi) >= (yt, yi))
-            if voters >= quorum:
+            voters = sum(
+                1 for y in xcfg.voters
+                if y in summaries and (y == x.id or x.id in configs[y].voters)
+                and (xt, xi) >= summaries[y][:2]
+            )
+            if voters >= len(xcfg.voters) // 2 + 1:
                 raise SafetyViolation(
                     f"premature commit: {n.id} committed index {index} (term {term}) but "
                     f"{x.id}, which lacks it, could win an election with {voters} votes"
@@ -689,8 +736,8 @@ class Simulation:
 
     def _relay(self, nid: str) -> None:
         """A follower sends its buffered writes to the leader it knows, as one batch."""
-        n = self.nodes[nid]
-        batch, self.relay_buf[nid] = self.relay_buf[nid], []
+        n = self.nodes.get(nid, self._nobody)
+        batch, self.relay_buf[nid] = self.relay_buf.get(nid, []), []
         leader = n.core.leader_id if n.up else None
         if not batch or leader is None or leader == nid or (nid, leader) in self.blocked:
             return  # not sent: the clients are told "no leader" (never applied)
@@ -749,6 +796,113 @@ class Simulation:
                 if not n.up:
                     n.restart()
 
+    # ------------------------------------------------------------- membership
+    def _leader(self) -> _Node | None:
+        leaders = [n for n in self.nodes.values() if n.up and n.core.role is Role.LEADER]
+        return max(leaders, key=lambda n: n.core.term) if leaders else None
+
+    def _new_process(self, joiner: bool, node_id: str | None = None) -> _Node:
+        if node_id is None:
+            self._fresh += 1
+            node_id = f"j{self._fresh}"
+        n = _Node(self, node_id, joiner=joiner)
+        self.nodes[node_id] = n
+        self.ids = list(self.nodes)
+        self.relay_buf[node_id] = []
+        self.commit_seen[node_id] = n.core.commit_index
+        self.checked.pop(node_id, None)
+        self._arm(n)
+        return n
+
+    def _operator(self) -> None:
+        """An operator's membership action, at whoever leads now."""
+        ld = self._leader()
+        if ld is None:
+            return
+        core, r = ld.core, self.rng
+        cfg = core.configuration
+        voters = [v for v in sorted(cfg.voters) if v not in self.gone]
+        ops: list[tuple[str, str]] = []
+        ops += [("remove", m) for m in sorted(cfg.ids) if m in self.gone]  # a lost disk
+        ops += [("add", j) for j in self.joiners]
+        # An operator promotes caught-up learners (the core refuses others).
+        ops += [("promote", m) for m in sorted(cfg.learners)
+                if m not in self.gone and (core.caught_up(m) or r.random() < 0.2)]
+        if len(cfg.voters) > 3:
+            ops.append(("remove", r.choice(sorted(cfg.voters))))  # the leader, sometimes
+        ops += [("remove", m) for m in sorted(cfg.learners)]
+        if len(cfg.ids) < len(self.initial_ids) + 2:
+            ops.append(("grow", ""))
+        ops += [("transfer", v) for v in voters if v != ld.id]
+        ops.append(("wipe", r.choice(sorted(cfg.ids))))
+        op, target = r.choice(ops)
+        # Operators' scripts run changes back to back (add then promote, or
+        # two removals): the core must refuse the second while the first is
+        # in flight. Sometimes a second change of the same kind follows.
+        todo = [(op, target)]
+        if op in ("remove", "promote") and r.random() < 0.5:
+            todo += [o for o in ops if o[0] == op and o[1] != target][:1]
+        for op, target in todo:
+            self._change(ld, op, target)
+        self.after_input(ld)
+
+    def _change(self, ld: _Node, op: str, target: str) -> None:
+        core = ld.core
+        cfg = core.configuration
+        if op in ("remove", "promote") and not self._keeps_live_quorum(cfg, op, target):
+            return  # as etcd's strict reconfig check: never strand the cluster
+        try:
+            if op == "remove":
+                core.propose_change(ConfChange.remove(target))
+            elif op == "add":
+                core.propose_change(ConfChange.add_learner(Member(target)))
+                self.joiners.remove(target)
+            elif op == "grow":
+                self._fresh += 1
+                core.propose_change(ConfChange.add_learner(Member(f"j{self._fresh}")))
+                self._new_process(joiner=True, node_id=f"j{self._fresh}")
+            elif op == "promote":
+                core.propose_change(ConfChange.promote(target))
+            elif op == "transfer":
+                core.transfer_leadership(target)
+            else:
+                self._wipe(target, cfg)
+        except RaftError:
+            pass  # refused: nothing changed (one change at a time, not caught up, ...)
+
+    def _keeps_live_quorum(self, cfg: Configuration, op: str, target: str) -> bool:
+        """Would the voters whose disks survive still be a quorum after the change?"""
+        voters = set(cfg.voters)
+        if op == "remove":
+            voters.discard(target)
+        else:
+            voters.add(target)
+        return len(voters - self.gone) >= len(voters) // 2 + 1
+
+    def _wipe(self, target: str, cfg: Configuration) -> None:
+        """A node loses its disk. It returns empty under a fresh member id and
+        waits to be re-admitted -- or, broken ("wipe_keeps_id"), under its old
+        id, as a voter that forgot its votes and acknowledged entries.
+
+        Only while a quorum of the current configuration's voters keeps its
+        disk (issue 12: nothing committed may be lost while fewer than a
+        quorum lost their disks).
+        """
+        n = self.nodes.get(target)
+        if n is None or n.core.role is Role.LEADER:
+            return
+        lost = sum(1 for v in cfg.voters if v in self.gone) + (target in cfg.voters)
+        if len(cfg.voters) - lost < len(cfg.voters) // 2 + 1:
+            return
+        n.crash()
+        del self.nodes[target]
+        self.ids = list(self.nodes)
+        if "wipe_keeps_id" in self.config.unsafe and target in self.initial_ids:
+            self._new_process(joiner=False, node_id=target)  # amnesia under its old id
+            return
+        self.gone.add(target)
+        self.joiners.append(self._new_process(joiner=True).id)
+
     def run(self) -> SimResult:
         self._incoming_snapshot = {}
         cfg = self.config
@@ -763,6 +917,10 @@ class Simulation:
         while (t := t + r.uniform(0.25, 1.75) * cfg.fault_interval) < cfg.fault_time:
             self._push(t, "fault", None)
         self._push(cfg.fault_time, "calm", None)
+        if self.membership:
+            t = 0.0
+            while (t := t + r.uniform(0.01, 0.05)) < cfg.fault_time:
+                self._push(t, "member", None)
         if self.slow_node is not None:
             # Issue 11 #2's case: the node behind the slow link is down for the
             # last stretch of the faults and must catch up under load after.
@@ -790,7 +948,7 @@ class Simulation:
             self.result.steps += 1
             if kind == "timer":
                 nid, gen = payload
-                n = self.nodes[nid]
+                n = self.nodes.get(nid, self._nobody)
                 if n.up and gen == n.timer_gen:
                     n.core.handle_timeout(self.now)
                     self.after_input(n)
@@ -822,14 +980,15 @@ class Simulation:
                 self._relay(payload)
             elif kind == "relayed":
                 lid, batch = payload
-                ld = self.nodes[lid]
+                ld = self.nodes.get(lid, self._nobody)
                 if ld.up and ld.core.role is Role.LEADER:
                     self._propose_batch(ld, batch)
             elif kind == "snap_report":
                 nid, inc, dst_id, ok = payload
-                n = self.nodes[nid]
+                n = self.nodes.get(nid, self._nobody)
                 # Delivered to a node that is down or cut off: the transfer failed.
-                ok = ok and self.nodes[dst_id].up and (nid, dst_id) not in self.blocked
+                ok = (ok and self.nodes.get(dst_id, self._nobody).up
+                      and (nid, dst_id) not in self.blocked)
                 if n.up and n.incarnation == inc:
                     n.core.report_snapshot(dst_id, ok)
                     self.after_input(n)
@@ -841,19 +1000,21 @@ class Simulation:
                 self._check_converged()
             elif kind == "fault":
                 self._fault()
+            elif kind == "member":
+                self._operator()
             elif kind == "crash":
-                n = self.nodes[payload]
+                n = self.nodes.get(payload, self._nobody)
                 if n.up:
                     n.crash()
                     if payload != self.slow_node:
                         self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
             elif kind == "restart":
-                n = self.nodes[payload]
-                if not n.up:
+                n = self.nodes.get(payload, self._nobody)
+                if not n.up and n is not self._nobody:
                     n.restart()
             elif kind == "flush":
                 nid, inc = payload
-                n = self.nodes[nid]
+                n = self.nodes.get(nid, self._nobody)
                 if n.up and n.incarnation == inc and n.deferred:
                     n.disk.save(n.deferred.pop(0), None)
             elif kind == "calm":
@@ -865,12 +1026,20 @@ class Simulation:
 
     _converge_target = 0
 
+    def _members(self) -> list[_Node]:
+        """Processes that belong to the latest configuration (as the most
+        advanced node sees it): they must all keep up. Removed nodes and
+        joiners not yet admitted need not."""
+        best = max(self.nodes.values(), key=lambda n: (n.core.commit_index, n.core.term))
+        ids = best.core.configuration.ids
+        return [n for n in self.nodes.values() if n.id in ids]
+
     def _check_converged(self) -> None:
         """Issue 11 #2: every node applies what was committed shortly after the
         faults stopped within a bound, *while proposals continue* (a follower
         behind a slow link must not need the writes to stop to catch up)."""
         target = self._converge_target
-        for n in self.nodes.values():
+        for n in self._members():
             if n.core.applied_index < target:
                 raise SafetyViolation(
                     f"liveness under load: {n.id} applied {n.core.applied_index} < {target} "
@@ -908,7 +1077,7 @@ class Simulation:
                         continue
                     self.after_input(ld)
                     break
-            elif all(n.core.applied_index >= marker for n in self.nodes.values()):
+            elif all(n.core.applied_index >= marker for n in self._members()):
                 return
             elif not any(
                 n.core.role is Role.LEADER and marker <= n.core.log.last_index()
