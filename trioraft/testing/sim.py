@@ -863,6 +863,10 @@ class Simulation:
                 self._new_process(joiner=True, node_id=f"j{self._fresh}")
             elif op == "promote":
                 core.propose_change(ConfChange.promote(target))
+                if self.rng.random() < 0.3:
+                    # The leader dies just after proposing: the change may
+                    # reach a minority only (the setup of Ongaro's scenario).
+                    self._push(self.now + self.rng.uniform(0.0, 0.01), "crash", ld.id)
             elif op == "transfer":
                 core.transfer_leadership(target)
             else:
