@@ -237,3 +237,22 @@ def test_a_transfer_is_refused_for_a_lagging_target_and_ends_on_a_timeout() -> N
     assert a.role is Role.LEADER
     assert a.transfer_target is None  # timed out: proposals are taken again
     a.propose([b"y"])
+
+
+def test_snapshot_taken_ignores_an_overtaken_snapshot_and_refuses_a_foreign_one() -> None:
+    c = _leader_with_followers(snapshot_catchup_entries=0)
+    for i in range(5):
+        c.propose("a", f"x{i}".encode())
+        c.deliver()
+    a = c.core("a")
+    old = a.snapshot_meta(3)
+    new = a.snapshot_meta(a.applied_index)
+    assert a.snapshot_taken(new) == (new.index, new.term)
+    assert a.snapshot_taken(old) == (new.index, new.term)  # overtaken: nothing changes
+    assert a.log.snapshot == new
+    with pytest.raises(ValueError, match="no snapshot"):
+        a.snapshot_meta(a.applied_index + 1)  # not applied
+    c.propose("a", b"more")
+    c.deliver()
+    with pytest.raises(ValueError, match="does not match"):
+        a.snapshot_taken(SnapshotMeta(a.applied_index, a.term + 7, new.config))

@@ -1170,6 +1170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="True/False: a slow link to one node (default: drawn per seed)")
     p.add_argument("--relay", type=_flag, default=None,
                    help="True/False: followers relay writes in batches (default: drawn)")
+    p.add_argument("--membership", type=_flag, default=None,
+                   help="True/False: membership changes and disk wipes (default: drawn)")
     p.add_argument("--catchup", type=int, default=None,
                    help="the core's catch-up tail in entries (default: drawn)")
     p.add_argument("--unsafe", action="append", default=[],
@@ -1191,7 +1193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_entries_per_msg=a.max_entries,
                         crash_after_send=a.crash_after_send, drop=a.drop,
                         crash_points=a.crash_points, slow_link=a.slow_link, relay=a.relay,
-                        catchup=a.catchup)
+                        catchup=a.catchup, membership=a.membership)
         res = run_seed(s, cfg)
         committed += res.committed
         steps += res.steps
