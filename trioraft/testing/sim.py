@@ -227,6 +227,9 @@ class _Node:
         self.led_term = -1  # the last term we saw it lead (to check each new leader once)
 
     def _boot(self) -> RaftCore:
+        max_entries = self.sim.config.max_entries_per_msg or self.sim.rng.choice(
+            [16, 64] if self.sim.slow_node else [1, 4, 64]
+        )
         cfg = CoreConfig(
             id=self.id,
             voters=frozenset() if self.joiner else frozenset(self.sim.initial_ids),
@@ -234,14 +237,13 @@ class _Node:
             snapshot_catchup_entries=(
                 0 if "no_catchup_tail" in self.sim.config.unsafe else self.sim.catchup
             ),
-            max_entries_per_msg=(
-                self.sim.config.max_entries_per_msg or self.sim.rng.choice(
-                    [16, 64] if self.sim.slow_node else [1, 4, 64]
-                )
+            max_entries_per_msg=max_entries,
+            # Only a deep enough pipeline keeps up with the load (bandwidth-
+            # delay product): one-entry messages and slow links get 8 in
+            # flight; elsewhere shallow pipelines are tried too.
+            max_inflight=(
+                8 if self.sim.slow_node or max_entries == 1 else self.sim.rng.choice([2, 8])
             ),
-            # Through a slow link only a deep pipeline keeps up with the load
-            # (bandwidth-delay product); elsewhere shallow ones are tried too.
-            max_inflight=8 if self.sim.slow_node else self.sim.rng.choice([2, 8]),
         )
         d = self.disk
         try:
