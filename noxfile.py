@@ -61,9 +61,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PY)
 def sim(session: nox.Session) -> None:
-    """Long deterministic simulation runs: nox -s sim -- --seeds 2000."""
+    """Long deterministic simulation runs: nox -s sim -- --seeds 2000.
+
+    Then the hypothesis fuzzing of hostile peer messages (core alone and in
+    the simulation) with many more examples than the default suite.
+    """
     session.install("-e", ".[test]")
     session.run("python", "-m", "trioraft.testing.sim", *session.posargs)
+    session.run("pytest", "-q", "tests/core/test_fuzz.py", "tests/sim/test_fuzz_sim.py",
+                env={"TRIORAFT_FUZZ": "long"})
 
 
 @nox.session(python=PY)

@@ -115,6 +115,9 @@ class NodeConfig:
     snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES
     # ... or after this many bytes of commands, whichever comes first (>= 1).
     snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES
+    # Entries kept after a snapshot, so a follower a little behind catches up
+    # with entries rather than a whole snapshot (the core's catch-up tail).
+    snapshot_catchup_entries: int = 5000
     # False only for benchmarks: acknowledged writes can be lost on power failure.
     fsync: bool = True
     log_level: str = "warning"

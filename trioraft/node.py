@@ -38,6 +38,7 @@ from trioraft.core import (
     Message,
     NotLeader,
     RaftCore,
+    RaftError,
     Ready,
     RequestVote,
     RequestVoteResponse,
@@ -157,6 +158,7 @@ class RaftNode:
             voters=frozenset(self.members),
             election_timeout=self._election_timeout,
             heartbeat_interval=config.heartbeat_ms / 1000,
+            snapshot_catchup_entries=config.snapshot_catchup_entries,
         )
         self.kv = KVStateMachine()
         self.core: RaftCore | None = None
@@ -480,11 +482,11 @@ class RaftNode:
             and self._bytes_since_snapshot < self.config.snapshot_bytes
         ):
             return
-        index = self.kv.applied_index
-        term = core.log.term_at(index)
-        if term is None:
+        try:
+            # The configuration in force at `index`, not the latest one.
+            meta = core.snapshot_meta(self.kv.applied_index)
+        except ValueError:
             return
-        meta = SnapshotMeta(index, term, core.configuration)
         # Copy the state now (cheap); encode and write it off the event loop,
         # so clients are not stalled by a large snapshot.
         encode = self.kv.snapshot_later()
@@ -514,7 +516,9 @@ class RaftNode:
                      len(data), self.stats["last_snapshot_ms"])
 
             def compact() -> None:
-                self._c.compact(meta.index)
+                # The core keeps a catch-up tail and names the compaction
+                # point; this storage already compacted to meta.index itself.
+                self._c.snapshot_taken(meta)
                 self._snapshotting = False
 
             await self._inbox_send.send(_Call(compact))
@@ -566,6 +570,10 @@ class RaftNode:
                 await link.send_snapshot_chunk(msg, offset, chunk, done)
                 offset += len(chunk)
                 if done:
+                    # Every chunk is out: the follower's answer follows.
+                    await self._inbox_send.send(
+                        _Call(lambda: self._c.report_snapshot(msg.dst, True))
+                    )
                     return
         except (LinkError, KeyError) as exc:
             log.info("node=%s snapshot to %s failed: %r", self.id, msg.dst, exc)
@@ -759,7 +767,7 @@ class RaftNode:
         target = max(core.progress, key=lambda p: core.progress[p].match_index)
 
         def start() -> None:
-            with contextlib.suppress(NotLeader):
+            with contextlib.suppress(RaftError):  # NotLeader, TransferRefused
                 core.transfer_leadership(target)
 
         await self._inbox_send.send(_Call(start))

@@ -44,13 +44,24 @@ class Cluster:
         self.disks = {i: Disk() for i in ids}
         self.cores: dict[str, RaftCore | None] = {}
         self.queue: list[Message] = []
+        self.joiners: set[str] = set()
         self.applied: dict[str, list[Entry]] = {i: [] for i in ids}
+        self.read_states: dict[str, list[tuple[int, int]]] = {i: [] for i in ids}
         for i in ids:
             self.boot(i)
 
+    def join(self, node: str) -> RaftCore:
+        """A new, empty node that knows no configuration (a joiner)."""
+        self.disks[node] = Disk()
+        self.applied[node] = []
+        self.read_states[node] = []
+        self.joiners.add(node)
+        return self.boot(node)
+
     def boot(self, node: str) -> RaftCore:
         d = self.disks[node]
-        cfg = CoreConfig(id=node, voters=frozenset(self.ids), **self.config)  # type: ignore[arg-type]
+        voters = frozenset() if node in self.joiners else frozenset(self.ids)
+        cfg = CoreConfig(id=node, voters=voters, **self.config)  # type: ignore[arg-type]
         core = RaftCore(
             cfg, random.Random(node), d.hard_state, d.snapshot, list(d.entries), self.now
         )
@@ -76,6 +87,10 @@ class Cluster:
         while core.has_ready():
             rd = core.ready()
             d = self.disks[node]
+            if rd.snapshot is not None:
+                d.snapshot = rd.snapshot
+                keep = rd.snapshot_keep_entries
+                d.entries = [e for e in d.entries if keep and e.index > rd.snapshot.index]
             if rd.hard_state is not None:
                 d.hard_state = rd.hard_state
             if rd.entries:
@@ -84,6 +99,7 @@ class Cluster:
             self.queue.extend(rd.early_messages)
             self.queue.extend(rd.messages)
             self.applied[node].extend(rd.committed)
+            self.read_states[node].extend(rd.read_states)
             core.advance(rd)
 
     def deliver(

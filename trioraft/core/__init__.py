@@ -1,6 +1,19 @@
 """The sans-IO Raft core: no sockets, files, clocks or Trio -- only data in, data out."""
 
-from trioraft.core._errors import NotLeader, ProposalDropped, RaftError
+from trioraft.core._changes import ChangeKind, ConfChange, apply_change
+from trioraft.core._errors import (
+    ChangeInProgress,
+    InvalidChange,
+    LastVoter,
+    MemberExists,
+    MembershipError,
+    NotCaughtUp,
+    NotLeader,
+    ProposalDropped,
+    RaftError,
+    TransferRefused,
+    UnknownMember,
+)
 from trioraft.core._progress import Progress, ProgressState
 from trioraft.core._raft import CoreConfig, RaftCore, Ready, Role
 from trioraft.core._types import (
@@ -21,10 +34,15 @@ from trioraft.core._types import (
     SnapshotMeta,
     TimeoutNow,
 )
+from trioraft.core._validate import MAX_TERM_OR_INDEX, message_ok
 
 __all__ = [
+    "MAX_TERM_OR_INDEX",
     "AppendEntries",
     "AppendEntriesResponse",
+    "ChangeInProgress",
+    "ChangeKind",
+    "ConfChange",
     "Configuration",
     "CoreConfig",
     "Entry",
@@ -32,8 +50,13 @@ __all__ = [
     "HardState",
     "InstallSnapshot",
     "InstallSnapshotResponse",
+    "InvalidChange",
+    "LastVoter",
     "Member",
+    "MemberExists",
+    "MembershipError",
     "Message",
+    "NotCaughtUp",
     "NotLeader",
     "Progress",
     "ProgressState",
@@ -48,4 +71,8 @@ __all__ = [
     "Role",
     "SnapshotMeta",
     "TimeoutNow",
+    "TransferRefused",
+    "UnknownMember",
+    "apply_change",
+    "message_ok",
 ]

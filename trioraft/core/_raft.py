@@ -1,7 +1,15 @@
 """The Raft state machine itself: roles, terms, votes, replication, commit, ReadIndex.
 
-Inputs: `step(msg, now)`, `handle_timeout(now)`, `propose(datas)`,
-`read_index(ctx)`, `compact(index)`, `report_snapshot(peer, ok)`.
+Inputs:
+- `step(msg, now)`: a message from a peer. Total: whatever a peer sends, the
+  core never raises or asserts (see `_validate` and the rules in `step`);
+- `handle_timeout(now)` when `deadline` has passed;
+- `propose(datas)`, `read_index(ctx)`, `transfer_leadership(target)`,
+  `propose_change(change)` (membership, see `_changes`), `retire()`;
+- `report_snapshot(peer, ok)`: the runtime's transfer of a snapshot to `peer`
+  failed (ok=False) or sent its last chunk (ok=True);
+- `snapshot_meta(index)` / `snapshot_taken(meta)`: log compaction, below.
+
 Outputs: `ready()` returns a `Ready` batch; the caller must, in this order,
 0. (optionally at once) send `ready.early_messages`,
 1. persist `ready.hard_state`, `ready.snapshot` and `ready.entries` (fsync),
@@ -11,19 +19,46 @@ Outputs: `ready()` returns a `Ready` batch; the caller must, in this order,
 Nothing in a Ready may be acted on out of that order: the messages include
 vote grants and append acknowledgements that promise the data is durable.
 
+Snapshots and compaction (the catch-up tail, PLAN.md):
+1. when the runtime decides to snapshot at applied index i, it asks
+   `meta = core.snapshot_meta(i)` (index, term and the configuration in
+   force at i -- not the latest, possibly uncommitted, one);
+2. it encodes and durably writes the snapshot with that meta;
+3. it calls `point = core.snapshot_taken(meta)`. The core records `meta` as
+   its newest snapshot (the one it sends to followers that need compacted
+   entries) and drops entries up to `meta.index -
+   CoreConfig.snapshot_catchup_entries`. It returns the compaction point
+   (index, term): the runtime then compacts stable storage up to it (any
+   time later; a crash in between just keeps more entries).
+4. at restart, pass the newest snapshot's meta as `snapshot`, the stored
+   entries, and the stored compaction point as `compacted`: the entries
+   start right after it. (`compacted=None` means the snapshot's own point.)
+`compact(index)` is the older one-call form of 1 + 3.
+
 The rules of Figure 2 of the Raft paper are cited where they are enforced.
 """
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from trioraft.core._errors import NotLeader, ProposalDropped
+from trioraft.core._changes import ChangeKind, ConfChange, apply_change
+from trioraft.core._config import CoreConfig, Role
+from trioraft.core._election import ElectionMixin
+from trioraft.core._errors import (
+    ChangeInProgress,
+    NotCaughtUp,
+    NotLeader,
+    ProposalDropped,
+)
+from trioraft.core._follower import FollowerMixin
+from trioraft.core._leader import LeaderMixin
 from trioraft.core._log import RaftLog
-from trioraft.core._progress import Progress, ProgressState
+from trioraft.core._membership import ConfigHistory
+from trioraft.core._progress import Progress
+from trioraft.core._reads import ReadsMixin, _Forwarded, _ReadRound
 from trioraft.core._types import (
     AppendEntries,
     AppendEntriesResponse,
@@ -41,32 +76,9 @@ from trioraft.core._types import (
     SnapshotMeta,
     TimeoutNow,
 )
+from trioraft.core._validate import config_of, message_ok
 
 __all__ = ["CoreConfig", "RaftCore", "Ready", "Role"]
-
-
-class Role(enum.Enum):
-    FOLLOWER = "follower"
-    PRECANDIDATE = "precandidate"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
-    LEARNER = "learner"
-
-
-@dataclass(frozen=True, slots=True)
-class CoreConfig:
-    id: str
-    voters: frozenset[str]  # initial membership (a snapshot's membership overrides it)
-    election_timeout: tuple[float, float] = (0.150, 0.300)  # seconds, [min, max)
-    heartbeat_interval: float = 0.050
-    max_entries_per_msg: int = 512
-    max_bytes_per_msg: int = 1 << 20
-    max_inflight: int = 8
-    pre_vote: bool = True
-    check_quorum: bool = True
-    # Deliberately broken variants, for the simulation's "teeth" tests only:
-    # "commit_old_terms", "vote_without_log_check", "no_truncate".
-    unsafe: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -96,15 +108,7 @@ class Ready:
         )
 
 
-@dataclass(slots=True)
-class _ReadRound:
-    seq: int
-    index: int
-    local: list[int]
-    remote: dict[str, list[int]]
-
-
-class RaftCore:
+class RaftCore(ElectionMixin, FollowerMixin, LeaderMixin, ReadsMixin):
     def __init__(
         self,
         config: CoreConfig,
@@ -113,20 +117,29 @@ class RaftCore:
         snapshot: SnapshotMeta | None = None,
         entries: Sequence[Entry] = (),
         now: float = 0.0,
+        compacted: tuple[int, int] | None = None,
     ) -> None:
+        """Start from stable storage. Raises ValueError if it does not fit together."""
         self.config = config
         self.id = config.id
         self._rng = rng
         hs = hard_state or HardState()
         snap = snapshot or SnapshotMeta()
-        # A snapshot's membership overrides the bootstrap set in the config.
-        self.configuration = (
-            snap.config if snap.config.members else Configuration.of_voters(config.voters)
-        )
-        self.voters: frozenset[str] = self.configuration.voters
         self.term = hs.term  # current_term: never decreases
         self.vote = hs.vote  # voted_for in `term`: at most one grant per term
-        self.log = RaftLog(snap, list(entries), hs.commit)
+        self.log = RaftLog(snap, list(entries), hs.commit, compacted)
+        # A snapshot's membership overrides the bootstrap set in the config;
+        # CONFIG entries after the snapshot override both (§4.1: in force
+        # once appended).
+        base = snap.config if snap.config.members else Configuration.of_voters(config.voters)
+        self._configs = ConfigHistory(snap.index, base)
+        for e in self.log.entries:
+            if e.index > snap.index and e.kind is EntryKind.CONFIG:
+                cfg = config_of(e)
+                if cfg is None:
+                    raise ValueError(f"stored CONFIG entry {e.index} is malformed")
+                self._configs.append(e.index, cfg)
+        self.voters: frozenset[str] = self.configuration.voters
         self.role = Role.FOLLOWER
         self.leader_id: str | None = None
         self.progress: dict[str, Progress] = {}
@@ -141,13 +154,15 @@ class RaftCore:
         self._check_quorum_due = 0.0
         self._broadcast = False  # new entries or commit to tell followers about
         self._read_seq = 0
-        self._reads_waiting_commit: list[tuple[str | None, int]] = []  # until our no-op commits
-        self._reads_new: list[tuple[str | None, int]] = []  # need a heartbeat round
+        # Reads until our no-op commits: (src or None, ctx, deadline).
+        self._reads_waiting_commit: list[tuple[str | None, int, float]] = []
+        self._reads_new: list[tuple[str | None, int, float]] = []  # need a heartbeat round
         self._read_rounds: list[_ReadRound] = []
         self._transfer_target: str | None = None
         self._transfer_deadline = 0.0
-        # Follower-only: reads forwarded to the leader, failed if the leader changes.
-        self._forwarded_reads: list[int] = []
+        # Follower-only: reads forwarded to the leader, failed if the leader
+        # or term changes, or when they time out (a lost request or answer).
+        self._forwarded: dict[int, _Forwarded] = {}
         self._forwarded_new: list[int] = []  # not yet sent
         self._leader_contact = -1e9  # when we last heard from the current leader
         self._retired = False  # shutting down: never campaign again
@@ -158,11 +173,19 @@ class RaftCore:
 
     # ================================================================ queries
     @property
+    def configuration(self) -> Configuration:
+        """The latest configuration in the log (in force, committed or not)."""
+        return self._configs.current
+
+    @property
     def deadline(self) -> float:
         """When `handle_timeout` must next be called."""
         if self.role is Role.LEADER:
             return min(self._heartbeat_due, self._check_quorum_due)
-        return self._election_deadline
+        d = self._election_deadline
+        if self._forwarded:
+            d = min(d, next(iter(self._forwarded.values())).deadline)
+        return d
 
     @property
     def commit_index(self) -> int:
@@ -206,98 +229,62 @@ class RaftCore:
         self._election_deadline = self._now + lo + self._rng.random() * (hi - lo)
 
     def _become_follower(self, term: int, leader: str | None) -> None:
-        if term > self.term:
+        changed_term = term > self.term
+        if changed_term:
             # Figure 2, all servers: a higher term makes us a follower of that
             # term, and our vote (if any) belonged to the old term.
             self.term = term
             self.vote = None
         was_leader = self.role is Role.LEADER
         self.role = Role.FOLLOWER if self.id in self.voters else Role.LEARNER
-        if leader != self.leader_id or was_leader:
+        if leader != self.leader_id or was_leader or changed_term:
             self._fail_reads()
         self.leader_id = leader
         self.progress = {}
         self._transfer_target = None
         self._reset_election_timer()
 
-    def _fail_reads(self) -> None:
-        """Refuse every pending read: leadership it relied on is gone."""
-        for src, ctx in self._reads_waiting_commit + self._reads_new:
-            self._refuse_read(src, [ctx])
-        for rnd in self._read_rounds:
-            self._refuse_read(None, rnd.local)
-            for src, ctxs in rnd.remote.items():
-                self._refuse_read(src, ctxs)
-        for ctx in self._forwarded_reads:
-            self._read_states.append((ctx, -1))
-        self._reads_waiting_commit, self._reads_new, self._read_rounds = [], [], []
-        self._forwarded_reads, self._forwarded_new = [], []
-
-    def _refuse_read(self, src: str | None, ctxs: list[int]) -> None:
-        if not ctxs:
-            return
-        if src is None:
-            self._read_states.extend((c, -1) for c in ctxs)
-        else:
-            self._send(ReadIndexResponse(self.id, src, self.term, tuple(ctxs), -1))
-
-    def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
-        if self.id not in self.voters:
-            return
-        self._fail_reads()
-        self.leader_id = None
-        self._votes = {self.id: True}
-        if pre_vote:
-            # PreVote (thesis §9.6): ask whether we *could* win term+1 without
-            # disturbing anyone's term; only a yes from a quorum starts a real
-            # election, so a partitioned node cannot inflate terms on return.
-            self.role = Role.PRECANDIDATE
-            term = self.term + 1
-        else:
-            self.role = Role.CANDIDATE
-            self.term += 1
-            self.vote = self.id  # vote for ourselves (persisted before requests leave)
-            term = self.term
-        self._reset_election_timer()
-        if self._tally() >= self.quorum():
-            self._won_election(pre_vote)
-            return
-        for peer in sorted(self.voters - {self.id}):
-            self._send(
-                RequestVote(
-                    self.id, peer, term, self.log.last_index(), self.log.last_term(),
-                    pre_vote=pre_vote, transfer=transfer,
-                )
-            )
-
-    def _tally(self) -> int:
-        return sum(1 for v, g in self._votes.items() if g and v in self.voters)
-
-    def _won_election(self, pre_vote: bool) -> None:
-        if pre_vote:
-            self._campaign(pre_vote=False)
-        else:
-            self._become_leader()
-
     def _become_leader(self) -> None:
         self.role = Role.LEADER
         self.leader_id = self.id
         self._leader_contact = self._now
         last = self.log.last_index()
-        self.progress = {p: Progress(last + 1) for p in sorted(self.voters) if p != self.id}
+        # Every member but us, learners included: they receive the log too.
+        self.progress = {p: Progress(last + 1) for p in sorted(self.configuration.ids - {self.id})}
         self._heartbeat_due = self._now  # announce ourselves at once
         self._check_quorum_due = self._now + self.config.election_timeout[0]
         self._read_seq = 0
         # §5.4.2 / §8: a leader cannot know which earlier-term entries are
         # committed until it commits one of its own term, so it appends a
-        # no-op right away (this also unblocks ReadIndex).
+        # no-op right away (this also unblocks ReadIndex and, §4.1's fix,
+        # membership changes).
         self.log.append([Entry(last + 1, self.term, EntryKind.NOOP)])
         self._broadcast = True
         self._maybe_commit()
 
+    def _config_changed(self) -> None:
+        """The latest configuration in the log changed (appended, truncated, installed)."""
+        cfg = self.configuration
+        self.voters = cfg.voters
+        if self.role is Role.LEADER:
+            last = self.log.last_index()
+            for p in cfg.ids - {self.id}:
+                if p not in self.progress:
+                    self.progress[p] = Progress(last + 1)
+            for p in list(self.progress):
+                if p not in cfg.ids:
+                    del self.progress[p]
+            if self._transfer_target is not None and self._transfer_target not in self.voters:
+                self._transfer_target = None
+        elif self.id not in self.voters:
+            self.role = Role.LEARNER  # a (pre)candidate that lost its vote stops here
+        elif self.role is Role.LEARNER:
+            self.role = Role.FOLLOWER
+
     # ================================================================= inputs
     def handle_timeout(self, now: float) -> None:
         self._now = now
+        self._expire_reads()
         if self.role is Role.LEADER:
             if now >= self._check_quorum_due:
                 self._check_quorum_due = now + self.config.election_timeout[0]
@@ -314,120 +301,114 @@ class RaftCore:
                 return
             self._campaign(pre_vote=self.config.pre_vote)
 
-    def _check_quorum(self) -> bool:
-        """CheckQuorum: step down if a quorum has not been heard from lately.
-
-        Without this a leader cut off in a minority would keep accepting
-        (never committing) requests and serving reads it cannot confirm.
-        """
-        if not self.config.check_quorum:
-            return True
-        active = 1 + sum(
-            1 for p, pr in self.progress.items() if pr.recent_active and p in self.voters
-        )
-        for pr in self.progress.values():
-            pr.recent_active = False
-        if active < self.quorum():
-            self._become_follower(self.term, None)
-            return False
-        return True
-
-    def _heartbeat(self) -> None:
-        for peer, pr in self.progress.items():
-            pr.on_heartbeat()
-            if (
-                pr.state is ProgressState.SNAPSHOT
-                and self._now - pr.snapshot_sent_at > 2 * self.config.election_timeout[1]
-            ):
-                pr.become_probe()  # the transfer seems lost: try again
-            self._send_heartbeat(peer, pr, self._read_seq)
-        self._broadcast = True
-
     def propose(self, datas: Sequence[bytes]) -> tuple[int, int]:
         """Append client commands; returns (first index, term). Leader only."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
         if self._transfer_target is not None:
             raise ProposalDropped("leadership transfer in progress")
+        return self._append_own([(EntryKind.NORMAL, d) for d in datas])
+
+    def _append_own(self, items: Sequence[tuple[EntryKind, bytes]]) -> tuple[int, int]:
         first = self.log.last_index() + 1
         self.log.append(
-            [Entry(first + i, self.term, EntryKind.NORMAL, d) for i, d in enumerate(datas)]
+            [Entry(first + i, self.term, kind, d) for i, (kind, d) in enumerate(items)]
         )
         self._broadcast = True
-        if len(self.voters) == 1:
-            self._maybe_commit()
+        self._maybe_commit()  # a single voter commits on its own (once persisted)
         return first, self.term
 
-    def read_index(self, ctx: int) -> None:
-        """Ask for a linearizable read index; answered in `Ready.read_states`.
+    def propose_change(self, change: ConfChange) -> tuple[int, int]:
+        """Append a membership change; returns (index, term). Leader only.
 
-        ReadIndex (thesis §6.4): the index is the leader's commit index at the
-        time of the request, valid once a quorum confirms the leader was still
-        leader after the request arrived. A result of -1 means "refused".
+        It takes effect at once (thesis §4.1: a configuration is used as soon
+        as it is appended) and is final once committed; if another leader
+        overwrites the entry, the configuration rolls back with it. Raises
+        NotLeader, ChangeInProgress (a change is uncommitted, the leader has
+        not yet committed an entry of its term, or a leadership transfer is
+        under way), NotCaughtUp (a promotion of a learner that is not
+        `caught_up`), or the refusals of `apply_change` (UnknownMember,
+        MemberExists, LastVoter, InvalidChange). A refused change changed
+        nothing. See `_changes` for the safety argument.
         """
-        if self.role is Role.LEADER:
-            self._leader_read(None, ctx)
-        elif self.leader_id is not None:
-            # Batched: one ReadIndexRequest per Ready carries every ctx.
-            self._forwarded_reads.append(ctx)
-            self._forwarded_new.append(ctx)
-        else:
-            raise NotLeader(None)
-
-    def _leader_read(self, src: str | None, ctx: int) -> None:
-        if len(self.voters) == 1 and self._committed_in_term():
-            self._answer_read(src, [ctx], self.log.committed)
-        elif self._committed_in_term():
-            self._reads_new.append((src, ctx))
-        else:
-            self._reads_waiting_commit.append((src, ctx))
-
-    def _committed_in_term(self) -> bool:
-        return self.log.term_at(self.log.committed) == self.term
-
-    def _answer_read(self, src: str | None, ctxs: list[int], index: int) -> None:
-        if src is None or src == self.id:
-            self._read_states.extend((c, index) for c in ctxs)
-        else:
-            self._send(ReadIndexResponse(self.id, src, self.term, tuple(ctxs), index))
-
-    def transfer_leadership(self, target: str) -> None:
-        """Hand leadership to `target` (e.g. before a graceful shutdown)."""
-        if self.role is not Role.LEADER or target not in self.progress:
+        if self.role is not Role.LEADER:
             raise NotLeader(self.leader_id)
-        self._transfer_target = target
-        self._transfer_deadline = self._now + self.config.election_timeout[1]
-        self._maybe_send_timeout_now()
+        if self._transfer_target is not None:
+            raise ChangeInProgress("a leadership transfer is in progress")
+        if not self._committed_in_term() and "change_before_commit" not in self.config.unsafe:
+            # Rule 2 of _changes: wait for our no-op to commit.
+            raise ChangeInProgress("the leader has not yet committed an entry of its term")
+        if (
+            self._configs.current_index > self.log.committed
+            and "two_changes" not in self.config.unsafe
+        ):
+            # Rule 1 of _changes: one change at a time.
+            raise ChangeInProgress("the previous membership change is not committed yet")
+        new = apply_change(self.configuration, change)
+        if change.kind is ChangeKind.PROMOTE and not self.caught_up(change.member.id):
+            # Availability, not safety: a voter that cannot vote yet (it may
+            # not even know the configuration) counts against the quorum.
+            raise NotCaughtUp(f"{change.member.id!r} is not caught up yet")
+        index, term = self._append_own([(EntryKind.CONFIG, new.encode())])
+        self._configs.append(index, new)
+        self._config_changed()
+        self._maybe_commit()  # e.g. removing a lagging voter may commit at once
+        return index, term
 
-    def _maybe_send_timeout_now(self) -> None:
-        t = self._transfer_target
-        if t is not None and self.progress[t].match_index == self.log.last_index():
-            self._send(TimeoutNow(self.id, t, self.term))
+    def change_committed(self) -> bool:
+        """Whether the latest configuration is committed (no change in flight)."""
+        return self._configs.current_index <= self.log.committed
 
     def retire(self) -> None:
         """Stop campaigning (the node is shutting down); it still follows and votes."""
         self._retired = True
 
-    def report_snapshot(self, peer: str, ok: bool) -> None:
-        """The runtime tells us a snapshot transfer to `peer` failed (or finished)."""
-        pr = self.progress.get(peer)
-        if pr is not None and pr.state is ProgressState.SNAPSHOT and not ok:
-            pr.become_probe()
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """The meta of a snapshot of the state machine at applied `index`.
 
-    def compact(self, index: int) -> None:
-        """A snapshot covering entries <= index is durable: forget them."""
-        self.log.compact(index, self.configuration)
+        Its configuration is the one in force at `index` (not a later,
+        possibly uncommitted, one). Raises ValueError if `index` is not an
+        applied index the log still describes.
+        """
+        term = self.log.term_at(index)
+        if index > self.log.applied or index < self.log.snapshot.index or term is None:
+            raise ValueError(f"no snapshot can be taken at {index}")
+        return SnapshotMeta(index, term, self._configs.at(index))
+
+    def snapshot_taken(self, meta: SnapshotMeta) -> tuple[int, int]:
+        """A snapshot `meta` (from `snapshot_meta`) is durable. Returns the
+        compaction point (index, term) stable storage may now compact to.
+
+        A snapshot not newer than the current one (e.g. overtaken by one
+        installed from the leader meanwhile) changes nothing.
+        """
+        log = self.log
+        if meta.index > log.snapshot.index:
+            if meta.index > log.applied or log.term_at(meta.index) != meta.term:
+                raise ValueError(f"snapshot {meta.index}/{meta.term} does not match the log")
+            self._configs.compact_to(meta.index)
+        return log.snapshot_taken(meta, self.config.snapshot_catchup_entries)
+
+    def compact(self, index: int) -> tuple[int, int]:
+        """`snapshot_taken(snapshot_meta(index))` in one call."""
+        if index <= self.log.snapshot.index:
+            return self.log.offset, self.log.offset_term
+        return self.snapshot_taken(self.snapshot_meta(index))
 
     # ============================================================== messages
     def step(self, msg: Message, now: float) -> None:
+        """Take one message from a peer. Never raises, whatever it holds."""
         self._now = now
-        if msg.dst != self.id or msg.src not in self.voters or msg.src == self.id:
-            # Not for us, or from a node outside the configuration: a stray or
-            # hostile sender must not move our term or win our vote.
+        if not message_ok(msg) or msg.dst != self.id or msg.src == self.id:
+            return
+        if not self._sender_allowed(msg):
+            return
+        if isinstance(msg, TimeoutNow):
+            self._handle_timeout_now(msg)
             return
         if msg.term > self.term:
             if isinstance(msg, RequestVote):
-                if self._in_lease() and not msg.transfer:
+                if self._in_lease() and not self._transfer_vote(msg):
                     # CheckQuorum's lease: we heard from a live leader less than
                     # an election timeout ago, so this candidate is disruptive
                     # (e.g. rejoining from a partition); ignore it entirely.
@@ -439,7 +420,7 @@ class RaftCore:
                     self._become_follower(msg.term, None)
             elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
                 pass  # a granted pre-vote carries the hypothetical term: no change
-            elif isinstance(msg, AppendEntries | InstallSnapshot | TimeoutNow):
+            elif isinstance(msg, AppendEntries | InstallSnapshot):
                 self._become_follower(msg.term, msg.src)
             else:
                 self._become_follower(msg.term, None)
@@ -464,19 +445,25 @@ class RaftCore:
                 self._handle_read_request(msg)
             case ReadIndexResponse():
                 self._handle_read_response(msg)
-            case TimeoutNow():
-                if self.role is not Role.LEADER and self.id in self.voters:
-                    self._campaign(pre_vote=False, transfer=True)
 
-    def _in_lease(self) -> bool:
-        if not self.config.check_quorum:
-            return False
-        if self.role is Role.LEADER:
+    def _sender_allowed(self, msg: Message) -> bool:
+        """Who may send what (checked before any term rule runs).
+
+        - Votes (requests and answers) only from voters of our configuration:
+          a stray, removed or not-yet-promoted node must not move our term or
+          win our vote. A node that lost its disk returns under a fresh id
+          (PLAN.md), so it is a learner here and cannot vote or be voted for.
+        - AppendEntries and InstallSnapshot from anyone: only a leader elected
+          by a quorum of *its* configuration sends them, and that may be a
+          configuration we have not received yet (a leader added after our
+          log ends). Term rules and Log Matching keep them safe.
+        - Everything else from members only.
+        """
+        if isinstance(msg, RequestVote | RequestVoteResponse):
+            return msg.src in self.voters
+        if isinstance(msg, AppendEntries | InstallSnapshot):
             return True
-        return (
-            self.leader_id is not None
-            and self._now - self._leader_contact < self.config.election_timeout[0]
-        )
+        return msg.src in self.configuration.ids
 
     def _step_stale(self, msg: Message) -> None:
         """A message from an older term: tell the sender our term, change nothing."""
@@ -487,302 +474,6 @@ class RaftCore:
             self._send(RequestVoteResponse(self.id, msg.src, self.term, False, msg.pre_vote))
         elif isinstance(msg, ReadIndexRequest):
             self._send(ReadIndexResponse(self.id, msg.src, self.term, msg.ctxs, -1))
-        elif isinstance(msg, ReadIndexResponse):
-            self._read_states.extend((c, -1) for c in msg.ctxs if c in self._forwarded_reads)
-            self._forwarded_reads = [c for c in self._forwarded_reads if c not in msg.ctxs]
-
-    # ----------------------------------------------------------------- votes
-    def _handle_request_vote(self, msg: RequestVote) -> None:
-        up_to_date = self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)
-        if "vote_without_log_check" in self.config.unsafe:
-            up_to_date = True
-        if msg.pre_vote:
-            # Grant if we would vote for it in msg.term; our own state is untouched.
-            grant = msg.term > self.term and up_to_date
-            term = msg.term if grant else self.term
-            self._send(RequestVoteResponse(self.id, msg.src, term, grant, pre_vote=True))
-            return
-        # §5.2, §5.4.1: one vote per term, only for a log at least as up to date.
-        # msg.term == self.term here (a higher term was adopted above).
-        can_vote = self.vote in (None, msg.src) and self.role is not Role.LEADER
-        grant = can_vote and up_to_date
-        if grant:
-            self.vote = msg.src  # persisted (Ready.hard_state) before the reply leaves
-            self._reset_election_timer()
-        self._send(RequestVoteResponse(self.id, msg.src, self.term, grant))
-
-    def _handle_vote_response(self, msg: RequestVoteResponse) -> None:
-        wanted = Role.PRECANDIDATE if msg.pre_vote else Role.CANDIDATE
-        if self.role is not wanted:
-            return
-        if msg.pre_vote and msg.term != self.term + 1 and msg.granted:
-            return  # an answer to an older pre-vote round
-        self._votes[msg.src] = msg.granted
-        if self._tally() >= self.quorum():
-            self._won_election(msg.pre_vote)
-        elif sum(1 for v, g in self._votes.items() if not g and v in self.voters) >= self.quorum():
-            self._become_follower(self.term, None)
-
-    # ------------------------------------------------------------ follower side
-    def _handle_append(self, msg: AppendEntries) -> None:
-        # msg.term == self.term: this is the one leader of our term (Election Safety).
-        if self.role is not Role.FOLLOWER and self.role is not Role.LEARNER:
-            self._become_follower(self.term, msg.src)
-        if self.leader_id != msg.src:
-            self._fail_reads()
-            self.leader_id = msg.src
-        self._leader_contact = self._now
-        self._reset_election_timer()
-        log = self.log
-        if msg.prev_log_index < log.committed:
-            # Everything up to our commit index matches any current leader's log
-            # (Leader Completeness), so the part of the message we have
-            # committed is skipped and the rest is checked entry by entry.
-            entries = [e for e in msg.entries if e.index > log.committed]
-            ok_prev = True
-        else:
-            entries = list(msg.entries)
-            ok_prev = log.term_at(msg.prev_log_index) == msg.prev_log_term
-        if not ok_prev:
-            # Log Matching: we may only append after an entry we share.
-            # Reply with the fast-backtracking hint.
-            prev = msg.prev_log_index
-            if prev > log.last_index():
-                ci, ct = log.last_index() + 1, None
-            else:
-                ct = log.term_at(prev)
-                ci = log.first_index_of_term(prev)
-            self._send(
-                AppendEntriesResponse(
-                    self.id, msg.src, self.term, False,
-                    conflict_index=ci, conflict_term=ct,
-                    reject_index=prev, read_seq=msg.read_seq,
-                )
-            )
-            return
-        # Find the first entry we do not already hold; truncate a conflicting
-        # suffix (§5.3: "if an existing entry conflicts with a new one, delete
-        # the existing entry and all that follow it").
-        for i, e in enumerate(entries):
-            t = log.term_at(e.index)
-            if t is None:
-                log.append(entries[i:])
-                break
-            if t != e.term:
-                tail = [x for x in log.entries if x.index > entries[-1].index]
-                log.truncate_from(e.index)
-                log.append(entries[i:])
-                if "no_truncate" in self.config.unsafe:
-                    log.append(tail)  # broken variant: keep the stale suffix
-                break
-        # The message covers the leader's log up to this index, and we now match it.
-        last_new = msg.prev_log_index + len(msg.entries)
-        # Figure 2: commit_index = min(leader_commit, index of last new entry).
-        log.commit_to(min(msg.leader_commit, last_new))
-        if msg.commit_only:
-            return  # a commit notice: the leader needs no acknowledgement
-        self._send(
-            AppendEntriesResponse(
-                self.id, msg.src, self.term, True, match_index=last_new, read_seq=msg.read_seq
-            )
-        )
-
-    def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
-        if self.role is not Role.FOLLOWER and self.role is not Role.LEARNER:
-            self._become_follower(self.term, msg.src)
-        self.leader_id = msg.src
-        self._leader_contact = self._now
-        self._reset_election_timer()
-        meta = msg.meta
-        if meta.index <= self.log.committed:
-            # We already hold (and agree on) everything the snapshot covers.
-            self._send(InstallSnapshotResponse(self.id, msg.src, self.term, self.log.committed))
-            return
-        keep = self.log.term_at(meta.index) == meta.term
-        self.log.restore(meta, keep)
-        if meta.config.members:
-            self.configuration = meta.config
-            self.voters = meta.config.voters
-        self._pending_snapshot = (meta, keep)
-        self._send(InstallSnapshotResponse(self.id, msg.src, self.term, meta.index))
-
-    def _handle_read_response(self, msg: ReadIndexResponse) -> None:
-        mine = [c for c in msg.ctxs if c in self._forwarded_reads]
-        self._read_states.extend((c, msg.index) for c in mine)
-        self._forwarded_reads = [c for c in self._forwarded_reads if c not in msg.ctxs]
-
-    # -------------------------------------------------------------- leader side
-    def _handle_append_response(self, msg: AppendEntriesResponse) -> None:
-        if self.role is not Role.LEADER:
-            return
-        pr = self.progress.get(msg.src)
-        if pr is None:
-            return
-        pr.recent_active = True
-        if msg.read_seq > pr.read_ack:
-            pr.read_ack = msg.read_seq
-            self._release_reads()
-        if not msg.success:
-            self._handle_reject(pr, msg)
-            return
-        if pr.maybe_update(msg.match_index):
-            if pr.state is ProgressState.PROBE:
-                pr.become_replicate()
-            self._maybe_commit()
-            if self._transfer_target == msg.src:
-                self._maybe_send_timeout_now()
-        elif pr.state is ProgressState.PROBE:
-            pr.probe_sent = False
-        if pr.next_index <= self.log.last_index() or (
-            min(self.log.committed, pr.match_index) > pr.commit_sent
-        ):
-            self._broadcast = True
-
-    def _handle_reject(self, pr: Progress, msg: AppendEntriesResponse) -> None:
-        if msg.reject_index < pr.match_index:
-            return  # stale: we already know it matches further than that
-        if msg.reject_index == pr.match_index and pr.match_index > 0:
-            # It no longer holds an entry it acknowledged: its disk was wiped
-            # or replaced (operator action, outside Raft's fault model). Start
-            # over from what it says it has, or it would never catch up. Our
-            # commit index never moves back, so nothing committed is at risk.
-            pr.match_index = max(0, min(pr.match_index, msg.conflict_index - 1))
-        if pr.state is ProgressState.PROBE and msg.reject_index != pr.next_index - 1:
-            return  # a reply to an older probe
-        # Fast backtracking: skip a whole conflicting term per round trip.
-        nxt = msg.conflict_index
-        if msg.conflict_term is not None:
-            last = self.log.last_index_of_term(msg.conflict_term, msg.reject_index)
-            if last is not None:
-                nxt = last + 1
-        pr.become_probe()
-        pr.next_index = max(pr.match_index + 1, min(nxt, msg.reject_index))
-        self._broadcast = True
-
-    def _handle_snapshot_response(self, msg: InstallSnapshotResponse) -> None:
-        if self.role is not Role.LEADER:
-            return
-        pr = self.progress.get(msg.src)
-        if pr is None:
-            return
-        pr.recent_active = True
-        pr.maybe_update(msg.match_index)
-        pr.become_probe()
-        self._maybe_commit()
-        self._broadcast = True
-
-    def _handle_read_request(self, msg: ReadIndexRequest) -> None:
-        if self.role is not Role.LEADER:
-            self._send(ReadIndexResponse(self.id, msg.src, self.term, msg.ctxs, -1))
-            return
-        for ctx in msg.ctxs:
-            self._leader_read(msg.src, ctx)
-
-    def _release_reads(self) -> None:
-        while self._read_rounds:
-            rnd = self._read_rounds[0]
-            acks = 1 + sum(
-                1 for p, pr in self.progress.items() if pr.read_ack >= rnd.seq and p in self.voters
-            )
-            if acks < self.quorum():
-                return
-            self._read_rounds.pop(0)
-            self._answer_read(None, rnd.local, rnd.index)
-            for src, ctxs in rnd.remote.items():
-                self._answer_read(src, ctxs, rnd.index)
-
-    def _maybe_commit(self) -> None:
-        matches = sorted(
-            [self.progress[p].match_index for p in self.voters if p != self.id]
-            + [self._self_match() if self.id in self.voters else 0],
-            reverse=True,
-        )
-        n = matches[self.quorum() - 1]
-        if n <= self.log.committed:
-            return
-        # §5.4.2 (Figure 8): only an entry of the current term is committed by
-        # counting replicas; earlier ones are committed indirectly with it.
-        if self.log.term_at(n) != self.term and "commit_old_terms" not in self.config.unsafe:
-            return
-        self.log.commit_to(n)
-        self._broadcast = True
-        if self._reads_waiting_commit and self._committed_in_term():
-            waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
-            for src, ctx in waiting:
-                self._leader_read(src, ctx)
-
-    def _self_match(self) -> int:
-        # The leader counts only entries it has itself persisted (advance()).
-        return self.log.unstable_from - 1
-
-    def _send_heartbeat(
-        self, peer: str, pr: Progress, read_seq: int, commit_only: bool = False
-    ) -> None:
-        # prev = match_index: the follower is known to hold it, so a heartbeat
-        # never fails spuriously; the commit sent is capped to what it holds.
-        prev = pr.match_index
-        prev_term = self.log.term_at(prev)
-        if prev_term is None:
-            prev = self.log.snapshot.index
-            prev_term = self.log.snapshot.term
-        commit = min(self.log.committed, prev)
-        pr.commit_sent = max(pr.commit_sent, commit)
-        self._send(
-            AppendEntries(
-                self.id, peer, self.term, prev, prev_term, (), commit, read_seq=read_seq,
-                commit_only=commit_only,
-            )
-        )
-
-    def _send_appends(self) -> None:
-        """Send every follower what it is missing, as far as flow control allows."""
-        sent_to: set[str] = set()
-        for peer, pr in self.progress.items():
-            while not pr.paused(self.config.max_inflight):
-                if pr.next_index < self.log.first_index():
-                    self._send_snapshot(peer, pr)
-                    sent_to.add(peer)
-                    break
-                if pr.next_index > self.log.last_index() and pr.state is ProgressState.REPLICATE:
-                    break
-                self._send_append(peer, pr)
-                sent_to.add(peer)
-                if pr.state is ProgressState.PROBE:
-                    break
-            if peer not in sent_to and min(self.log.committed, pr.match_index) > pr.commit_sent:
-                # Tell it about the new commit index promptly, so reads served
-                # on followers (ReadIndex) need not wait for the next heartbeat.
-                # It asks for no reply: at low load these notices would
-                # otherwise double the messages of every write.
-                self._send_heartbeat(peer, pr, 0, commit_only=True)
-
-    def _send_append(self, peer: str, pr: Progress) -> None:
-        prev = pr.next_index - 1
-        prev_term = self.log.term_at(prev)
-        assert prev_term is not None
-        entries = self.log.slice(
-            pr.next_index,
-            min(self.log.last_index() + 1, pr.next_index + self.config.max_entries_per_msg),
-            self.config.max_bytes_per_msg,
-        )
-        self._send(
-            AppendEntries(
-                self.id, peer, self.term, prev, prev_term, tuple(entries), self.log.committed,
-                read_seq=self._read_seq,
-            )
-        )
-        pr.commit_sent = max(pr.commit_sent, min(self.log.committed, prev + len(entries)))
-        if pr.state is ProgressState.REPLICATE:
-            if entries:
-                pr.next_index = entries[-1].index + 1
-                pr.inflight.append(entries[-1].index)
-        else:
-            pr.probe_sent = True
-
-    def _send_snapshot(self, peer: str, pr: Progress) -> None:
-        meta = self.log.snapshot
-        pr.become_snapshot(meta.index, self._now)
-        self._send(InstallSnapshot(self.id, peer, self.term, meta, self.log.committed))
 
     def _send(self, msg: Message) -> None:
         self._msgs.append(msg)
@@ -790,28 +481,9 @@ class RaftCore:
     # ================================================================= output
     def ready(self) -> Ready:
         """Collect everything the caller must now persist, send and apply."""
-        if self._forwarded_new:
-            if self.leader_id is not None and self.role is not Role.LEADER:
-                self._send(
-                    ReadIndexRequest(
-                        self.id, self.leader_id, self.term, tuple(self._forwarded_new)
-                    )
-                )
-            self._forwarded_new = []
+        self._flush_forwarded()
         if self.role is Role.LEADER:
-            if self._reads_new:
-                self._read_seq += 1
-                rnd = _ReadRound(self._read_seq, self.log.committed, [], {})
-                for src, ctx in self._reads_new:
-                    if src is None or src == self.id:
-                        rnd.local.append(ctx)
-                    else:
-                        rnd.remote.setdefault(src, []).append(ctx)
-                self._reads_new = []
-                self._read_rounds.append(rnd)
-                for peer, pr in self.progress.items():
-                    self._send_heartbeat(peer, pr, self._read_seq)
-                self._release_reads()  # a single-voter cluster needs no round
+            self._start_read_round()
             if self._broadcast:
                 self._broadcast = False
                 self._send_appends()

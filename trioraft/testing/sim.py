@@ -12,10 +12,22 @@ After every step it checks Raft's safety properties:
 - State Machine Safety: no two nodes apply different entries at an index;
 - commit indexes never move back (per incarnation) and committed entries never change;
 - applied <= committed on every node;
-- ReadIndex: a read index is >= every index committed when the read began.
+- ReadIndex: a read index is >= every index committed when the read began;
+- a leader's match_index for a follower never moves back within its term;
+- no write's answer contradicts its entry's fate: a write answered "dropped"
+  is never applied anywhere, one answered "ok" is applied (the runtime's
+  rule: each write -- relayed batches included -- is settled by its own entry).
 
-After the faults stop, liveness: a leader is elected and a fresh proposal is
-applied on every node within a bounded virtual time.
+Workload: clients propose at the leader or at followers, which relay their
+writes to the leader in batches as the runtime does; some seeds have a slow
+link (high latency, low bandwidth, FIFO) to one node, which is also down for
+the last stretch of the faults; snapshots are taken every few entries and the
+core keeps a catch-up tail (CoreConfig.snapshot_catchup_entries).
+
+After the faults stop, proposals go on (sustained load) and every node must
+apply what was committed shortly after within a bound *while they continue*
+(issue 11: catching up must not need the writes to stop); then liveness: a
+fresh proposal is applied on every node within a bounded virtual time.
 
 Run many seeds: ``python -m trioraft.testing.sim --seeds 500``.
 Replay one: ``python -m trioraft.testing.sim --seed 1234 [--nodes 5] [--unsafe X]``.
@@ -24,18 +36,15 @@ Replay one: ``python -m trioraft.testing.sim --seed 1234 [--nodes 5] [--unsafe X
 from __future__ import annotations
 
 import argparse
-import hashlib
 import heapq
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from trioraft.core import (
+    AppendEntries,
     CoreConfig,
-    Entry,
-    HardState,
     InstallSnapshot,
     Message,
     NotLeader,
@@ -43,166 +52,38 @@ from trioraft.core import (
     RaftCore,
     Ready,
     Role,
-    SnapshotMeta,
 )
+from trioraft.testing._sim_checks import Checks
+from trioraft.testing._sim_model import (
+    CORE_UNSAFE,
+    SIM_UNSAFE,
+    SafetyViolation,
+    SimConfig,
+    SimResult,
+    _Node,
+    _size,
+)
+from trioraft.testing._sim_ops import Operations
 
-__all__ = ["SafetyViolation", "SimConfig", "SimResult", "Simulation", "run_seed"]
-
-
-class SafetyViolation(AssertionError):
-    pass
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    nodes: int = 3
-    fault_time: float = 2.0  # seconds of virtual time with faults
-    liveness_time: float = 10.0  # bound for recovery after faults stop
-    # Deliberately broken variants (teeth): core-level names from CoreConfig.unsafe,
-    # plus "ack_before_persist" which the simulated runtime implements.
-    unsafe: frozenset[str] = frozenset()
-    snapshots: bool = True
-    check_liveness: bool = True
-    # Mean seconds between faults; small values give the leader churn of the
-    # paper's Figure 8 (entries replicated to a minority, then a new leader).
-    fault_interval: float = 0.2
-    max_entries_per_msg: int | None = None  # None: drawn per seed from 1, 4, 64
-    # Probability that a newly elected leader crashes before its first batch
-    # leaves (the leader churn behind the paper's Figure 8).
-    churn: float | None = None  # None: drawn per seed from 0, 0, 0.5
-    # Probability that a leader crashes right after sending a batch (before it
-    # applies anything): leaves entries on an arbitrary subset of followers.
-    crash_after_send: float = 0.0
-    drop: float | None = None  # message loss rate; None: drawn per seed
-    # Probability, at each crash point of each Ready, that the node crashes
-    # there: before persisting (the write is lost), between persisting and
-    # sending (durable, unacknowledged), between sending and applying, and
-    # right after a snapshot is written (before the log is compacted).
-    crash_points: float = 0.0005
+__all__ = [
+    "CORE_UNSAFE",
+    "SIM_UNSAFE",
+    "SafetyViolation",
+    "SimConfig",
+    "SimResult",
+    "Simulation",
+    "run_seed",
+]
 
 
-# SimConfig field -> the command-line flag that sets it (for replay commands).
-_FLAGS = {
-    "fault_time": "--fault-time",
-    "fault_interval": "--fault-interval",
-    "churn": "--churn",
-    "max_entries_per_msg": "--max-entries",
-    "crash_after_send": "--crash-after-send",
-    "drop": "--drop",
-    "crash_points": "--crash-points",
-}
-
-
-@dataclass
-class SimResult:
-    seed: int
-    config: SimConfig
-    steps: int = 0
-    committed: int = 0
-    faults: int = 0
-    elections: int = 0
-    reads: int = 0
-    violation: str | None = None
-
-    def replay_command(self) -> str:
-        c = self.config
-        cmd = f"python -m trioraft.testing.sim --seed {self.seed} --nodes {c.nodes}"
-        cmd += "".join(f" --unsafe {u}" for u in sorted(c.unsafe))
-        default = SimConfig()
-        for name, flag in _FLAGS.items():
-            if getattr(c, name) != getattr(default, name):
-                cmd += f" {flag} {getattr(c, name)}"
-        return cmd
-
-
-@dataclass
-class _Disk:
-    """What a node has on stable storage: all that survives a crash."""
-
-    hard_state: HardState = field(default_factory=HardState)
-    snapshot: SnapshotMeta = field(default_factory=SnapshotMeta)
-    snapshot_data: tuple[bytes, ...] = ()  # the applied command digests it covers
-    entries: list[Entry] = field(default_factory=list)
-
-    def save(self, rd: Ready, snap_data: tuple[bytes, ...] | None) -> None:
-        if rd.snapshot is not None:
-            assert snap_data is not None
-            self.snapshot = rd.snapshot
-            self.snapshot_data = snap_data
-            if rd.snapshot_keep_entries:
-                self.entries = [e for e in self.entries if e.index > rd.snapshot.index]
-            else:
-                self.entries = []
-        if rd.hard_state is not None:
-            self.hard_state = rd.hard_state
-        if rd.entries:
-            first = rd.entries[0].index
-            self.entries = [e for e in self.entries if e.index < first]
-            self.entries.extend(rd.entries)
-
-
-def _digest(e: Entry) -> bytes:
-    return hashlib.blake2b(
-        e.term.to_bytes(8, "big") + bytes([e.kind]) + e.data, digest_size=8
-    ).digest()
-
-
-class _Node:
-    def __init__(self, sim: Simulation, node_id: str) -> None:
-        self.sim = sim
-        self.id = node_id
-        self.disk = _Disk()
-        self.up = True
-        self.incarnation = 0
-        self.timer_gen = 0
-        self.core = self._boot()
-        # Digests of applied entries, index i at position i-1 (the state machine).
-        self.applied: list[bytes] = []
-        self.deferred: list[Ready] = []  # "ack_before_persist": not yet on disk
-        self.led_term = -1  # the last term we saw it lead (to check each new leader once)
-
-    def _boot(self) -> RaftCore:
-        cfg = CoreConfig(
-            id=self.id,
-            voters=frozenset(self.sim.ids),
-            unsafe=self.sim.config.unsafe & {"commit_old_terms", "vote_without_log_check",
-                                            "no_truncate"},
-            max_entries_per_msg=(
-                self.sim.config.max_entries_per_msg or self.sim.rng.choice([1, 4, 64])
-            ),
-            max_inflight=self.sim.rng.choice([2, 8]),
-        )
-        d = self.disk
-        return RaftCore(
-            cfg,
-            random.Random(self.sim.rng.random()),
-            hard_state=d.hard_state,
-            snapshot=d.snapshot,
-            entries=list(d.entries),
-            now=self.sim.now,
-        )
-
-    def crash(self) -> None:
-        self.up = False
-        self.deferred = []  # unpersisted writes are lost
-        self.timer_gen += 1
-
-    def restart(self) -> None:
-        self.up = True
-        self.incarnation += 1
-        self.core = self._boot()
-        self.applied = list(self.disk.snapshot_data)
-        self.sim.commit_seen[self.id] = self.core.commit_index
-        self.sim.after_input(self)
-
-
-class Simulation:
+class Simulation(Checks, Operations):
     def __init__(self, seed: int, config: SimConfig) -> None:
         self.seed = seed
         self.config = config
         self.rng = random.Random(seed)
         self.now = 0.0
-        self.ids = [f"n{i}" for i in range(1, config.nodes + 1)]
+        self.initial_ids = [f"n{i}" for i in range(1, config.nodes + 1)]
+        self.ids = list(self.initial_ids)  # the processes that exist (member ids)
         self.result = SimResult(seed, config)
         self._seq = 0
         self._events: list[tuple[float, int, str, Any]] = []
@@ -218,6 +99,30 @@ class Simulation:
         self.faulty = True
         self.blocked: set[tuple[str, str]] = set()  # (src, dst) pairs cut
         self.snapshot_every = r.choice([8, 25, 1000]) if config.snapshots else 10**9
+        # A slow link to one node (30-60 ms each way, 20-80 KB/s), FIFO like TCP.
+        slow = r.random() < 0.4 if config.slow_link is None else config.slow_link
+        self.slow_node = r.choice(self.ids) if slow else None
+        self.slow_latency = r.uniform(0.03, 0.06)
+        self.slow_bandwidth = r.uniform(20_000, 80_000)  # bytes per second
+        self.link_free: dict[tuple[str, str], float] = {}
+        self.fifo: dict[tuple[str, str], float] = {}  # last delivery time per link
+        self.relay = r.random() < 0.5 if config.relay is None else config.relay
+        if self.slow_node and config.snapshots:
+            self.snapshot_every = r.choice([8, 25])  # snapshots while it catches up
+        self.catchup: int = (
+            config.catchup if config.catchup is not None
+            else 5000 if self.slow_node else r.choice([4, 64, 5000])
+        )
+        # Proposals and their answers (the fate check). A write is identified
+        # by its data; each is proposed at most once.
+        self.relay_buf: dict[str, list[bytes]] = {i: [] for i in self.ids}
+        # (leader, index) -> (term, data, batch) awaiting the leader's apply.
+        self.pending: dict[tuple[str, int], tuple[int, bytes, list[bytes]]] = {}
+        self.answers: dict[bytes, str] = {}  # data -> "ok" | "dropped"
+        self.committed_data: set[bytes] = set()
+        self.matches: dict[tuple[str, int], dict[str, int]] = {}  # (leader, term) -> matches
+        self.loading = True  # clients keep proposing
+        self.checked: dict[str, int] = {}  # node -> commit index checked up to
         # Safety bookkeeping.
         self.leaders: dict[int, str] = {}
         self.entries_seen: dict[tuple[int, int], tuple[bytes, int | None]] = {}
@@ -227,10 +132,19 @@ class Simulation:
         self.pending_reads: dict[int, int] = {}  # ctx -> max commit when issued
         self._ctx = 0
         self._proposal = 0
+        # Membership changes (issue 12): the operator adds, promotes, removes,
+        # transfers leadership and wipes disks; a wiped node returns under a
+        # fresh member id (a joiner) and is re-admitted by changes.
+        self.membership = r.random() < 0.5 if config.membership is None else config.membership
+        self.gone: set[str] = set()  # ids whose process (disk) is gone for good
+        self.joiners: list[str] = []  # fresh ids waiting to be admitted
+        self._fresh = 0
         self.nodes = {i: _Node(self, i) for i in self.ids}
         for n in self.nodes.values():
             self.commit_seen[n.id] = n.core.commit_index
             self._arm(n)
+        self._nobody = _Node(self, "-")  # stands for a process that is gone
+        self._nobody.up = False
 
     # ------------------------------------------------------------ event queue
     def _push(self, at: float, kind: str, payload: Any) -> None:
@@ -242,20 +156,36 @@ class Simulation:
         self._push(n.core.deadline, "timer", (n.id, n.timer_gen))
 
     def send(self, src: _Node, msg: Message, snap: tuple[bytes, ...] | None) -> None:
-        if (msg.src, msg.dst) in self.blocked:
+        if (msg.src, msg.dst) in self.blocked or (self.faulty and self.rng.random() < self.drop):
+            if isinstance(msg, InstallSnapshot):
+                self._snapshot_report(src, msg, False, self.now + 0.05)
             return
-        copies = 1
-        if self.faulty:
-            if self.rng.random() < self.drop:
-                return
-            if self.rng.random() < self.dup:
-                copies = 2
+        copies = 2 if self.faulty and self.rng.random() < self.dup else 1
+        key = (msg.src, msg.dst)
         for _ in range(copies):
             lo, hi = self.delay
             d = lo + self.rng.random() * (hi - lo)
+            at = self.now + d
             if self.faulty and self.rng.random() < self.reorder:
-                d += self.rng.random() * 0.1
-            self._push(self.now + d, "msg", (msg, snap))
+                at += self.rng.random() * 0.1  # overtaken by later messages
+            else:
+                # A link delivers in order (TCP-like) unless a fault reorders it.
+                at = max(at, self.fifo.get(key, 0.0))
+                self.fifo[key] = at
+            if self.slow_node in (msg.src, msg.dst):
+                # Serialised through the link at its bandwidth, then its latency.
+                start = max(self.now, self.link_free.get(key, 0.0))
+                self.link_free[key] = start + _size(msg, snap) / self.slow_bandwidth
+                at = self.link_free[key] + self.slow_latency + d
+            self._push(at, "msg", (msg, snap))
+            if isinstance(msg, InstallSnapshot):
+                self._snapshot_report(src, msg, True, at)
+
+    def _snapshot_report(self, src: _Node, msg: InstallSnapshot, ok: bool, at: float) -> None:
+        """The sender's runtime learns how its transfer went, as the real one
+        does from its HTTP calls: failed (report_snapshot(dst, False)), or
+        every chunk delivered (True; the follower's answer may still be lost)."""
+        self._push(at, "snap_report", (src.id, src.incarnation, msg.dst, ok))
 
     # ------------------------------------------------------------ node driver
     def after_input(self, n: _Node) -> None:
@@ -324,15 +254,19 @@ class Simulation:
             # Snapshot and compact now and then, as the runtime does.
             core = n.core
             if core.applied_index - core.log.snapshot.index >= self.snapshot_every:
+                # As the runtime does: meta from the core, write the snapshot,
+                # tell the core, then compact stable storage to the point it names.
                 idx = core.applied_index
-                term = core.log.term_at(idx)
-                assert term is not None
-                n.disk.snapshot = SnapshotMeta(idx, term, core.configuration)
+                meta = core.snapshot_meta(idx)
+                n.disk.snapshot = meta
                 n.disk.snapshot_data = tuple(n.applied[:idx])
-                n.disk.entries = [e for e in n.disk.entries if e.index > idx]
-                if self._crash_point(n):  # snapshot durable, memory not yet compacted
+                if self._crash_point(n):  # snapshot durable, log not yet compacted
                     return
-                core.compact(idx)
+                point = core.snapshot_taken(meta)
+                if self._crash_point(n):  # memory compacted, stable storage not yet
+                    return
+                n.disk.compacted = point
+                n.disk.entries = [e for e in n.disk.entries if e.index > point[0]]
         self._arm(n)
 
     _incoming_snapshot: dict[str, tuple[bytes, ...]]
@@ -344,225 +278,37 @@ class Simulation:
             return True
         return False
 
-    def _apply(self, n: _Node, e: Entry) -> None:
-        d = _digest(e)
-        assert e.index == len(n.applied) + 1, "applied out of order"
-        # State Machine Safety: every node applies the same entry at an index.
-        prev = self.committed.get(e.index)
-        if prev is not None and prev != d:
-            raise SafetyViolation(
-                f"state machine safety: {n.id} applied a different entry at {e.index}"
-            )
-        self.committed[e.index] = d
-        n.applied.append(d)
-
-    # ------------------------------------------------------------------ checks
-    def _check_ready(self, n: _Node, rd: Ready) -> None:
-        log = n.core.log
-        for e in rd.entries:
-            prev_term = log.term_at(e.index - 1)
-            key = (e.index, e.term)
-            val = (_digest(e), prev_term)
-            seen = self.entries_seen.get(key)
-            if seen is None:
-                self.entries_seen[key] = val
-            elif seen[0] != val[0] or (
-                seen[1] is not None and val[1] is not None and seen[1] != val[1]
-            ):
-                raise SafetyViolation(
-                    f"log matching: {n.id} holds a different entry/history at "
-                    f"index {e.index} term {e.term}"
-                )
-
-    def _check_node(self, n: _Node) -> None:
-        core = n.core
-        c = core.commit_index
-        if c < self.commit_seen[n.id]:
-            raise SafetyViolation(f"{n.id} commit index moved back {self.commit_seen[n.id]}->{c}")
-        self.commit_seen[n.id] = c
-        if c > self.max_commit:
-            self.max_commit = c
-            self._check_commit_is_durable(n, c)
-        if core.applied_index > c:
-            raise SafetyViolation(f"{n.id} applied {core.applied_index} > committed {c}")
-        if core.role is Role.LEADER:
-            other = self.leaders.setdefault(core.term, n.id)
-            if other != n.id:
-                raise SafetyViolation(f"election safety: {other} and {n.id} lead term {core.term}")
-            if n.led_term != core.term:
-                n.led_term = core.term
-                self.result.elections += 1
-                self._check_completeness(n)
-        # Committed entries never change, and the local log agrees with them.
-        log = core.log
-        lo = max(log.snapshot.index + 1, c - 8)
-        for i in range(lo, c + 1):
-            d = _digest(log.entry(i))
-            prev = self.committed.get(i)
-            if prev is None:
-                self.committed[i] = d
-            elif prev != d:
-                raise SafetyViolation(f"{n.id} committed a different entry at index {i}")
-
-    def _log_summary(self, n: _Node) -> tuple[int, int, int, int | None]:
-        """(last term, last index, snapshot index, term at the checked index) as a
-        node would vote after a crash-free timeout (its in-memory log) or, if
-        down, after restarting (its disk)."""
-        if n.up:
-            log = n.core.log
-            return log.last_term(), log.last_index(), log.snapshot.index, None
-        d = n.disk
-        last = d.entries[-1] if d.entries else None
-        lt = last.term if last else d.snapshot.term
-        li = last.index if last else d.snapshot.index
-        return lt, li, d.snapshot.index, None
-
-    def _holds(self, n: _Node, index: int, term: int) -> bool:
-        if n.up:
-            log = n.core.log
-            return index <= log.snapshot.index or log.term_at(index) == term
-        d = n.disk
-        if index <= d.snapshot.index:
-            return True
-        return any(e.index == index and e.term == term for e in d.entries)
-
-    def _check_commit_is_durable(self, n: _Node, index: int) -> None:
-        """Commit safety: no node lacking a committed entry could win an election.
-
-        Raft's Leader Completeness proof implies, for every reachable state,
-        that a node missing a committed entry has a log less up to date than
-        some member of every quorum. If a node lacking it could gather a
-        quorum of votes now, some schedule would elect it and lose the entry:
-        the commit was premature (this is what the paper's Figure 8 shows).
-        """
-        term = n.core.log.term_at(index)
-        if term is None:
-            return
-        summaries = {m.id: self._log_summary(m) for m in self.nodes.values()}
-        quorum = len(self.ids) // 2 + 1
-        for x in self.nodes.values():
-            if self._holds(x, index, term):
-                continue
-            xt, xi, _, _ = summaries[x.id]
-            voters = sum(1 for (yt, yi, _, _) in summaries.values() if (xt, xi) >= (yt, yi))
-            if voters >= quorum:
-                raise SafetyViolation(
-                    f"premature commit: {n.id} committed index {index} (term {term}) but "
-                    f"{x.id}, which lacks it, could win an election with {voters} votes"
-                )
-
-    def _check_completeness(self, n: _Node) -> None:
-        """Leader Completeness: a new leader's log holds every committed entry."""
-        log = n.core.log
-        for i, d in self.committed.items():
-            if i <= log.snapshot.index:
-                continue
-            if i > log.last_index() or _digest(log.entry(i)) != d:
-                raise SafetyViolation(
-                    f"leader completeness: leader {n.id} of term {n.core.term} lacks "
-                    f"committed entry {i}"
-                )
-
-    def _check_read(self, n: _Node, ctx: int, index: int) -> None:
-        floor = self.pending_reads.pop(ctx, None)
-        if floor is None or index < 0:
-            return
-        self.result.reads += 1
-        if index < floor:
-            raise SafetyViolation(
-                f"stale read index: {n.id} got {index} but {floor} was committed when it began"
-            )
-
-    # ----------------------------------------------------------------- driving
-    def _client(self) -> None:
-        """A client proposes at a random node (followers refuse) or asks for a read."""
-        leaders = [n for n in self.nodes.values() if n.up and n.core.role is Role.LEADER]
-        if leaders and self.rng.random() < 0.7:
-            n = self.rng.choice(leaders)  # a client that found the leader
-        else:
-            n = self.nodes[self.rng.choice(self.ids)]
-        if not n.up:
-            return
-        if self.rng.random() < 0.25:
-            self._ctx += 1
-            try:
-                n.core.read_index(self._ctx)
-            except NotLeader:
-                return
-            self.pending_reads[self._ctx] = self.max_commit
-        else:
-            self._proposal += 1
-            try:
-                n.core.propose([f"{self.seed}:{self._proposal}".encode()])
-            except (NotLeader, ProposalDropped):
-                return
-        self.after_input(n)
-
-    def _fault(self) -> None:
-        r = self.rng
-        self.result.faults += 1
-        kind = r.choice(
-            ["partition", "isolate_leader", "links", "ring", "crash", "crash_leader", "heal",
-             "restart"]
-        )
-        if kind == "partition":
-            ids = self.ids[:]
-            r.shuffle(ids)
-            cut = r.randint(1, len(ids) - 1)
-            a, b = set(ids[:cut]), set(ids[cut:])
-            self.blocked = {(x, y) for x in a for y in b} | {(y, x) for x in a for y in b}
-        elif kind == "links":
-            # Random one-way link failures (asymmetric partitions).
-            p = r.uniform(0.1, 0.5)
-            self.blocked = {(a, b) for a in self.ids for b in self.ids if a != b and r.random() < p}
-        elif kind == "ring":
-            # Jepsen's "majorities ring": every node sees a majority (itself and
-            # its nearest neighbours on a shuffled ring), but no two see the same.
-            ids = self.ids[:]
-            r.shuffle(ids)
-            size = len(ids)
-            d = 1 if size <= 5 else 2  # 5 nodes see 3, 7 see 5: a majority each
-            pos = {x: i for i, x in enumerate(ids)}
-            self.blocked = {
-                (a, b) for a in ids for b in ids
-                if min((pos[a] - pos[b]) % size, (pos[b] - pos[a]) % size) > d
-            }
-        elif kind == "isolate_leader":
-            leaders = [n.id for n in self.nodes.values() if n.up and n.core.role is Role.LEADER]
-            if leaders:
-                lid = leaders[0]
-                self.blocked = {(lid, x) for x in self.ids} | {(x, lid) for x in self.ids}
-        elif kind in ("crash", "crash_leader"):
-            up = [n for n in self.nodes.values() if n.up]
-            if kind == "crash_leader":
-                up = [n for n in up if n.core.role is Role.LEADER] or up
-            if up:
-                n = r.choice(up)
-                n.crash()
-                delay = r.uniform(0.25, 3.0) * self.config.fault_interval
-                self._push(self.now + delay, "restart", n.id)
-        elif kind == "heal":
-            self.blocked = set()
-        else:
-            for n in self.nodes.values():
-                if not n.up:
-                    n.restart()
-
     def run(self) -> SimResult:
         self._incoming_snapshot = {}
         cfg = self.config
         r = self.rng
+        load_end = cfg.fault_time + (cfg.load_time if cfg.check_liveness else 0.0)
         t = 0.0
         while (t := t + r.expovariate(1 / 0.004)) < cfg.fault_time:
             self._push(t, "client", None)
+        while (t := t + r.expovariate(1 / cfg.load_interval)) < load_end:
+            self._push(t, "client", None)  # sustained, below what the links carry
         t = 0.0
         while (t := t + r.uniform(0.25, 1.75) * cfg.fault_interval) < cfg.fault_time:
             self._push(t, "fault", None)
         self._push(cfg.fault_time, "calm", None)
+        if self.membership:
+            t = 0.0
+            while (t := t + r.uniform(0.01, 0.05)) < cfg.fault_time:
+                self._push(t, "member", None)
+        if self.slow_node is not None:
+            # Issue 11 #2's case: the node behind the slow link is down for the
+            # last stretch of the faults and must catch up under load after.
+            self._push(cfg.fault_time - 0.8, "crash", self.slow_node)
+        if cfg.check_liveness:
+            self._push(cfg.fault_time + cfg.settle, "converge_target", None)
+            self._push(cfg.fault_time + cfg.settle + cfg.converge_bound, "converge_check", None)
         try:
-            self._loop(cfg.fault_time)
+            self._loop(load_end)
+            self.loading = False
             if cfg.check_liveness:
                 self._liveness()
+                self._check_fates()
         except SafetyViolation as exc:
             self.result.violation = str(exc)
         except AssertionError as exc:  # an invariant inside the core broke
@@ -577,13 +323,25 @@ class Simulation:
             self.result.steps += 1
             if kind == "timer":
                 nid, gen = payload
-                n = self.nodes[nid]
+                n = self.nodes.get(nid, self._nobody)
                 if n.up and gen == n.timer_gen:
                     n.core.handle_timeout(self.now)
                     self.after_input(n)
             elif kind == "msg":
                 msg, snap = payload
-                n = self.nodes[msg.dst]
+                dst = self.nodes.get(msg.dst)
+                if dst is None:
+                    continue
+                n = dst
+                if (
+                    msg.src not in self.nodes and isinstance(msg, AppendEntries | InstallSnapshot)
+                    and (type(msg.term) is not int or msg.term >= n.core.term)
+                ):
+                    # A stranger's leader messages at a current term: the core
+                    # believes leader messages from any sender (a leader may be
+                    # newer than our configuration); authenticating peers is
+                    # the transport's job (issue 10), so they never get here.
+                    continue
                 if n.up and (msg.src, msg.dst) not in self.blocked:
                     if isinstance(msg, InstallSnapshot):
                         self._incoming_snapshot[n.id] = snap
@@ -591,21 +349,47 @@ class Simulation:
                     self.after_input(n)
                     self._incoming_snapshot.pop(n.id, None)
             elif kind == "client":
-                self._client()
+                if self.loading:
+                    self._client()
+            elif kind == "relay":
+                self._relay(payload)
+            elif kind == "relayed":
+                lid, batch = payload
+                ld = self.nodes.get(lid, self._nobody)
+                if ld.up and ld.core.role is Role.LEADER:
+                    self._propose_batch(ld, batch)
+            elif kind == "snap_report":
+                nid, inc, dst_id, ok = payload
+                n = self.nodes.get(nid, self._nobody)
+                # Delivered to a node that is down or cut off: the transfer failed.
+                ok = (ok and self.nodes.get(dst_id, self._nobody).up
+                      and (nid, dst_id) not in self.blocked)
+                if n.up and n.incarnation == inc:
+                    n.core.report_snapshot(dst_id, ok)
+                    self.after_input(n)
+            elif kind == "converge_target":
+                self._converge_target = max(
+                    n.core.commit_index for n in self.nodes.values() if n.up
+                )
+            elif kind == "converge_check":
+                self._check_converged()
             elif kind == "fault":
                 self._fault()
+            elif kind == "member":
+                self._operator()
             elif kind == "crash":
-                n = self.nodes[payload]
+                n = self.nodes.get(payload, self._nobody)
                 if n.up:
                     n.crash()
-                    self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
+                    if payload != self.slow_node:
+                        self._push(self.now + self.rng.uniform(0.01, 0.3), "restart", n.id)
             elif kind == "restart":
-                n = self.nodes[payload]
-                if not n.up:
+                n = self.nodes.get(payload, self._nobody)
+                if not n.up and n is not self._nobody:
                     n.restart()
             elif kind == "flush":
                 nid, inc = payload
-                n = self.nodes[nid]
+                n = self.nodes.get(nid, self._nobody)
                 if n.up and n.incarnation == inc and n.deferred:
                     n.disk.save(n.deferred.pop(0), None)
             elif kind == "calm":
@@ -614,6 +398,12 @@ class Simulation:
                 for n in self.nodes.values():
                     if not n.up:
                         n.restart()
+
+    _converge_target = 0
+
+    def inject(self, at: float, msg: Message) -> None:
+        """Deliver `msg` (from a fake peer) at virtual time `at`."""
+        self._push(at, "msg", (msg, None))
 
     def _liveness(self) -> None:
         """After the faults stop, a proposal must commit and apply everywhere."""
@@ -632,7 +422,7 @@ class Simulation:
                         continue
                     self.after_input(ld)
                     break
-            elif all(n.core.applied_index >= marker for n in self.nodes.values()):
+            elif all(n.core.applied_index >= marker for n in self._members()):
                 return
             elif not any(
                 n.core.role is Role.LEADER and marker <= n.core.log.last_index()
@@ -694,6 +484,12 @@ def bench(entries: int = 200_000, batch: int = 100, nodes: int = 3) -> float:
     return entries / elapsed
 
 
+def _flag(text: str) -> bool:
+    if text not in ("True", "False"):
+        raise argparse.ArgumentTypeError("True or False")
+    return text == "True"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trioraft.testing.sim", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -711,6 +507,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--drop", type=float, default=None, help="message loss rate (default: drawn)")
     p.add_argument("--crash-points", type=float, default=SimConfig.crash_points,
                    help="probability of a crash at each crash point of each Ready")
+    p.add_argument("--slow-link", type=_flag, default=None,
+                   help="True/False: a slow link to one node (default: drawn per seed)")
+    p.add_argument("--relay", type=_flag, default=None,
+                   help="True/False: followers relay writes in batches (default: drawn)")
+    p.add_argument("--membership", type=_flag, default=None,
+                   help="True/False: membership changes and disk wipes (default: drawn)")
+    p.add_argument("--catchup", type=int, default=None,
+                   help="the core's catch-up tail in entries (default: drawn)")
     p.add_argument("--unsafe", action="append", default=[],
                    help="enable a deliberately broken variant (teeth)")
     p.add_argument("--bench", action="store_true",
@@ -729,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         fault_interval=a.fault_interval, churn=a.churn,
                         max_entries_per_msg=a.max_entries,
                         crash_after_send=a.crash_after_send, drop=a.drop,
-                        crash_points=a.crash_points)
+                        crash_points=a.crash_points, slow_link=a.slow_link, relay=a.relay,
+                        catchup=a.catchup, membership=a.membership)
         res = run_seed(s, cfg)
         committed += res.committed
         steps += res.steps
