@@ -25,18 +25,24 @@ def _check_python(session: nox.Session) -> None:
                       f"this session runs {'.'.join(map(str, found))}")
 
 
-def _ensure_chromium(session: nox.Session) -> None:
-    """The /ui browser test drives Debian's chromium: install it when missing (as root)."""
-    if shutil.which("chromium"):
+# Debian packages the default suite drives: the /ui browser test (chromium) and
+# the side-by-side benchmark's smoke test (a 3-member etcd).
+_DEBIAN_PACKAGES = {"chromium": "chromium", "etcd": "etcd-server", "etcdctl": "etcd-client"}
+
+
+def _ensure_debian_packages(session: nox.Session) -> None:
+    """Install the Debian packages the suite's tests drive when missing (as root)."""
+    missing = sorted({pkg for cmd, pkg in _DEBIAN_PACKAGES.items() if not shutil.which(cmd)})
+    if not missing:
         return
     if shutil.which("apt-get") and os.geteuid() == 0:
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         session.run("apt-get", "update", "-q", external=True, env=env)
-        session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium",
+        session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing,
                     external=True, env=env)
     else:
-        session.warn("no chromium and no way to install it (needs root and apt-get): "
-                     "the /ui browser test will be skipped, saying so")
+        session.warn(f"missing {', '.join(missing)} and no way to install them (needs root "
+                     "and apt-get): the tests that drive them will be skipped, saying so")
 
 
 # python=None: the interpreter nox itself runs on (CI's, whatever its minor
@@ -45,8 +51,8 @@ def _ensure_chromium(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The default suite: unit, simulation (300+ seeds), node, process and browser tests."""
     _check_python(session)
-    _ensure_chromium(session)
-    session.install("-e", ".[test]")
+    _ensure_debian_packages(session)
+    session.install("-e", ".[test,plot]")  # plot: the bench plots are tested too
     session.run("pytest", "-m", "not slow", *session.posargs)
 
 
