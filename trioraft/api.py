@@ -22,7 +22,6 @@ from werkzeug.exceptions import HTTPException
 from trioraft import kv, openapi
 from trioraft.core import (
     AppendEntriesResponse,
-    InstallSnapshot,
     Message,
     NotLeader,
     RequestVoteResponse,
@@ -37,13 +36,10 @@ from trioraft.errors import (
 )
 from trioraft.node import RaftNode
 from trioraft.transport import (
-    SNAPSHOT_HEADER,
     TOKEN_HEADER,
     CodecError,
     append_entries_from_json,
     append_response_to_json,
-    decode_messages,
-    meta_from_wire,
     request_vote_from_json,
     vote_response_to_json,
 )
@@ -55,7 +51,9 @@ log = logging.getLogger("trioraft.api")
 # A value may be 1 MiB of UTF-8; JSON escaping can grow it, so the body limit
 # leaves room. A transaction is capped separately by kv.MAX_TXN_BYTES.
 MAX_BODY_BYTES = 2 * kv.MAX_VALUE_BYTES + 64 * 1024
-MAX_RAFT_BODY_BYTES = 64 << 20
+# The course routes' JSON AppendEntries may carry entries; peers talk over
+# streams (trioraft.transport), so this only bounds those two routes.
+MAX_RAFT_BODY_BYTES = 8 << 20
 LEADER_HEADER = "X-Raft-Leader"
 
 
@@ -187,29 +185,6 @@ def authorize(token: str | None, token_header: str | None, authorization: str | 
         raise ApiError(401, "unauthorized", "missing or wrong cluster token")
 
 
-def raft_messages_op(node: RaftNode, raw: bytes) -> None:
-    """A peer's batch of Raft messages, handed to the driver (never blocks)."""
-    try:
-        msgs = decode_messages(raw)
-    except CodecError as exc:
-        raise ApiError(400, "bad_request", str(exc)) from None
-    node.receive_messages([m for m in msgs if m.dst == node.id])
-
-
-async def raft_propose_op(node: RaftNode, raw: bytes) -> bytes:
-    """A follower's batch of forwarded writes: propose, answer encoded results."""
-    try:
-        datas = msgspec.msgpack.decode(raw, type=list[bytes])
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ApiError(400, "bad_request", f"malformed proposal batch: {exc}") from None
-    try:
-        return await node.propose_encoded(datas)
-    except NotLeader:
-        raise ApiError(503, "not_leader", "this node is not the leader") from None
-    except ProposalDropped as exc:
-        raise ApiError(503, "dropped", str(exc)) from None
-
-
 async def read_barrier(node: RaftNode, consistency: str) -> None:
     if consistency == "stale":
         return
@@ -268,7 +243,7 @@ def check_key(key: str) -> str:
 
 def create_app(node: RaftNode) -> QuartTrio:
     app = QuartTrio("trioraft")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_RAFT_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = max(MAX_BODY_BYTES, MAX_RAFT_BODY_BYTES)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     # Never answer "/kv//k" with a 308 to "/kv/k": that is another key.
     app.url_map.merge_slashes = False
@@ -424,46 +399,20 @@ def create_app(node: RaftNode) -> QuartTrio:
     def _authorize() -> None:
         authorize(token, request.headers.get(TOKEN_HEADER), request.headers.get("Authorization"))
 
-    @app.route("/raft/messages", methods=["POST"])
-    async def raft_messages() -> Response:
-        _authorize()
-        raft_messages_op(node, await _raw_body(cache=False))
-        return Response("", status=204)
-
-    @app.route("/raft/propose", methods=["POST"])
-    async def raft_propose() -> Response:
-        """A follower's batch of forwarded writes (msgpack list of encoded commands)."""
-        _authorize()
-        body = await raft_propose_op(node, await _raw_body(cache=False))
-        return Response(body, status=200, content_type="application/x-msgpack")
-
-    @app.route("/raft/snapshot", methods=["POST"])
-    async def raft_snapshot() -> Response:
-        _authorize()
-        try:
-            head = json.loads(request.headers.get(SNAPSHOT_HEADER, ""))
-            msg = InstallSnapshot(
-                str(head["src"]), node.id, int(head["term"]), meta_from_wire(head["meta"]),
-                int(head["leader_commit"]),
-            )
-            offset, done = int(head["offset"]), bool(head["done"])
-        except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
-            raise ApiError(400, "bad_request", f"bad {SNAPSHOT_HEADER} header: {exc}") from None
-        data = await _raw_body(cache=False)
-        try:
-            await node.receive_snapshot_chunk(msg, offset, data, done)
-        except ValueError as exc:
-            raise ApiError(409, "bad_request", str(exc)) from None
-        return Response("", status=204)
-
     async def _course_rpc(
         parse: Callable[[bytes, str], Message],
         answer_type: type,
         to_json: Callable[[Any], dict[str, Any]],
         refusal: dict[str, Any],
     ) -> Response:
-        """A course-form JSON request stepped into the core, its answer as JSON."""
+        """A course-form JSON request stepped into the core, its answer as JSON.
+
+        The token is checked before a byte of the body is read (an
+        unauthenticated sender costs no memory), and the body is bounded.
+        """
         _authorize()
+        if (request.content_length or 0) > MAX_RAFT_BODY_BYTES:
+            raise ApiError(413, "too_large", f"request body over {MAX_RAFT_BODY_BYTES} bytes")
         try:
             msg = parse(await _raw_body(cache=False), node.id)
         except CodecError as exc:

@@ -5,6 +5,7 @@
 (see `trioraft.node._node` for the map).
 """
 
+from trioraft.node._looplag import LoopLagMonitor
 from trioraft.node._node import RaftNode, open_node
 
-__all__ = ["RaftNode", "open_node"]
+__all__ = ["LoopLagMonitor", "RaftNode", "open_node"]

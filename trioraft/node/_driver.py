@@ -15,6 +15,7 @@ All of the runtime's use of the core is in this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -27,11 +28,13 @@ from trioraft.config import NodeConfig
 from trioraft.core import (
     CoreConfig,
     EntryKind,
+    InstallSnapshot,
     Message,
     NotLeader,
     ProposalDropped,
     RaftCore,
     Ready,
+    Role,
 )
 from trioraft.errors import NoLeader
 from trioraft.kv import KVStateMachine, Result
@@ -39,8 +42,11 @@ from trioraft.node._offload import Offload
 from trioraft.node._reads import Read, Reads
 from trioraft.node._replies import PendingWrites, Proposal
 from trioraft.node._rpc import Rpc, RpcBridge
+from trioraft.node._snapshot_recv import SnapshotReceiver
+from trioraft.node._snapshot_send import SnapshotSender
 from trioraft.node._snapshotter import Snapshotter
 from trioraft.storage import Storage
+from trioraft.transport import Transport
 
 __all__ = ["INBOX_SIZE", "Call", "Driver", "Incoming"]
 
@@ -71,11 +77,13 @@ class Driver:
         offload: Offload,
         rng: random.Random,
         *,
-        send: Callable[[Message], None],
+        transport: Transport,
         rpc: RpcBridge,
         reads: Reads,
         stats: dict[str, Any],
         snapshotter: Snapshotter,
+        snapshot_sender: SnapshotSender,
+        snapshot_receiver: SnapshotReceiver,
     ) -> None:
         self.id = config.id
         self._storage = storage
@@ -88,7 +96,9 @@ class Driver:
             election_timeout=(lo / 1000, hi / 1000),
             heartbeat_interval=config.heartbeat_ms / 1000,
         )
-        self._send = send
+        self._transport = transport
+        self._snapshot_sender = snapshot_sender
+        self._snapshot_receiver = snapshot_receiver
         self._rpc = rpc
         self._reads = reads
         self._stats = stats
@@ -187,7 +197,7 @@ class Driver:
             first, term = self.c.propose(datas)
         except (NotLeader, ProposalDropped) as exc:
             for p in proposals:
-                p.slot.settle(error=exc)
+                p.settle_all(exc)
             return
         self._stats["proposals"] += len(datas)
         self._stats["batches"] += 1
@@ -210,9 +220,7 @@ class Driver:
 
     async def _persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
-            data = await self._offload.disk(
-                self._storage.install_incoming, rd.snapshot, rd.snapshot_keep_entries
-            )
+            data = await self._snapshot_receiver.install(rd.snapshot, rd.snapshot_keep_entries)
             kv = KVStateMachine()
             await self._offload.cpu(kv.restore, data)
             self.kv = kv
@@ -223,8 +231,16 @@ class Driver:
             self._stats["fsyncs"] += 1
 
     def _route(self, m: Message) -> None:
-        if not self._rpc.take_answer(m):
-            self._send(m)
+        if self._rpc.take_answer(m):
+            return
+        if isinstance(m, InstallSnapshot):
+            self._snapshot_sender.start(m)  # the data follows in chunks, off this task
+        else:
+            self._transport.send(m)  # never blocks; a full or missing stream drops it
+
+    def report_snapshot_failure(self, peer: str) -> None:
+        """A transfer to `peer` failed (the core retries later). Driver task only."""
+        self.c.report_snapshot(peer, False)
 
     def _apply(self, rd: Ready) -> None:
         for e in rd.committed:
@@ -238,3 +254,52 @@ class Driver:
                 self.kv.apply_noop(e.index)
             self.pending.applied(e, result)
         self._reads.answered(rd.read_states)
+
+    # ====================================================== other calls into the core
+    # (from other tasks: only reads of plain attributes, or functions posted
+    # into the driver's inbox with `call`)
+
+    async def call(self, fn: Callable[[], None]) -> None:
+        """Run fn in the driver task (blocking if the inbox is full)."""
+        await self.inbox_send.send(Call(fn))
+
+    def post(self, item: object) -> None:
+        """Queue a proposal, read or message; trio.WouldBlock if the inbox is full."""
+        self.inbox_send.send_nowait(item)
+
+    def retire(self) -> None:
+        """Never campaign again (shutdown). Safe from any task: it only sets a flag."""
+        if self.core is not None:
+            self.core.retire()
+
+    def best_transfer_target(self) -> str | None:
+        """The most caught-up follower, if we lead."""
+        core = self.core
+        if core is None or core.role is not Role.LEADER or not core.progress:
+            return None
+        return max(core.progress, key=lambda p: core.progress[p].match_index)
+
+    def transfer_leadership(self, target: str) -> None:
+        """Driver task only (post it with `call`)."""
+        with contextlib.suppress(NotLeader):
+            self.c.transfer_leadership(target)
+
+    def raft_status(self) -> dict[str, Any]:
+        """The core's part of /status."""
+        c = self.c
+        out: dict[str, Any] = {
+            "role": c.role.value,
+            "term": c.term,
+            "leader": c.leader_id,
+            "commit_index": c.commit_index,
+            "applied_index": self.kv.applied_index,
+            "last_log_index": c.log.last_index(),
+            "snapshot_index": c.log.snapshot.index,
+        }
+        if c.role is Role.LEADER:
+            out["progress"] = {
+                p: {"match_index": pr.match_index, "next_index": pr.next_index,
+                    "state": pr.state.value}
+                for p, pr in sorted(c.progress.items())
+            }
+        return out

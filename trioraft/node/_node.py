@@ -1,15 +1,23 @@
 """RaftNode: the public face of the runtime, and where its parts are wired together.
 
     HTTP handlers --(inbox: proposals, reads, messages)--> driver task --> core
-    driver: persist (storage thread) -> send (per-peer outboxes) -> apply -> advance
-    per-peer replication tasks: drain an outbox, coalesce, send to the peer
-    replies: a one-shot slot per request, settled when its entry is applied
+    driver: persist (storage thread) -> send (transport) -> apply -> advance
+    transport: one stream per peer; arriving traffic comes back through the
+               node's `Inbound` methods (deliver, relayed_writes, snapshot_chunk)
+    replies: a one-shot slot per request, each write settled by its own entry
 
-Each role has its own module: `_driver` (the task that owns the core),
-`_replies` (reply slots, settling proposals), `_reads` (ReadIndex, apply
-waiters), `_replicate` (per-peer outboxes), `_snapshot_send` and
-`_snapshot_recv`, `_snapshotter` (local snapshots), `_forward` (relayed
-writes), `_rpc` (the course routes' bridge), `_offload` (threads).
+The roles, one module each:
+
+    _driver          the one task that owns the core; all Ready processing
+    _replies         reply slots; settling each write by its own log entry
+    _reads           ReadIndex reads and waiters on the applied index
+    _forward         relaying client writes to the leader (followers)
+    _snapshot_send   snapshot transfers to followers (one per follower)
+    _snapshot_recv   staging and checking a transfer from the leader
+    _snapshotter     taking local snapshots without stalling the loop
+    _rpc             the course routes' synchronous bridge into the core
+    _looplag         the loop-lag monitor
+    _offload         disk and CPU work off the event loop
 """
 
 from __future__ import annotations
@@ -17,42 +25,72 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
 
 from trioraft.config import NodeConfig
-from trioraft.core import InstallSnapshot, Message, NotLeader, RaftCore, Role
-from trioraft.errors import NoQuorum, Overloaded, ShuttingDown, UnknownOutcome
-from trioraft.kv import KVStateMachine, encode_results
-from trioraft.node._driver import Call, Driver, Incoming
+from trioraft.core import Message, NotLeader, ProposalDropped, RaftCore, RaftError, Role
+from trioraft.errors import NoLeader, NoQuorum, Overloaded, ShuttingDown, UnknownOutcome
+from trioraft.kv import InvalidCommand, KVStateMachine, TooLarge, decode_command, encode_results
+from trioraft.node._driver import Driver, Incoming
 from trioraft.node._forward import Forwarder
+from trioraft.node._looplag import LoopLagMonitor
 from trioraft.node._offload import Offload
 from trioraft.node._reads import Reads
-from trioraft.node._replicate import Outboxes
 from trioraft.node._replies import Proposal
 from trioraft.node._rpc import Rpc, RpcBridge
-from trioraft.node._snapshot_recv import SnapshotReceiver
-from trioraft.node._snapshot_send import send_snapshot
+from trioraft.node._snapshot_recv import SnapshotReceiver, StorageSink
+from trioraft.node._snapshot_send import SnapshotSender, StorageSnapshots
 from trioraft.node._snapshotter import Snapshotter
 from trioraft.storage import Storage
-from trioraft.transport import PeerLink
+from trioraft.transport import RelayAnswer, RelayCode, SnapshotOffer, Transport
 
 __all__ = ["RaftNode", "open_node"]
 
 log = logging.getLogger("trioraft.node")
 
+# What each runtime error means for a relayed write (see RelayCode).
+_CODE_OF: list[tuple[type[BaseException], RelayCode]] = [
+    (UnknownOutcome, RelayCode.UNKNOWN),
+    (NoQuorum, RelayCode.NO_QUORUM),
+    (Overloaded, RelayCode.OVERLOADED),
+    (ShuttingDown, RelayCode.SHUTTING_DOWN),
+    (NoLeader, RelayCode.NOT_LEADER),
+]
+
+
+def _relay_code(exc: BaseException) -> RelayCode:
+    if isinstance(exc, ProposalDropped):
+        return RelayCode.DROPPED
+    if isinstance(exc, NotLeader):
+        return RelayCode.NOT_LEADER
+    for cls, code in _CODE_OF:
+        if isinstance(exc, cls):
+            return code
+    return RelayCode.UNKNOWN
+
 
 class RaftNode:
+    """One member of a cluster: give it a config, its storage and its transport.
+
+    The transport's peers must be the other members (their member ids);
+    `trioraft.server` builds a `StreamTransport`, tests a `MemoryNetwork`
+    transport. Membership changes add and remove peers on the transport
+    (`transport.add_peer(member_id, url)`, `transport.remove_peer(member_id)`).
+    """
+
     def __init__(
         self,
         config: NodeConfig,
         storage: Storage,
-        links: dict[str, PeerLink],
+        transport: Transport,
         rng: random.Random | None = None,
         *,
         run_disk_inline: bool = False,
+        loop_lag: LoopLagMonitor | None = None,
+        max_snapshot_bytes: int | None = None,
     ) -> None:
         # run_disk_inline: call storage (and snapshot restore) directly on the
         # event loop instead of in a worker thread. Only for in-memory storage
@@ -61,31 +99,41 @@ class RaftNode:
         self.id = config.id
         self.members = config.members
         self.storage = storage
-        self.links = links
-        self._election_timeout = tuple(t / 1000 for t in config.election_timeout_ms)
+        self.transport = transport
+        self.loop_lag = loop_lag
+        election_max = config.election_timeout_ms[1] / 1000
         self._offload = Offload(inline=run_disk_inline)
         self.stats: dict[str, Any] = {"proposals": 0, "batches": 0, "fsyncs": 0, "snapshots": 0}
         self._rpc = RpcBridge()
         self._reads = Reads()
-        self._outboxes = Outboxes(config.id, self._send_snapshot)
         self._snapshotter = Snapshotter(
             config, storage, self._offload, self.stats, self._spawn, self._call_in_driver
         )
-        self._driver = Driver(
-            config, storage, self._offload, rng or random.Random(),
-            send=self._outboxes.send, rpc=self._rpc, reads=self._reads, stats=self.stats,
-            snapshotter=self._snapshotter,
+        self._snapshot_sender = SnapshotSender(
+            config.id, StorageSnapshots(storage, self._offload), transport,
+            self._report_snapshot_failure,
         )
         self._snapshot_receiver = SnapshotReceiver(
-            storage, self._offload, lambda: self._c.term, self._deliver
+            StorageSink(storage, self._offload), lambda: self._c.term, self._deliver_blocking,
+            **({"max_snapshot_bytes": max_snapshot_bytes} if max_snapshot_bytes else {}),
+        )
+        self._driver = Driver(
+            config, storage, self._offload, rng or random.Random(),
+            transport=transport, rpc=self._rpc, reads=self._reads, stats=self.stats,
+            snapshotter=self._snapshotter, snapshot_sender=self._snapshot_sender,
+            snapshot_receiver=self._snapshot_receiver,
         )
         self._forwarder = Forwarder(
-            config.id, config.request_timeout_s, self._election_timeout[1] * 2, links,
-            lambda: self.leader_id, self.wait_for_leader, self.propose,
+            config.id, config.request_timeout_s, election_max * 2, transport,
+            lambda: self.leader_id, self.wait_for_leader, self.propose_each,
         )
         self._stopping = False
         self._nursery: trio.Nursery | None = None
         self.started = trio.Event()
+        # Set by whoever serves the node (trioraft.server): extra /status
+        # sections, and checks that make /ready fail (a reason, or None).
+        self.status_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.health_checks: list[Callable[[], str | None]] = []
 
     # ================================================================ queries
     @property
@@ -138,25 +186,22 @@ class RaftNode:
         c = self._c
         out: dict[str, Any] = {
             "id": self.id,
-            "role": c.role.value,
-            "term": c.term,
-            "leader": c.leader_id,
-            "commit_index": c.commit_index,
-            "applied_index": self.kv.applied_index,
-            "last_log_index": c.log.last_index(),
-            "snapshot_index": c.log.snapshot.index,
+            **self._driver.raft_status(),
             "members": {
                 m: {"url": url, "voter": m in c.voters} for m, url in sorted(self.members.items())
             },
             "keys": len(self.kv),
-            "stats": dict(self.stats),
+            "stats": {**self.stats, "snapshots_sent": self._snapshot_sender.stats["sent"],
+                      "snapshots_send_failed": self._snapshot_sender.stats["failed"]},
+            "peers": self.transport.status(),
         }
-        if c.role is Role.LEADER:
-            out["progress"] = {
-                p: {"match_index": pr.match_index, "next_index": pr.next_index,
-                    "state": pr.state.value}
-                for p, pr in sorted(c.progress.items())
-            }
+        if self.loop_lag is not None:
+            out["loop_lag_ms"] = self.loop_lag.status()
+        for name, section in self.status_sections.items():
+            out[name] = section()
+        # Keep "progress" (leaders only) last, where it always was.
+        if "progress" in out:
+            out["progress"] = out.pop("progress")
         return out
 
     def debug(self) -> dict[str, Any]:
@@ -173,19 +218,24 @@ class RaftNode:
         }
 
     def is_ready(self) -> bool:
-        """A leader is known and this node has applied what it knows to be committed."""
+        """A leader is known, this node has applied what it knows to be committed, and
+        nothing keeps it from serving (e.g. it is at its connection limit)."""
         c = self.core
         return (
-            c is not None and c.leader_id is not None and self.kv.applied_index >= c.commit_index
+            c is not None
+            and c.leader_id is not None
+            and self.kv.applied_index >= c.commit_index
+            and not any(check() for check in self.health_checks)
         )
 
     # ================================================================ running
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled: the driver, replication and forwarding tasks."""
+        """Run until cancelled: the transport, the driver, snapshot and forwarding tasks."""
         await self._driver.recover()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._outboxes.start(nursery, self.links)
+            await nursery.start(self.transport.run, self)
+            await nursery.start(self._snapshot_sender.run)
             nursery.start_soon(self._driver.run)
             nursery.start_soon(self._forwarder.run, nursery)
             self.started.set()
@@ -196,28 +246,48 @@ class RaftNode:
         self._nursery.start_soon(fn, *args)
 
     async def _call_in_driver(self, fn: Any) -> None:
-        await self._driver.inbox_send.send(Call(fn))
+        await self._driver.call(fn)
 
-    async def _deliver(self, msgs: list[Message]) -> None:
+    async def _deliver_blocking(self, msgs: list[Message]) -> None:
         await self._driver.inbox_send.send(Incoming(msgs))
 
-    async def _send_snapshot(self, link: PeerLink, msg: InstallSnapshot) -> None:
-        async def report_failure(peer: str) -> None:
-            await self._call_in_driver(lambda: self._c.report_snapshot(peer, False))
+    async def _report_snapshot_failure(self, peer: str) -> None:
+        await self._driver.call(lambda: self._driver.report_snapshot_failure(peer))
 
-        await send_snapshot(link, msg, self.storage, self._offload, report_failure)
-
-    # ========================================================== inbound (peers)
-    def receive_messages(self, msgs: list[Message]) -> None:
-        """Hand peer messages to the driver; dropped (Raft re-sends) if it is swamped."""
+    # ======================================================== Inbound (peers)
+    def deliver(self, src: str, msgs: list[Message]) -> None:
+        """Raft messages from a peer, to the driver; dropped (Raft resends) if it is swamped."""
         with contextlib.suppress(trio.WouldBlock):
-            self._driver.inbox_send.send_nowait(Incoming(msgs))
+            self._driver.post(Incoming(msgs))
 
-    async def receive_snapshot_chunk(
-        self, msg: InstallSnapshot, offset: int, data: bytes, done: bool
+    async def relayed_writes(self, src: str, datas: list[bytes], timeout: float) -> RelayAnswer:
+        """A follower's batch of client writes: propose them, one outcome per write.
+
+        Each write is validated as a client's would be (a buggy or hostile
+        peer cannot append what the API would refuse).
+        """
+        codes = [int(RelayCode.OK)] * len(datas)
+        valid: list[int] = []
+        for k, data in enumerate(datas):
+            try:
+                decode_command(data)
+            except (InvalidCommand, TooLarge):
+                codes[k] = RelayCode.INVALID
+            else:
+                valid.append(k)
+        outcomes = await self.propose_each([datas[k] for k in valid], timeout) if valid else []
+        results = []
+        for k, outcome in zip(valid, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                codes[k] = _relay_code(outcome)
+            else:
+                results.append(outcome)
+        return RelayAnswer(tuple(codes), encode_results(results) if results else b"")
+
+    async def snapshot_chunk(
+        self, src: str, offer: SnapshotOffer, offset: int, data: bytes, last: bool, crc: int
     ) -> None:
-        """Stage a chunk; once all are on disk, the core decides whether to install."""
-        await self._snapshot_receiver.receive_chunk(msg, offset, data, done)
+        await self._snapshot_receiver.chunk(src, offer, offset, data, last, crc)
 
     async def rpc(self, msg: Message, timeout: float = 1.0) -> Message | None:
         """Step a course-route request and return the core's direct answer (or None)."""
@@ -233,33 +303,40 @@ class RaftNode:
         if self._stopping:
             raise ShuttingDown("the node is shutting down")
         try:
-            self._driver.inbox_send.send_nowait(item)
+            self._driver.post(item)
         except trio.WouldBlock:
             raise Overloaded("the node's request queue is full") from None
 
-    async def propose(self, datas: list[bytes], timeout: float | None = None) -> list[Any]:
-        """Replicate commands; return their state-machine results once applied here.
+    async def propose_each(self, datas: list[bytes], timeout: float | None = None) -> list[Any]:
+        """Replicate commands; per command, its state-machine result or the error that
+        says its fate (each settled by its own log entry, see `_replies`):
 
-        Raises NotLeader (nothing was appended), ProposalDropped (appended, then
-        overwritten: it will never apply), or UnknownOutcome (appended, fate
-        unknown within the timeout).
+        NotLeader / NoQuorum / Overloaded / ShuttingDown: never appended, never
+        applies; ProposalDropped: appended, then overwritten, never applies;
+        UnknownOutcome: appended, fate unknown within the timeout.
         """
         p = Proposal(list(datas))
-        self._enqueue(p)
+        try:
+            self._enqueue(p)
+        except RaftError as exc:
+            return [exc] * len(datas)
         with trio.move_on_after(timeout or self.config.request_timeout_s):
             await p.slot.done.wait()
         if not p.slot.done.is_set():
+            # Exactly this proposal's pending writes go; the open ones are
+            # unknown if appended, or dropped before the driver appends them.
             self._driver.pending.forget(p)
-            if p.index:
-                raise UnknownOutcome("the write was proposed but did not commit in time")
-            # Fix: it is still queued in the inbox (the driver was busy, e.g.
-            # on a slow disk). NoQuorum promises it never applies, so the
-            # driver must drop it rather than append it later.
-            p.abandoned = True
-            raise NoQuorum("the write could not be proposed in time")
-        if p.slot.error is not None:
-            raise p.slot.error
-        return list(p.slot.value)
+            p.give_up()
+        return list(p.outcomes)
+
+    async def propose(self, datas: list[bytes], timeout: float | None = None) -> list[Any]:
+        """Replicate commands; their results once applied here, or the first error
+        (for a single command: exactly its fate, see `propose_each`)."""
+        outcomes = await self.propose_each(datas, timeout)
+        for o in outcomes:
+            if isinstance(o, BaseException):
+                raise o
+        return outcomes
 
     async def read_barrier(self, timeout: float | None = None) -> int:
         """Wait until a linearizable read may be served from the local state machine.
@@ -301,45 +378,34 @@ class RaftNode:
         """
         return await self._forwarder.forward(data, timeout)
 
-    async def propose_encoded(self, datas: list[bytes], timeout: float | None = None) -> bytes:
-        """The leader's side of forwarding: propose, answer with encoded results."""
-        return encode_results(await self.propose(datas, timeout))
-
     async def transfer_leadership(self, timeout: float) -> bool:
         """Hand leadership to the most caught-up peer (graceful shutdown)."""
-        core = self.core
-        if core is None or core.role is not Role.LEADER or not core.progress:
+        target = self._driver.best_transfer_target()
+        if target is None:
             return False
-        target = max(core.progress, key=lambda p: core.progress[p].match_index)
-
-        def start() -> None:
-            with contextlib.suppress(NotLeader):
-                core.transfer_leadership(target)
-
-        await self._call_in_driver(start)
+        await self._driver.call(lambda: self._driver.transfer_leadership(target))
         with trio.move_on_after(timeout):
-            while core.role is Role.LEADER:
+            while self.is_leader:
                 await self._leader_changed.wait()
-        return core.role is not Role.LEADER
+        return not self.is_leader
 
     def stop_accepting(self) -> None:
         """Shutdown has begun: refuse new requests, and never campaign again
         (a node on its way out must not start elections while it drains)."""
         self._stopping = True
         self._forwarder.stopping = True
-        if self.core is not None:
-            self.core.retire()
+        self._driver.retire()
 
 
 @contextlib.asynccontextmanager
 async def open_node(
-    config: NodeConfig, storage: Storage, links: dict[str, PeerLink], **kwargs: Any
+    config: NodeConfig, storage: Storage, transport: Transport, **kwargs: Any
 ) -> AsyncIterator[RaftNode]:
     """Run a RaftNode for the duration of the block; its tasks stop on exit.
 
     The node has recovered from `storage` by the time the block starts.
     """
-    node = RaftNode(config, storage, links, **kwargs)
+    node = RaftNode(config, storage, transport, **kwargs)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         try:

@@ -1,9 +1,19 @@
-"""Linearizable reads (ReadIndex) waiting for their read index, and waiters on apply."""
+"""Linearizable reads (ReadIndex) waiting for their read index, and waiters on apply.
+
+Read request ids (`ctx`) must never repeat across incarnations of a node: a
+follower's ReadIndexRequest may be answered after the node restarted (the
+leader answers on whatever stream it has to the node then), and an answer
+matched on a reused id would hand a *new* read an *old* read index -- a stale
+read. So each incarnation starts its ids at a random point of a 62-bit space
+(two incarnations' ranges overlap with probability about n / 2**62 for n
+reads), and ids still fit the wire's 63-bit range after 2**62 reads.
+"""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from dataclasses import dataclass, field
 
 import trio
@@ -24,7 +34,9 @@ class Reads:
     """Reads awaiting their read index (by ctx), and tasks awaiting an applied index."""
 
     def __init__(self) -> None:
-        self._ctx = itertools.count(1)
+        # From the OS's randomness, not the node's seeded rng: ids never
+        # influence the protocol, and seeded incarnations must differ anyway.
+        self._ctx = itertools.count(random.SystemRandom().getrandbits(62) + 1)
         self._reads: dict[int, Read] = {}
         self._applied_waiters: list[tuple[int, int, trio.Event]] = []
         self._waiter_seq = itertools.count()

@@ -8,9 +8,10 @@
         await cluster.restart("n2")             # a fresh RaftNode on the same storage
         await cluster.wait_converged()          # every running node, same state
 
-Nodes are named n1..nN and wired through a `MemoryNetwork`. Each runs its
+Nodes are named n1..nN and wired through a `MemoryNetwork` (the same
+`Transport` contract as the production stream transport). Each runs its
 `RaftNode.run` in the cluster's nursery under its own cancel scope. A crash
-cancels that scope and unregisters the node from the network: everything in
+cancels that scope, which takes the node off the network: everything in
 memory (the core, the state machine, pending requests) is gone, and only what
 the node handed to its storage (`save`, `save_snapshot`, an installed
 snapshot) survives into the next incarnation. `restart(id, wipe=True)` starts
@@ -43,7 +44,7 @@ from trioraft.config import NodeConfig
 from trioraft.errors import RaftError
 from trioraft.node import RaftNode
 from trioraft.storage import MemoryStorage, Storage
-from trioraft.transport import MemoryNetwork, PeerLink
+from trioraft.transport import MemoryNetwork, MemoryTransport
 
 __all__ = ["Cluster", "open_cluster"]
 
@@ -134,8 +135,8 @@ class Cluster:
         return {n.id: n.kv.state_digest() for n in self.running()}
 
     # ------------------------------------------------------------- lifecycle
-    def _links(self, node_id: str) -> dict[str, PeerLink]:
-        return {p: self.network.link(node_id, p) for p in self.ids if p != node_id}
+    def _transport(self, node_id: str) -> MemoryTransport:
+        return self.network.transport(node_id, [p for p in self.ids if p != node_id])
 
     def _changed_now(self) -> None:
         self._changed.set()
@@ -152,7 +153,7 @@ class Cluster:
         node = RaftNode(
             self.configs[node_id],
             self.storages[node_id],
-            self._links(node_id),
+            self._transport(node_id),
             rng,
             run_disk_inline=self._run_disk_inline,
         )
@@ -170,10 +171,10 @@ class Cluster:
                 self._scopes.pop(node_id, None)
                 stopped.set()
 
+        # The node's transport joins the network once the node has recovered
+        # (a snapshot chunk delivered before that would find no core), and
+        # leaves it when the node's tasks end.
         await self._nursery.start(run)
-        # Register only once the node has recovered: a snapshot chunk delivered
-        # before that would find no core to check its term against.
-        self.network.register(node_id, node)
         self._changed_now()
         return node
 
@@ -183,7 +184,6 @@ class Cluster:
         """Stop `node_id` abruptly: its tasks are cancelled, only its storage survives."""
         if not self.is_up(node_id):
             raise RuntimeError(f"{node_id} is not running")
-        self.network.unregister(node_id)
         self._scopes[node_id].cancel()
         await self._stopped[node_id].wait()
         self._changed_now()
