@@ -33,9 +33,11 @@ async def test_snapshots_compact_the_log(autojump_clock: trio.testing.MockClock)
 
 
 async def test_wiped_follower_catches_up_via_install_snapshot(
-    autojump_clock: trio.testing.MockClock,
+    transport: str, autojump_clock: trio.testing.MockClock,
 ):
-    async with open_cluster(3, seed=21, snapshot_entries=SNAPSHOT_ENTRIES) as cluster:
+    async with open_cluster(
+        3, seed=21, snapshot_entries=SNAPSHOT_ENTRIES, transport=transport
+    ) as cluster:
         old = await cluster.wait_for_leader()
         for i in range(100):
             await put(old, f"k{i % 10}", str(i))
@@ -56,9 +58,11 @@ async def test_wiped_follower_catches_up_via_install_snapshot(
 
 
 async def test_follower_down_past_the_snapshot_threshold_catches_up(
-    autojump_clock: trio.testing.MockClock,
+    transport: str, autojump_clock: trio.testing.MockClock,
 ):
-    async with open_cluster(3, seed=22, snapshot_entries=SNAPSHOT_ENTRIES) as cluster:
+    async with open_cluster(
+        3, seed=22, snapshot_entries=SNAPSHOT_ENTRIES, transport=transport
+    ) as cluster:
         leader = await cluster.wait_for_leader()
         await put(leader, "early", "1")
         victim = cluster.followers()[0]

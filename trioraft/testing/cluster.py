@@ -44,7 +44,8 @@ from trioraft.config import NodeConfig
 from trioraft.errors import RaftError
 from trioraft.node import RaftNode
 from trioraft.storage import MemoryStorage, Storage
-from trioraft.transport import MemoryNetwork, MemoryTransport
+from trioraft.testing.streamnet import StreamNetwork
+from trioraft.transport import MemoryNetwork, StreamConfig, Transport
 
 __all__ = ["Cluster", "open_cluster"]
 
@@ -88,10 +89,17 @@ class Cluster:
         storage_factory: StorageFactory,
         run_disk_inline: bool,
         config_overrides: dict[str, Any],
+        transport: str = "memory",
     ) -> None:
         self.ids = node_ids(n)
         self.seed = seed
-        self.network = MemoryNetwork(random.Random(seed))
+        self.network: Any  # MemoryNetwork or StreamNetwork: partition/isolate/heal either way
+        if transport == "memory":
+            self.network = MemoryNetwork(random.Random(seed))
+        elif transport == "stream":
+            self.network = StreamNetwork(StreamConfig())
+        else:
+            raise ValueError(f"transport must be 'memory' or 'stream', not {transport!r}")
         self.storage_factory = storage_factory
         self.storages: dict[str, Storage] = {i: storage_factory(i) for i in self.ids}
         self.configs = {i: make_config(i, self.ids, **config_overrides) for i in self.ids}
@@ -135,8 +143,9 @@ class Cluster:
         return {n.id: n.kv.state_digest() for n in self.running()}
 
     # ------------------------------------------------------------- lifecycle
-    def _transport(self, node_id: str) -> MemoryTransport:
-        return self.network.transport(node_id, [p for p in self.ids if p != node_id])
+    def _transport(self, node_id: str) -> Transport:
+        t: Transport = self.network.transport(node_id, [p for p in self.ids if p != node_id])
+        return t
 
     def _changed_now(self) -> None:
         self._changed.set()
@@ -288,9 +297,15 @@ async def open_cluster(
     storage_factory: StorageFactory = _memory_storage,
     run_disk_inline: bool = True,
     start: bool = True,
+    transport: str = "memory",
     **config_overrides: Any,
 ) -> AsyncIterator[Cluster]:
     """Run an n-node cluster (ids n1..nN) for the duration of the block.
+
+    `transport="memory"` (default) links the nodes by a `MemoryNetwork`
+    (message-level faults: partitions, loss, delay); `transport="stream"` by
+    production `StreamTransport`s over in-memory pipes (`StreamNetwork`:
+    partitions cut the streams).
 
     `config_overrides` are NodeConfig fields (e.g. `snapshot_entries=20`,
     `request_timeout_s=1.0`, `election_timeout_ms=(150, 300)`). With
@@ -305,6 +320,7 @@ async def open_cluster(
             storage_factory=storage_factory,
             run_disk_inline=run_disk_inline,
             config_overrides=config_overrides,
+            transport=transport,
         )
         if start:
             for i in cluster.ids:

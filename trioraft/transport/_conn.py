@@ -93,6 +93,10 @@ class StreamConfig:
     connect_timeout: float = 2.0
     backoff_min: float = 0.05  # reconnect backoff, doubling up to backoff_max
     backoff_max: float = 1.0
+    # Raft messages for a peer with no open stream are kept this long (at most
+    # park_messages of them) and sent when the next stream opens.
+    park_timeout: float = 2.0
+    park_messages: int = 1024
     raft_queue_messages: int = 10_000  # queued Raft messages per stream
     queue_bytes: int = 64 << 20  # queued bytes per stream (Raft + control)
     max_inbound_relays: int = 64  # relayed-write batches served at once per stream

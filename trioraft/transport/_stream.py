@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import random
 import urllib.parse
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -59,9 +61,15 @@ class _Peer:
         self.url = url
         self.address = peer_address(url)
         self.conn: Connection | None = None
+        self.opened = trio.Event()  # set while a stream is open; replaced when it closes
         self.dial_scope: trio.CancelScope | None = None
         self.connects = 0  # streams opened, either way
         self.last_error: str | None = None
+        # Raft messages sent while no stream was open, kept briefly: across a
+        # reconnect they arrive late rather than never (the core does not
+        # resend everything, e.g. a follower's ReadIndex request).
+        self.parked: deque[tuple[float, Message]] = deque()
+        self.parked_dropped = 0
 
 
 class StreamTransport:
@@ -76,7 +84,11 @@ class StreamTransport:
         cluster_id: str = "legacy",
         config: StreamConfig | None = None,
         rng: random.Random | None = None,
+        open_stream: Callable[[str, int], Awaitable[trio.abc.Stream]] | None = None,
     ) -> None:
+        # open_stream(host, port): how to reach a peer; trio.open_tcp_stream
+        # unless a test wires transports together in memory.
+        self._open_stream = open_stream or trio.open_tcp_stream
         self.id = member_id
         self.cluster_id = cluster_id
         self.config = config or StreamConfig()
@@ -161,11 +173,11 @@ class StreamTransport:
     async def _dial_once(self, p: _Peer) -> Connection | None:
         cfg = self.config
         host, port = p.address
-        stream: trio.SocketStream | None = None
+        stream: trio.abc.Stream | None = None
         ok = False
         try:
             with trio.fail_after(cfg.connect_timeout):
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await self._open_stream(host, port)
             reader = FrameReader(stream, cfg.max_frame)
             with trio.fail_after(cfg.handshake_timeout):
                 identity = await dial(stream, reader, auth=self._auth, cluster=self.cluster_id,
@@ -248,11 +260,14 @@ class StreamTransport:
             log.info("node=%s stream to %s open (%s)", self.id, p.id,
                      "dialed" if conn.dialed else "accepted")  # fmt: skip
         p.last_error = None
+        self._unpark(p, conn)
+        p.opened.set()
         try:
             await conn.run()
         finally:
             if p.conn is conn:
                 p.conn = None
+                p.opened = trio.Event()
             log.info("node=%s stream to %s closed: %s", self.id, p.id, conn.close_reason)
 
     # ================================================================ sending
@@ -266,9 +281,34 @@ class StreamTransport:
         conn = self._conn(msg.dst)
         if conn is not None:
             conn.send_raft(msg)
+            return
+        p = self._peers.get(msg.dst)
+        if p is None:
+            return
+        # No stream right now: park it (bounded, briefly) for the next one.
+        p.parked.append((trio.current_time(), msg))
+        if len(p.parked) > self.config.park_messages:
+            p.parked.popleft()
+            p.parked_dropped += 1
+
+    def _unpark(self, p: _Peer, conn: Connection) -> None:
+        oldest = trio.current_time() - self.config.park_timeout
+        while p.parked:
+            when, msg = p.parked.popleft()
+            if when >= oldest:
+                conn.send_raft(msg)
+            else:
+                p.parked_dropped += 1
 
     async def relay_writes(self, dst: str, datas: list[bytes], timeout: float) -> RelayAnswer:
         conn = self._conn(dst)
+        p = self._peers.get(dst)
+        if conn is None and p is not None:
+            # Between two streams (a reconnect): wait a little for the next.
+            # Nothing has been sent meanwhile, so giving up is still NoLeader.
+            with trio.move_on_after(min(timeout, self.config.park_timeout)):
+                await p.opened.wait()
+            conn = self._conn(dst)
         if conn is None:
             raise NoLeader(f"no stream to {dst} is open")
         return await conn.relay(datas, timeout)
@@ -290,6 +330,8 @@ class StreamTransport:
                 entry["connected"] = False
                 if p.last_error:
                     entry["last_error"] = p.last_error
+            entry["parked"] = len(p.parked)
+            entry["parked_dropped"] = p.parked_dropped
             out[pid] = entry
         return out
 
