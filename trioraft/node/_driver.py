@@ -84,6 +84,7 @@ class Driver:
         snapshotter: Snapshotter,
         snapshot_sender: SnapshotSender,
         snapshot_receiver: SnapshotReceiver,
+        core_options: dict[str, Any] | None = None,
     ) -> None:
         self.id = config.id
         self._storage = storage
@@ -95,6 +96,7 @@ class Driver:
             voters=frozenset(config.members),
             election_timeout=(lo / 1000, hi / 1000),
             heartbeat_interval=config.heartbeat_ms / 1000,
+            **(core_options or {}),
         )
         self._transport = transport
         self._snapshot_sender = snapshot_sender

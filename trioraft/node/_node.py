@@ -91,10 +91,12 @@ class RaftNode:
         run_disk_inline: bool = False,
         loop_lag: LoopLagMonitor | None = None,
         max_snapshot_bytes: int | None = None,
+        core_options: dict[str, Any] | None = None,
     ) -> None:
         # run_disk_inline: call storage (and snapshot restore) directly on the
         # event loop instead of in a worker thread. Only for in-memory storage
         # in tests under trio's MockClock (see trioraft.node._offload).
+        # core_options: extra CoreConfig fields (tests: e.g. max_entries_per_msg).
         self.config = config
         self.id = config.id
         self.members = config.members
@@ -121,7 +123,7 @@ class RaftNode:
             config, storage, self._offload, rng or random.Random(),
             transport=transport, rpc=self._rpc, reads=self._reads, stats=self.stats,
             snapshotter=self._snapshotter, snapshot_sender=self._snapshot_sender,
-            snapshot_receiver=self._snapshot_receiver,
+            snapshot_receiver=self._snapshot_receiver, core_options=core_options,
         )
         self._forwarder = Forwarder(
             config.id, config.request_timeout_s, election_max * 2, transport,

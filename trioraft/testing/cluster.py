@@ -90,7 +90,9 @@ class Cluster:
         run_disk_inline: bool,
         config_overrides: dict[str, Any],
         transport: str = "memory",
+        core_options: dict[str, Any] | None = None,
     ) -> None:
+        self.core_options = core_options
         self.ids = node_ids(n)
         self.seed = seed
         self.network: Any  # MemoryNetwork or StreamNetwork: partition/isolate/heal either way
@@ -165,6 +167,7 @@ class Cluster:
             self._transport(node_id),
             rng,
             run_disk_inline=self._run_disk_inline,
+            core_options=self.core_options,
         )
         self.nodes[node_id] = node
         scope = trio.CancelScope()
@@ -298,6 +301,7 @@ async def open_cluster(
     run_disk_inline: bool = True,
     start: bool = True,
     transport: str = "memory",
+    core_options: dict[str, Any] | None = None,
     **config_overrides: Any,
 ) -> AsyncIterator[Cluster]:
     """Run an n-node cluster (ids n1..nN) for the duration of the block.
@@ -305,7 +309,8 @@ async def open_cluster(
     `transport="memory"` (default) links the nodes by a `MemoryNetwork`
     (message-level faults: partitions, loss, delay); `transport="stream"` by
     production `StreamTransport`s over in-memory pipes (`StreamNetwork`:
-    partitions cut the streams).
+    partitions cut the streams). `core_options` are extra CoreConfig fields
+    (e.g. `{"max_entries_per_msg": 4}`).
 
     `config_overrides` are NodeConfig fields (e.g. `snapshot_entries=20`,
     `request_timeout_s=1.0`, `election_timeout_ms=(150, 300)`). With
@@ -321,6 +326,7 @@ async def open_cluster(
             run_disk_inline=run_disk_inline,
             config_overrides=config_overrides,
             transport=transport,
+            core_options=core_options,
         )
         if start:
             for i in cluster.ids:

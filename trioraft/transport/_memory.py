@@ -49,6 +49,8 @@ class MemoryNetwork:
         self.drop_rate = 0.0
         self.delay = 0.0  # seconds added to each delivery
         self.rng = rng or random.Random(0)
+        # A test's own rule: a Raft message for which it returns False is lost.
+        self.filter: Callable[[Message], bool] | None = None
 
     def transport(self, member_id: str, peers: Iterable[str]) -> MemoryTransport:
         return MemoryTransport(self, member_id, peers)
@@ -127,6 +129,8 @@ class MemoryTransport:
 
     def send(self, msg: Message) -> None:
         if self._target(msg.dst) is None or self._net.lost():
+            return
+        if self._net.filter is not None and not self._net.filter(msg):
             return
         if not self._net.delay:
             self._deliver(msg)
