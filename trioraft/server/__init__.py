@@ -139,7 +139,13 @@ async def _serve_on(
     )
     loop_lag = LoopLagMonitor(opts.loop_lag_interval, opts.loop_lag_threshold)
     node = RaftNode(config, storage, transport, loop_lag=loop_lag)
-    app = BodyDeadline(FastPath(create_app(node), node), opts.body_timeout)
+    quart_app = create_app(node)
+    # Quart times out a body it waits for with a 408 (then drains for up to
+    # 1 s, see api._drain_body); the middleware is the backstop for the fast
+    # path (which answers a cut-off body with a 400), and must not cut into
+    # Quart's answer.
+    quart_app.config["BODY_TIMEOUT"] = opts.body_timeout
+    app = BodyDeadline(FastPath(quart_app, node), opts.body_timeout + 2.0)
     hconf = hypercorn_config(format_host_port(config.listen_host, config.listen_port),
                              opts.keep_alive_timeout)  # fmt: skip
     http = HttpServer(app, hconf)

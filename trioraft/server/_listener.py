@@ -101,7 +101,12 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        # Shielded: hypercorn closes a connection (send_eof, then aclose) from
+        # whichever task noticed, which can be the app's task just as the app
+        # cancels itself (Quart on a disconnect). Cancelled inside send_eof,
+        # aclose never ran and the socket leaked, open, forever.
+        with trio.CancelScope(shield=True):
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -180,8 +185,8 @@ class Listener:
                 self.refused += 1
                 nursery.start_soon(self._refuse, stream)
                 continue
-            self._saturated(False)
             self.http += 1
+            self._saturated(self.http >= self.max_http)
             nursery.start_soon(self._handle, stream)
 
     async def _refuse(self, stream: trio.SocketStream) -> None:
