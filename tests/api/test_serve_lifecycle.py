@@ -23,7 +23,7 @@ from tests.api.api_helpers import assert_ok
 from tests.api.conftest import Cluster, make_configs, start_cluster
 from trioraft.config import NodeConfig
 from trioraft.node import RaftNode
-from trioraft.server import ListenerLimits, ServerOptions, serve
+from trioraft.server import ListenerLimits, ServerOptions, serve, serve_asgi
 
 
 async def test_serve_cancelled_from_outside_closes_its_sockets(tmp_path: Path) -> None:
@@ -197,3 +197,20 @@ async def test_status_reports_loop_lag_and_peer_streams(tmp_path: Path) -> None:
         peers = status["peers"]
         assert set(peers) == set(cluster.urls) - {cluster.leader.id}
         assert all(p["connected"] for p in peers.values())
+
+
+async def test_serve_asgi_serves_any_app_the_way_a_node_does() -> None:
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        body = b"hello"
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_asgi, app, "127.0.0.1", 0)
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"http://127.0.0.1:{port}/echo")
+        assert (r.status_code, r.text) == (200, "hello")
+        nursery.cancel_scope.cancel()

@@ -43,6 +43,7 @@ __all__ = [
     "ServerOptions",
     "hypercorn_config",
     "serve",
+    "serve_asgi",
 ]
 
 log = logging.getLogger("trioraft.server")
@@ -187,6 +188,34 @@ async def _serve_on(
         with trio.move_on_after(1):
             await http.stop()
         nursery.cancel_scope.cancel()
+
+
+async def serve_asgi(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    keep_alive_timeout: float = 75.0,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve any ASGI app exactly as a node serves its HTTP API (our listener,
+    hypercorn's trio connection handler, the node's hypercorn settings), with no
+    peer streams; reports the bound port. For the benchmark's echo ceiling."""
+    hconf = hypercorn_config(format_host_port(host, port), keep_alive_timeout)
+    http = HttpServer(app, hconf)
+    sockets = await trio.open_tcp_listeners(port, host=host, backlog=1024)
+    listener = Listener(sockets, serve_http=http.handle, accept_peer=lambda _: False,
+                        limits=ListenerLimits())  # fmt: skip
+    try:
+        async with trio.open_nursery() as nursery:
+            await http.start(nursery)
+            async with trio.open_nursery() as connections:
+                nursery.start_soon(listener.serve, connections)
+                task_status.started(listener.addresses[0][1])
+                await trio.sleep_forever()
+    finally:
+        for sock in sockets:
+            sock.socket.close()
 
 
 async def _step_down_when_saturated(

@@ -21,6 +21,8 @@ request's headers are complete.)
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -86,7 +88,10 @@ class HttpServer:
     async def start(self, nursery: trio.Nursery) -> None:
         """Run the app's lifespan startup (in `nursery`, which must outlive serving)."""
         await nursery.start(self._lifespan.handle_lifespan)
-        await self._lifespan.wait_for_startup()
+        # ClosedResourceError: the app returned at once from the lifespan
+        # scope (it has no lifespan support), which is allowed.
+        with contextlib.suppress(trio.ClosedResourceError):
+            await self._lifespan.wait_for_startup()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until it closes."""
@@ -102,4 +107,5 @@ class HttpServer:
         await self.context.terminated.set()
 
     async def stop(self) -> None:
-        await self._lifespan.wait_for_shutdown()
+        with contextlib.suppress(trio.ClosedResourceError):
+            await self._lifespan.wait_for_shutdown()
