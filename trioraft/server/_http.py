@@ -22,7 +22,6 @@ request's headers are complete.)
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
