@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -45,7 +45,7 @@ from trioraft.node._snapshot_recv import SnapshotReceiver, StorageSink
 from trioraft.node._snapshot_send import SnapshotSender, StorageSnapshots
 from trioraft.node._snapshotter import Snapshotter
 from trioraft.storage import Storage
-from trioraft.transport import RelayAnswer, RelayCode, SnapshotOffer, Transport
+from trioraft.transport import Inbound, RelayAnswer, RelayCode, SnapshotOffer, Transport
 
 __all__ = ["RaftNode", "open_node"]
 
@@ -414,3 +414,9 @@ async def open_node(
             yield node
         finally:
             nursery.cancel_scope.cancel()
+
+
+if TYPE_CHECKING:
+    # Static proof that a node is what its transport delivers to.
+    def _inbound(node: RaftNode) -> Inbound:
+        return node

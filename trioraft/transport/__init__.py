@@ -7,6 +7,8 @@
 - the Raft message codec (msgpack between nodes; the course routes' JSON).
 """
 
+from typing import TYPE_CHECKING
+
 from trioraft.transport._codec import (
     CodecError,
     append_entries_from_json,
@@ -60,3 +62,8 @@ __all__ = [
     "request_vote_from_json",
     "vote_response_to_json",
 ]
+
+if TYPE_CHECKING:
+    # Static proof that both transports keep the contract.
+    def _conforms(stream: StreamTransport, memory: MemoryTransport) -> tuple[Transport, Transport]:
+        return stream, memory

@@ -91,8 +91,11 @@ class StreamConfig:
     handshake_timeout: float = 5.0
     max_handshakes: int = 64  # accepted connections in their handshake at once
     connect_timeout: float = 2.0
-    backoff_min: float = 0.05  # reconnect backoff, doubling up to backoff_max
-    backoff_max: float = 1.0
+    # Reconnect backoff, doubling up to backoff_max (with jitter). Kept short,
+    # as etcd's 100 ms retry: only the smaller id dials, so a peer that comes
+    # back waits for this to hear from the leader (a refused dial is cheap).
+    backoff_min: float = 0.05
+    backoff_max: float = 0.25
     # Raft messages for a peer with no open stream are kept this long (at most
     # park_messages of them) and sent when the next stream opens.
     park_timeout: float = 2.0
