@@ -525,8 +525,9 @@ class ProcCluster:
     async def boot(self, timeout: float = 30.0, poll: float = 0.02) -> str:
         """Start every node; wait until there is a leader, every node answers
         ``/status`` and every node knows the leader (a node that started last hears
-        from the leader once its peer stream opens). Records :attr:`first_leader`; :attr:`first_election_s`, from the
-        first spawn to a node first reporting ``role: leader``; :attr:`quorum_up_s`,
+        from the leader once its peer stream opens). Records :attr:`first_leader`;
+        :attr:`first_election_s`, from the first spawn to a node first reporting
+        ``role: leader``; :attr:`quorum_up_s`,
         from the first spawn to a majority answering ``/status`` (process start-up,
         mostly imports); :attr:`all_up_s`, to every node answering. Returns the
         current leader."""
