@@ -31,6 +31,7 @@ from trioraft.transport import SnapshotOffer
 __all__ = ["DEFAULT_MAX_SNAPSHOT_BYTES", "SnapshotReceiver", "SnapshotSink", "StorageSink"]
 
 DEFAULT_MAX_SNAPSHOT_BYTES = 8 << 30
+AWAIT_INSTALL_S = 5.0
 
 
 class SnapshotSink(Protocol):
@@ -68,10 +69,17 @@ class SnapshotReceiver:
         self._transfer: tuple[str, int, int, int] | None = None  # (src, index, term, size)
         self._staged = 0
         self._crc = 0
+        # A complete transfer handed to the core, not installed yet: today's
+        # storage has one staging area, so a new transfer must not overwrite
+        # it before the driver installs it (or, if the core did not want it,
+        # until this deadline). Per-transfer staging (the storage rework)
+        # makes this unnecessary.
+        self._awaiting_install: tuple[SnapshotMeta, float] | None = None
 
     async def install(self, meta: SnapshotMeta, keep_entries_after: bool) -> bytes:
         """Make the staged snapshot the node's (the driver calls this in its persist step)."""
         async with self._lock:
+            self._awaiting_install = None
             return await self._sink.install(meta, keep_entries_after)
 
     async def chunk(
@@ -86,6 +94,9 @@ class SnapshotReceiver:
                 raise ValueError(f"snapshot of {offer.size} bytes is over this node's limit "
                                  f"of {self.max_snapshot_bytes}")  # fmt: skip
             key = (src, msg.meta.index, msg.meta.term, offer.size)
+            waiting = self._awaiting_install
+            if waiting is not None and trio.current_time() < waiting[1]:
+                raise ValueError("a received snapshot is waiting to be installed; retry later")
             if offset == 0:
                 self._transfer, self._staged, self._crc = key, 0, 0
             elif key != self._transfer or offset != self._staged:
@@ -107,5 +118,6 @@ class SnapshotReceiver:
             self._transfer = None
             if self._crc != crc:
                 raise ValueError("the snapshot's checksum does not match its data")
+            self._awaiting_install = (msg.meta, trio.current_time() + AWAIT_INSTALL_S)
         # Whole and intact: the core decides whether to install it.
         await self._deliver([msg])
