@@ -7,7 +7,6 @@ hypercorn inside the node's nursery.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +32,6 @@ from trioraft.boundary import (
 )
 from trioraft.core import (
     AppendEntriesResponse,
-    InstallSnapshot,
     Message,
     NotLeader,
     RequestVoteResponse,
@@ -51,13 +49,10 @@ from trioraft.errors import (
 )
 from trioraft.node import RaftNode
 from trioraft.transport import (
-    SNAPSHOT_HEADER,
     TOKEN_HEADER,
     CodecError,
     append_entries_from_json,
     append_response_to_json,
-    decode_messages,
-    meta_from_wire,
     request_vote_from_json,
     vote_response_to_json,
 )
@@ -203,29 +198,6 @@ def authorize(token: str | None, token_header: str | None, authorization: str | 
         given = authorization[7:]
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise ApiError(401, "unauthorized", "missing or wrong cluster token")
-
-
-def raft_messages_op(node: RaftNode, raw: bytes) -> None:
-    """A peer's batch of Raft messages, handed to the driver (never blocks)."""
-    try:
-        msgs = decode_messages(raw)
-    except CodecError as exc:
-        raise ApiError(400, "bad_request", str(exc)) from None
-    node.receive_messages([m for m in msgs if m.dst == node.id])
-
-
-async def raft_propose_op(node: RaftNode, raw: bytes) -> bytes:
-    """A follower's batch of forwarded writes: propose, answer encoded results."""
-    try:
-        datas = msgspec.msgpack.decode(raw, type=list[bytes])
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ApiError(400, "bad_request", f"malformed proposal batch: {exc}") from None
-    try:
-        return await node.propose_encoded(datas)
-    except NotLeader:
-        raise ApiError(503, "not_leader", "this node is not the leader") from None
-    except ProposalDropped as exc:
-        raise ApiError(503, "dropped", str(exc)) from None
 
 
 async def read_barrier(node: RaftNode, consistency: str) -> None:
@@ -510,46 +482,20 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
     def _authorize() -> None:
         authorize(token, request.headers.get(TOKEN_HEADER), request.headers.get("Authorization"))
 
-    @app.route("/raft/messages", methods=["POST"])
-    async def raft_messages() -> Response:
-        _authorize()
-        raft_messages_op(node, await _raw_body(cache=False))
-        return Response("", status=204)
-
-    @app.route("/raft/propose", methods=["POST"])
-    async def raft_propose() -> Response:
-        """A follower's batch of forwarded writes (msgpack list of encoded commands)."""
-        _authorize()
-        body = await raft_propose_op(node, await _raw_body(cache=False))
-        return Response(body, status=200, content_type="application/x-msgpack")
-
-    @app.route("/raft/snapshot", methods=["POST"])
-    async def raft_snapshot() -> Response:
-        _authorize()
-        try:
-            head = json.loads(request.headers.get(SNAPSHOT_HEADER, ""))
-            msg = InstallSnapshot(
-                str(head["src"]), node.id, int(head["term"]), meta_from_wire(head["meta"]),
-                int(head["leader_commit"]),
-            )
-            offset, done = int(head["offset"]), bool(head["done"])
-        except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
-            raise ApiError(400, "bad_request", f"bad {SNAPSHOT_HEADER} header: {exc}") from None
-        data = await _raw_body(cache=False)
-        try:
-            await node.receive_snapshot_chunk(msg, offset, data, done)
-        except ValueError as exc:
-            raise ApiError(409, "bad_request", str(exc)) from None
-        return Response("", status=204)
-
     async def _course_rpc(
         parse: Callable[[bytes, str], Message],
         answer_type: type,
         to_json: Callable[[Any], dict[str, Any]],
         refusal: dict[str, Any],
     ) -> Response:
-        """A course-form JSON request stepped into the core, its answer as JSON."""
+        """A course-form JSON request stepped into the core, its answer as JSON.
+
+        The token is checked before a byte of the body is read (an
+        unauthenticated sender costs no memory), and the body is bounded.
+        """
         _authorize()
+        if (request.content_length or 0) > MAX_RAFT_BODY_BYTES:
+            raise ApiError(413, "too_large", f"request body over {MAX_RAFT_BODY_BYTES} bytes")
         try:
             msg = parse(await _raw_body(cache=False), node.id)
         except CodecError as exc:

@@ -50,7 +50,7 @@ __all__ = [
 # A value may be 1 MiB of UTF-8; JSON escaping can grow it, so the body limit
 # leaves room. A transaction is capped separately by kv.MAX_TXN_BYTES.
 MAX_BODY_BYTES = 2 * kv.MAX_VALUE_BYTES + 64 * 1024
-MAX_RAFT_BODY_BYTES = 64 << 20  # the peer routes' limit (the transport's to set)
+MAX_RAFT_BODY_BYTES = 8 << 20  # the course JSON routes (peers use streams)
 SMALL_BODY_BYTES = 64 * 1024  # routes that take no body: a stray one is not read past this
 OPEN_ROUTES = frozenset({"/status", "/health", "/ready", "/openapi.json"})
 _WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})

@@ -33,28 +33,23 @@ from trioraft import kv
 from trioraft.api import (
     LEADER_HEADER,
     ApiError,
-    authorize,
     check_key,
     check_request_id,
     client_auth,
     error_headers,
     get_op,
     map_error,
-    raft_messages_op,
-    raft_propose_op,
     write_op,
 )
 from trioraft.auth import ClientAuth
 from trioraft.boundary import (
     MAX_BODY_BYTES,
-    MAX_RAFT_BODY_BYTES,
     decode_json,
     loggable,
     precheck,
     single_header,
 )
 from trioraft.node import RaftNode
-from trioraft.transport import TOKEN_HEADER
 
 __all__ = ["FastPath"]
 
@@ -138,9 +133,6 @@ class FastPath:
                 await self._respond(send, err.status, body, b"application/json")
                 return
             scope = {**scope, "trioraft.prechecked": True}
-            if method == "POST" and path in _PEER_ROUTES:
-                await self._serve_peer(scope, receive, send, path)
-                return
             if (
                 path.startswith("/kv/")
                 and len(path) > 4
@@ -181,31 +173,6 @@ class FastPath:
         await self._respond(send, status, msgspec.json.encode(body), b"application/json")
 
 
-    async def _serve_peer(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        """POST /raft/messages and /raft/propose: the replication hot path."""
-        node = self.node
-        status, payload, ctype = 204, b"", b"application/x-msgpack"
-        try:
-            headers = dict(scope["headers"])
-            raw = await _read_body(receive, MAX_RAFT_BODY_BYTES)
-            authorize(
-                node.config.cluster_token,
-                _text(headers.get(_TOKEN)),
-                _text(headers.get(b"authorization")),
-            )
-            if path == "/raft/messages":
-                raft_messages_op(node, raw)
-            else:
-                payload = await raft_propose_op(node, raw)
-                status = 200
-        except Exception as exc:
-            err = map_error(exc)
-            if err.status == 500:
-                log.exception("node=%s unhandled error in POST %s", node.id, path)
-            status, ctype = err.status, b"application/json"
-            payload = msgspec.json.encode({"error": err.message, "code": err.code})
-        await self._respond(send, status, payload, ctype)
-
     async def _respond(self, send: Send, status: int, payload: bytes, ctype: bytes) -> None:
         """Send one whole response, with the headers every answer of a node carries."""
         headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(payload))]
@@ -215,14 +182,6 @@ class FastPath:
         headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(status).items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-
-
-_PEER_ROUTES = frozenset({"/raft/messages", "/raft/propose"})
-_TOKEN = TOKEN_HEADER.lower().encode()
-
-
-def _text(value: bytes | None) -> str | None:
-    return value.decode("latin-1") if value is not None else None
 
 
 async def _read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes:

@@ -73,7 +73,9 @@ class NodeLike(Protocol):
 
     id: str
     stats: dict[str, int]
-    core: Any
+
+    @property
+    def core(self) -> Any: ...
 
     def status(self) -> dict[str, Any]: ...
 

@@ -1,20 +1,29 @@
-"""The peer routes (API.md §5): garbage is a JSON 400; with a cluster token,
-a request without it (or with a wrong one) is 401 and changes nothing; the
-course JSON forms work. Also: a crash in one request is a JSON 500 without a
-traceback, and the node keeps serving."""
+"""The course's peer routes (API.md §5): garbage is a JSON 400; with a cluster
+token, a request without it (or with a wrong one) is 401 and changes nothing;
+the course JSON forms work. Nodes talk to each other over peer streams
+(tests/node/test_stream_*), so the old msgpack routes are gone. Also: a crash
+in one request is a JSON 500 without a traceback, and the node keeps serving."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+import trio
 
 from tests.api.api_helpers import assert_error, assert_no_traceback, assert_ok
 from tests.api.conftest import TOKEN, Cluster, assert_unchanged
-from trioraft.transport import SNAPSHOT_HEADER, TOKEN_HEADER
+from trioraft.transport import TOKEN_HEADER
 
-GARBAGE = [b"", b"\x00\xff\xfe garbage \x81", b"{", b"[1, 2, 3]", b'{"term": "x"}', b"null"]
-RAFT_ROUTES = ["/raft/messages", "/raft/snapshot", "/raft/request-vote", "/raft/append-entries"]
+GARBAGE = [b"", b"\x00\xff\xfe garbage \x81", b"{", b"[1, 2, 3]", b'{"term": "x"}', b"null",
+           b'{"term": 4611686018427387904, "candidateId": "node2", "lastLogIndex": 0, '
+           b'"lastLogTerm": 0, "leaderId": "node2", "prevLogIndex": 0, "prevLogTerm": 0, '
+           b'"leaderCommit": 0}',
+           b'{"term": 1, "candidateId": "' + b"x" * 129 + b'", "lastLogIndex": 0, '
+           b'"lastLogTerm": 0, "leaderId": "' + b"x" * 129 + b'", "prevLogIndex": 0, '
+           b'"prevLogTerm": 0, "leaderCommit": 0}']
+RAFT_ROUTES = ["/raft/request-vote", "/raft/append-entries"]
+GONE_ROUTES = ["/raft/messages", "/raft/snapshot", "/raft/propose"]
 
 
 def vote(term: int, candidate: str = "node2", **more: Any) -> dict[str, Any]:
@@ -50,11 +59,18 @@ async def test_garbage_on_a_raft_route_is_400_json(
     assert_unchanged(before, await trio3.state())
 
 
-async def test_snapshot_with_a_malformed_header_is_400(trio3: Cluster) -> None:
-    for head in ["not json", '{"src": "node2"}', '{"src": "node2", "term": "x", "meta": 1}']:
-        r = await trio3.client.post(f"{trio3.follower_urls[0]}/raft/snapshot",
-                                    content=b"data", headers={SNAPSHOT_HEADER: head})
-        assert_error(r, 400, "bad_request")
+@pytest.mark.parametrize("route", GONE_ROUTES)
+async def test_the_old_msgpack_peer_routes_are_gone(trio3: Cluster, route: str) -> None:
+    before = await trio3.state()
+    r = await trio3.client.post(trio3.leader_url + route, content=b"\x91\x01")
+    assert_error(r, 404, "not_found")
+    assert_unchanged(before, await trio3.state())
+
+
+async def test_an_entry_above_the_messages_term_is_400(trio3: Cluster) -> None:
+    body = append(1, entries=[{"index": 1, "term": 2, "command": "x"}])
+    r = await trio3.client.post(f"{trio3.follower_urls[0]}/raft/append-entries", json=body)
+    assert_error(r, 400, "bad_request")
 
 
 async def test_append_entries_with_non_contiguous_entries_is_400(trio3: Cluster) -> None:
@@ -100,8 +116,6 @@ async def test_course_append_entries_with_a_stale_term_is_refused(trio3: Cluster
     [
         ("/raft/request-vote", vote(1000)),
         ("/raft/append-entries", append(1000)),
-        ("/raft/messages", None),
-        ("/raft/snapshot", None),
     ],
 )
 async def test_raft_route_without_the_right_token_is_401_and_changes_nothing(
@@ -166,3 +180,22 @@ async def test_a_crash_in_a_request_is_a_500_without_traceback(
     # The node keeps serving.
     assert assert_ok(await single.client.get(f"{single.leader_url}/status"))["role"] == "leader"
     assert_ok(await single.client.put(f"{single.leader_url}/kv/k", json={"value": "v"}))
+
+
+async def test_the_token_is_checked_before_the_body_is_read(secured: Cluster) -> None:
+    # A sender without the token announces 100 MB and sends none of it: the
+    # answer is a 401 at once, not a wait for (or a buffer of) the body.
+    host, port = secured.leader_url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(
+            b"POST /raft/append-entries HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+        )
+        with trio.fail_after(5):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = await stream.receive_some(4096)
+                assert chunk, "connection closed without an answer"
+                head += chunk
+    assert head.startswith(b"HTTP/1.1 401"), head[:200]

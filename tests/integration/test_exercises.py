@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from trioraft.testing.procs import HTTPX_BYTESTREAM_WARNING, ProcCluster, eventually
+from trioraft.transport import HandshakeError, probe_peer
 
 pytestmark = [pytest.mark.processes, pytest.mark.filterwarnings(HTTPX_BYTESTREAM_WARNING)]
 
@@ -242,10 +243,11 @@ async def test_cluster_token_is_required_on_raft_routes(make_cluster):
             resp = await cluster.request(follower, "POST", path, json=body, headers=headers)
             assert resp.status_code == 401, (path, headers, resp.text)
             assert resp.json()["code"] == "unauthorized"
-        resp = await cluster.request(
-            follower, "POST", "/raft/messages", content=b"\x90", headers=headers
-        )
-        assert resp.status_code == 401
+    # The peer stream on the same port refuses a wrong token, or none.
+    for token in ("wrong", None):
+        with pytest.raises(HandshakeError) as refused:
+            await probe_peer(cluster.url(follower), token=token, local=leader, peer=follower)
+        assert refused.value.code == "unauthorized"
 
     await check_early_401_keeps_connection_usable(cluster[follower].port)
 

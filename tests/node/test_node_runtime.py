@@ -130,12 +130,14 @@ async def test_open_node_runs_a_node_for_the_block(tmp_path, autojump_clock):
     from trioraft.config import NodeConfig
     from trioraft.node import open_node
     from trioraft.storage import MemoryStorage
+    from trioraft.transport import MemoryNetwork
 
     cfg = NodeConfig(id="solo", listen_host="127.0.0.1", listen_port=1,
                      advertise_url="http://solo.invalid", peers={}, data_dir=Path(tmp_path),
                      election_timeout_ms=(150, 300), heartbeat_ms=50, cluster_token=None)
     storage = MemoryStorage()
-    async with open_node(cfg, storage, {}, run_disk_inline=True) as node:
+    transport = MemoryNetwork().transport("solo", [])  # no peers
+    async with open_node(cfg, storage, transport, run_disk_inline=True) as node:
         assert await node.wait_for_leader(5) == "solo"
         result = await put(node, "k", "v")
         assert node.kv.get("k") == "v"

@@ -11,8 +11,8 @@ from trioraft.kv import Put, encode_command
 from trioraft.testing.cluster import open_cluster
 
 
-async def test_writes_apply_on_every_node(autojump_clock: trio.testing.MockClock):
-    async with open_cluster(3, seed=10) as cluster:
+async def test_writes_apply_on_every_node(transport: str, autojump_clock: trio.testing.MockClock):
+    async with open_cluster(3, seed=10, transport=transport) as cluster:
         leader = await cluster.wait_for_leader()
         for i in range(20):
             result = await put(leader, f"k{i % 7}", f"v{i}")
@@ -25,9 +25,9 @@ async def test_writes_apply_on_every_node(autojump_clock: trio.testing.MockClock
 
 
 async def test_minority_leader_cannot_commit_and_steps_down(
-    autojump_clock: trio.testing.MockClock,
+    transport: str, autojump_clock: trio.testing.MockClock,
 ):
-    async with open_cluster(3, seed=11, request_timeout_s=2.0) as cluster:
+    async with open_cluster(3, seed=11, request_timeout_s=2.0, transport=transport) as cluster:
         old = await cluster.wait_for_leader()
         majority = set(cluster.ids) - {old.id}
         cluster.network.partition({old.id}, majority)
@@ -52,9 +52,9 @@ async def test_minority_leader_cannot_commit_and_steps_down(
 
 
 async def test_read_barrier_on_lagging_follower_waits_for_the_write(
-    autojump_clock: trio.testing.MockClock,
+    transport: str, autojump_clock: trio.testing.MockClock,
 ):
-    async with open_cluster(3, seed=12) as cluster:
+    async with open_cluster(3, seed=12, transport=transport) as cluster:
         leader = await cluster.wait_for_leader()
         lagging = cluster.followers()[0]
         cluster.network.partition(set(cluster.ids) - {lagging.id}, {lagging.id})
@@ -171,9 +171,9 @@ async def test_overwritten_uncommitted_entry_raises_proposal_dropped(
 
 
 async def test_followers_relay_concurrent_writes_to_the_leader_in_batches(
-    autojump_clock: trio.testing.MockClock,
+    transport: str, autojump_clock: trio.testing.MockClock,
 ):
-    async with open_cluster(3, seed=14) as cluster:
+    async with open_cluster(3, seed=14, transport=transport) as cluster:
         leader = await cluster.wait_for_leader()
         follower = cluster.followers()[0]
         batches_before = leader.stats["batches"]
@@ -194,9 +194,9 @@ async def test_followers_relay_concurrent_writes_to_the_leader_in_batches(
 
 
 async def test_a_follower_without_a_reachable_leader_refuses_to_relay(
-    autojump_clock: trio.testing.MockClock,
+    transport: str, autojump_clock: trio.testing.MockClock,
 ):
-    async with open_cluster(3, seed=15, request_timeout_s=2.0) as cluster:
+    async with open_cluster(3, seed=15, request_timeout_s=2.0, transport=transport) as cluster:
         await cluster.wait_for_leader()
         follower = cluster.followers()[0]
         cluster.network.isolate(follower.id)

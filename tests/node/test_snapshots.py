@@ -37,7 +37,7 @@ async def test_snapshots_compact_the_log(autojump_clock: trio.testing.MockClock)
 
 
 async def test_a_follower_wiped_under_its_old_id_never_moves_the_leaders_match_back(
-    autojump_clock: trio.testing.MockClock,
+    transport: str, autojump_clock: trio.testing.MockClock,
 ):
     """A node that lost its disk and returns under its *old* member id is outside
     Raft's fault model (it forgot votes and acknowledged entries); PLAN.md: it
@@ -45,7 +45,8 @@ async def test_a_follower_wiped_under_its_old_id_never_moves_the_leaders_match_b
     below what the follower acknowledged (match_index never moves back: the
     commit rule depends on it), and the cluster keeps committing meanwhile."""
     async with open_cluster(
-        3, seed=21, snapshot_entries=SNAPSHOT_ENTRIES, snapshot_catchup_entries=CATCHUP
+        3, seed=21, snapshot_entries=SNAPSHOT_ENTRIES, snapshot_catchup_entries=CATCHUP,
+        transport=transport,
     ) as cluster:
         old = await cluster.wait_for_leader()
         for i in range(100):
@@ -64,10 +65,11 @@ async def test_a_follower_wiped_under_its_old_id_never_moves_the_leaders_match_b
 
 
 async def test_follower_down_past_the_snapshot_threshold_catches_up(
-    autojump_clock: trio.testing.MockClock,
+    transport: str, autojump_clock: trio.testing.MockClock,
 ):
     async with open_cluster(
-        3, seed=22, snapshot_entries=SNAPSHOT_ENTRIES, snapshot_catchup_entries=CATCHUP
+        3, seed=22, snapshot_entries=SNAPSHOT_ENTRIES, snapshot_catchup_entries=CATCHUP,
+        transport=transport,
     ) as cluster:
         leader = await cluster.wait_for_leader()
         await put(leader, "early", "1")

@@ -8,9 +8,10 @@
         await cluster.restart("n2")             # a fresh RaftNode on the same storage
         await cluster.wait_converged()          # every running node, same state
 
-Nodes are named n1..nN and wired through a `MemoryNetwork`. Each runs its
+Nodes are named n1..nN and wired through a `MemoryNetwork` (the same
+`Transport` contract as the production stream transport). Each runs its
 `RaftNode.run` in the cluster's nursery under its own cancel scope. A crash
-cancels that scope and unregisters the node from the network: everything in
+cancels that scope, which takes the node off the network: everything in
 memory (the core, the state machine, pending requests) is gone, and only what
 the node handed to its storage (`save`, `save_snapshot`, an installed
 snapshot) survives into the next incarnation. `restart(id, wipe=True)` starts
@@ -43,7 +44,8 @@ from trioraft.config import NodeConfig
 from trioraft.errors import RaftError
 from trioraft.node import RaftNode
 from trioraft.storage import MemoryStorage, Storage
-from trioraft.transport import MemoryNetwork, PeerLink
+from trioraft.testing.streamnet import StreamNetwork
+from trioraft.transport import MemoryNetwork, StreamConfig, Transport
 
 __all__ = ["Cluster", "open_cluster"]
 
@@ -87,10 +89,19 @@ class Cluster:
         storage_factory: StorageFactory,
         run_disk_inline: bool,
         config_overrides: dict[str, Any],
+        transport: str = "memory",
+        core_options: dict[str, Any] | None = None,
     ) -> None:
+        self.core_options = core_options
         self.ids = node_ids(n)
         self.seed = seed
-        self.network = MemoryNetwork(random.Random(seed))
+        self.network: Any  # MemoryNetwork or StreamNetwork: partition/isolate/heal either way
+        if transport == "memory":
+            self.network = MemoryNetwork(random.Random(seed))
+        elif transport == "stream":
+            self.network = StreamNetwork(StreamConfig())
+        else:
+            raise ValueError(f"transport must be 'memory' or 'stream', not {transport!r}")
         self.storage_factory = storage_factory
         self.storages: dict[str, Storage] = {i: storage_factory(i) for i in self.ids}
         self.configs = {i: make_config(i, self.ids, **config_overrides) for i in self.ids}
@@ -134,8 +145,9 @@ class Cluster:
         return {n.id: n.kv.state_digest() for n in self.running()}
 
     # ------------------------------------------------------------- lifecycle
-    def _links(self, node_id: str) -> dict[str, PeerLink]:
-        return {p: self.network.link(node_id, p) for p in self.ids if p != node_id}
+    def _transport(self, node_id: str) -> Transport:
+        t: Transport = self.network.transport(node_id, [p for p in self.ids if p != node_id])
+        return t
 
     def _changed_now(self) -> None:
         self._changed.set()
@@ -152,9 +164,10 @@ class Cluster:
         node = RaftNode(
             self.configs[node_id],
             self.storages[node_id],
-            self._links(node_id),
+            self._transport(node_id),
             rng,
             run_disk_inline=self._run_disk_inline,
+            core_options=self.core_options,
         )
         self.nodes[node_id] = node
         scope = trio.CancelScope()
@@ -170,10 +183,10 @@ class Cluster:
                 self._scopes.pop(node_id, None)
                 stopped.set()
 
+        # The node's transport joins the network once the node has recovered
+        # (a snapshot chunk delivered before that would find no core), and
+        # leaves it when the node's tasks end.
         await self._nursery.start(run)
-        # Register only once the node has recovered: a snapshot chunk delivered
-        # before that would find no core to check its term against.
-        self.network.register(node_id, node)
         self._changed_now()
         return node
 
@@ -183,7 +196,6 @@ class Cluster:
         """Stop `node_id` abruptly: its tasks are cancelled, only its storage survives."""
         if not self.is_up(node_id):
             raise RuntimeError(f"{node_id} is not running")
-        self.network.unregister(node_id)
         self._scopes[node_id].cancel()
         await self._stopped[node_id].wait()
         self._changed_now()
@@ -288,9 +300,17 @@ async def open_cluster(
     storage_factory: StorageFactory = _memory_storage,
     run_disk_inline: bool = True,
     start: bool = True,
+    transport: str = "memory",
+    core_options: dict[str, Any] | None = None,
     **config_overrides: Any,
 ) -> AsyncIterator[Cluster]:
     """Run an n-node cluster (ids n1..nN) for the duration of the block.
+
+    `transport="memory"` (default) links the nodes by a `MemoryNetwork`
+    (message-level faults: partitions, loss, delay); `transport="stream"` by
+    production `StreamTransport`s over in-memory pipes (`StreamNetwork`:
+    partitions cut the streams). `core_options` are extra CoreConfig fields
+    (e.g. `{"max_entries_per_msg": 4}`).
 
     `config_overrides` are NodeConfig fields (e.g. `snapshot_entries=20`,
     `request_timeout_s=1.0`, `election_timeout_ms=(150, 300)`). With
@@ -305,6 +325,8 @@ async def open_cluster(
             storage_factory=storage_factory,
             run_disk_inline=run_disk_inline,
             config_overrides=config_overrides,
+            transport=transport,
+            core_options=core_options,
         )
         if start:
             for i in cluster.ids:

@@ -523,9 +523,11 @@ class ProcCluster:
             self._http = None
 
     async def boot(self, timeout: float = 30.0, poll: float = 0.02) -> str:
-        """Start every node; wait until there is a leader and every node answers
-        ``/status``. Records :attr:`first_leader`; :attr:`first_election_s`, from the
-        first spawn to a node first reporting ``role: leader``; :attr:`quorum_up_s`,
+        """Start every node; wait until there is a leader, every node answers
+        ``/status`` and every node knows the leader (a node that started last hears
+        from the leader once its peer stream opens). Records :attr:`first_leader`;
+        :attr:`first_election_s`, from the first spawn to a node first reporting
+        ``role: leader``; :attr:`quorum_up_s`,
         from the first spawn to a majority answering ``/status`` (process start-up,
         mostly imports); :attr:`all_up_s`, to every node answering. Returns the
         current leader."""
@@ -552,7 +554,10 @@ class ProcCluster:
                     if self.quorum_up_s is None:
                         self.quorum_up_s = now
                 if leaders and self.all_up_s is not None:
-                    return max(leaders)[1]
+                    leader = max(leaders)[1]
+                    if all(st is not None and st.get("leader") == leader
+                           for st in sts.values()):  # fmt: skip
+                        return leader
                 await trio.sleep(poll)
         raise ClusterTimeout(
             f"no leader, or not every node up, within {timeout:g}s of starting\n"

@@ -7,21 +7,31 @@ every CI sandbox. The price: the proxy only sees connections, not packets, so
 "loss" is a connection reset (which is what a lost packet becomes to HTTP after
 TCP gives up) and "delay" is added per chunk of bytes, not per packet.
 
-One :class:`LinkProxy` carries one direction of one pair of nodes: node A's
+One :class:`LinkProxy` sits on the connections node A opens to node B: A's
 ``--peer B=http://127.0.0.1:<proxy port>`` points at the proxy, which forwards to
-B's real port. So every request A makes to B (Raft messages, snapshots, forwarded
-client requests) passes through it, and the answers come back on the same
-connection. Faults:
+B's real port. Between trioraft nodes that is one long-lived peer stream per
+pair, opened by the member with the smaller id and carrying both directions
+(Raft messages, relayed writes and answers, snapshot chunks), so the proxy
+sees bytes going "up" (A to B) and "down" (B to A) on the same connection.
+Faults:
 
 ``block()``   refuse new connections (accept, then close at once) and reset every
               open one: the partition ``A -/-> B``. ``unblock()`` heals it.
 ``delay``     seconds added to every chunk, in both directions, keeping order
-              (a latency, not a bandwidth limit).
-``loss``      probability, per chunk forwarded, that the whole connection is reset.
+              (a latency, not a bandwidth limit); ``delay_up`` / ``delay_down``
+              add to one direction only.
+``loss``      probability, per chunk forwarded, that the whole connection is
+              reset; ``loss_up`` / ``loss_down`` for one direction only.
+``block_down`` reset a connection as soon as a byte would flow down (B to A).
 
 :class:`ProxyMesh` holds one proxy per ordered pair of node ids and speaks in
 node terms: ``partition([{"n1","n2"}, {"n3","n4","n5"}])``, ``isolate("n1")``,
-``bridge(...)``, ``heal()``, ``set_delay(...)``, ``set_loss(...)``::
+``bridge(...)``, ``heal()``, ``set_delay(...)``, ``set_loss(...)``. Its faults
+act on the bytes *from* one node *to* another whichever of the two opened the
+connection: ``set_delay("n3", "n1", s)`` delays the ``n3 -> n1`` direction of
+the stream n1 opened (through proxy n1->n3, downwards) as well as of any
+connection n3 opens (proxy n3->n1, upwards). A stream cannot carry one
+direction only, so ``block(a, b)`` breaks the pair's stream either way::
 
     async with trio.open_nursery() as nursery:
         mesh = await ProxyMesh.open(nursery, ["n1", "n2", "n3"])
@@ -87,6 +97,11 @@ class LinkProxy:
         """Seconds added to every chunk forwarded, each way."""
         self.loss = 0.0
         """Probability that forwarding a chunk resets the connection instead."""
+        self.delay_up = self.delay_down = 0.0
+        """Extra seconds for chunks going up (client to target) or down."""
+        self.loss_up = self.loss_down = 0.0
+        self.block_down = False
+        """Reset a connection when a chunk would flow down (target to client)."""
         self._rng = rng if rng is not None else random.Random()
         self._conns: set[_Conn] = set()
         # Counters, for tests and reports.
@@ -108,6 +123,7 @@ class LinkProxy:
 
     def unblock(self) -> None:
         self.blocked = False
+        self.block_down = False
 
     def reset_all(self) -> None:
         """Reset every open connection now (both ends see it closed)."""
@@ -119,6 +135,9 @@ class LinkProxy:
         self.blocked = False
         self.delay = 0.0
         self.loss = 0.0
+        self.delay_up = self.delay_down = 0.0
+        self.loss_up = self.loss_down = 0.0
+        self.block_down = False
 
     def _kill(self, conn: _Conn) -> None:
         if conn in self._conns:
@@ -150,8 +169,8 @@ class LinkProxy:
                 except OSError:
                     return  # the node is down: the client sees its connection closed
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, conn, downstream, conn.upstream)
-                    nursery.start_soon(self._pump, conn, conn.upstream, downstream)
+                    nursery.start_soon(self._pump, conn, downstream, conn.upstream, True)
+                    nursery.start_soon(self._pump, conn, conn.upstream, downstream, False)
         finally:
             self._conns.discard(conn)
             with trio.CancelScope(shield=True):
@@ -159,7 +178,9 @@ class LinkProxy:
                 if conn.upstream is not None:
                     await trio.aclose_forcefully(conn.upstream)
 
-    async def _pump(self, conn: _Conn, src: trio.SocketStream, dst: trio.SocketStream) -> None:
+    async def _pump(
+        self, conn: _Conn, src: trio.SocketStream, dst: trio.SocketStream, up: bool
+    ) -> None:
         """Copy src -> dst; each chunk waits out the delay in force when it arrived.
 
         A reader task stamps chunks with their delivery time and a writer task
@@ -177,15 +198,17 @@ class LinkProxy:
                         break
                     if not data:
                         break
-                    if self.loss and self._rng.random() < self.loss:
+                    loss = self.loss + (self.loss_up if up else self.loss_down)
+                    if (loss and self._rng.random() < loss) or (not up and self.block_down):
                         self._kill(conn)
                         return
-                    send.send_nowait((trio.current_time() + self.delay, data))
+                    delay = self.delay + (self.delay_up if up else self.delay_down)
+                    send.send_nowait((trio.current_time() + delay, data))
 
         async def writer() -> None:
             async with receive:
                 async for due, data in receive:
-                    if self.blocked:
+                    if self.blocked or (not up and self.block_down):
                         self._kill(conn)
                         return
                     await trio.sleep_until(due)
@@ -244,10 +267,16 @@ class ProxyMesh:
         return not self.links[src, dst].blocked
 
     def block(self, src: str, dst: str) -> None:
+        """Nothing gets from src to dst: src's connections to dst are refused, and
+        a stream dst opened to src breaks as soon as src sends on it."""
         self.links[src, dst].block()
+        back = self.links[dst, src]
+        back.block_down = True
+        back.reset_all()
 
     def unblock(self, src: str, dst: str) -> None:
-        self.links[src, dst].unblock()
+        self.links[src, dst].blocked = False
+        self.links[dst, src].block_down = False
 
     def cut(self, a: str, b: str) -> None:
         """Block both directions between a and b."""
@@ -263,11 +292,11 @@ class ProxyMesh:
                 group_of[node] = k
         for k, node in enumerate(self.ids):  # a group of its own: below every real one
             group_of.setdefault(node, -1 - k)
-        for (a, b), link in self.links.items():
+        for a, b in self.links:
             if group_of[a] == group_of[b]:
-                link.unblock()
+                self.unblock(a, b)
             else:
-                link.block()
+                self.block(a, b)
 
     def isolate(self, node: str) -> None:
         """Cut `node` off from everyone (others still talk to each other)."""
@@ -287,10 +316,14 @@ class ProxyMesh:
     # -- link quality ------------------------------------------------------------
 
     def set_delay(self, src: str, dst: str, seconds: float) -> None:
-        self.links[src, dst].delay = seconds
+        """Bytes from src to dst take `seconds` longer (on either proxy of the pair)."""
+        self.links[src, dst].delay_up = seconds
+        self.links[dst, src].delay_down = seconds
 
     def set_loss(self, src: str, dst: str, probability: float) -> None:
-        self.links[src, dst].loss = probability
+        """Each chunk from src to dst resets its connection with `probability`."""
+        self.links[src, dst].loss_up = probability
+        self.links[dst, src].loss_down = probability
 
     def heal(self) -> None:
         """No faults anywhere: every link unblocked, no delay, no loss."""
@@ -310,10 +343,10 @@ class ProxyMesh:
             faults = []
             if link.blocked:
                 faults.append("blocked")
-            if link.delay:
-                faults.append(f"delay={link.delay:.3f}")
-            if link.loss:
-                faults.append(f"loss={link.loss:.2f}")
+            if link.delay or link.delay_up:
+                faults.append(f"delay={link.delay + link.delay_up:.3f}")
+            if link.loss or link.loss_up:
+                faults.append(f"loss={link.loss + link.loss_up:.2f}")
             if faults:
                 parts.append(f"{a}->{b} " + ",".join(faults))
         return "; ".join(parts) or "healthy"

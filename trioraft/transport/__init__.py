@@ -1,4 +1,13 @@
-"""How nodes reach each other: peer links (HTTP, in-memory) and the wire codec."""
+"""How nodes reach each other: the transport contract, peer streams, an in-memory network.
+
+- `Transport` / `Inbound`: the contract between a node and its transport.
+- `StreamTransport`: one long-lived, authenticated, framed stream per pair of
+  members, on the node's own port (the production transport).
+- `MemoryNetwork`: an in-process network with fault knobs (tests).
+- the Raft message codec (msgpack between nodes; the course routes' JSON).
+"""
+
+from typing import TYPE_CHECKING
 
 from trioraft.transport._codec import (
     CodecError,
@@ -6,41 +15,55 @@ from trioraft.transport._codec import (
     append_response_to_json,
     decode_messages,
     encode_messages,
-    meta_from_wire,
-    meta_to_wire,
     request_vote_from_json,
     vote_response_to_json,
 )
-from trioraft.transport._http_client import ConnectError, HttpPool, RequestError, Response
-from trioraft.transport._links import (
-    SNAPSHOT_HEADER,
+from trioraft.transport._conn import StreamConfig
+from trioraft.transport._frames import PREAMBLE, FrameError, FrameType
+from trioraft.transport._handshake import HandshakeError, PeerIdentity
+from trioraft.transport._memory import MemoryNetwork, MemoryTransport
+from trioraft.transport._protocol import (
     TOKEN_HEADER,
-    HttpPeerLink,
+    ChunkReader,
+    Inbound,
     LinkError,
-    MemoryLink,
-    MemoryNetwork,
-    PeerLink,
+    RelayAnswer,
+    RelayCode,
+    SnapshotOffer,
+    Transport,
 )
+from trioraft.transport._stream import StreamTransport, peer_address, probe_peer
 
 __all__ = [
-    "SNAPSHOT_HEADER",
+    "PREAMBLE",
     "TOKEN_HEADER",
+    "ChunkReader",
     "CodecError",
-    "ConnectError",
-    "HttpPeerLink",
-    "HttpPool",
+    "FrameError",
+    "FrameType",
+    "HandshakeError",
+    "Inbound",
     "LinkError",
-    "MemoryLink",
     "MemoryNetwork",
-    "PeerLink",
-    "RequestError",
-    "Response",
+    "MemoryTransport",
+    "PeerIdentity",
+    "RelayAnswer",
+    "RelayCode",
+    "SnapshotOffer",
+    "StreamConfig",
+    "StreamTransport",
+    "Transport",
     "append_entries_from_json",
     "append_response_to_json",
     "decode_messages",
     "encode_messages",
-    "meta_from_wire",
-    "meta_to_wire",
+    "peer_address",
+    "probe_peer",
     "request_vote_from_json",
     "vote_response_to_json",
 ]
+
+if TYPE_CHECKING:
+    # Static proof that both transports keep the contract.
+    def _conforms(stream: StreamTransport, memory: MemoryTransport) -> tuple[Transport, Transport]:
+        return stream, memory

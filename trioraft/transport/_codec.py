@@ -1,8 +1,12 @@
 """Wire encodings of Raft messages.
 
-Between trioraft nodes: msgpack (via msgspec), a list of messages per HTTP body,
-each a compact tagged array. msgspec validates every field's type on decode, so
-garbage is rejected with `CodecError` before it can reach the core.
+Between trioraft nodes: msgpack (via msgspec), a list of messages per frame,
+each a compact tagged array. msgspec validates every field's type *and range*
+on decode, so garbage is rejected with `CodecError` before it can reach the
+core: terms and indexes in [0, 2**62) (PLAN.md: the core never sees a term it
+could overflow), member ids of 1..128 characters, bounded counts. Anything
+the core relies on beyond types (entries contiguous and following
+prev_log_index) is checked here too.
 
 For the course's routes (`/raft/request-vote`, `/raft/append-entries`) the JSON
 shapes of the course design are accepted and produced as well.
@@ -11,9 +15,10 @@ shapes of the course design are accepted and produced as well.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from trioraft.core import (
     AppendEntries,
@@ -31,6 +36,7 @@ from trioraft.core import (
     SnapshotMeta,
     TimeoutNow,
 )
+from trioraft.core._types import MAX_MEMBER_ID_LEN
 
 __all__ = [
     "CodecError",
@@ -38,8 +44,8 @@ __all__ = [
     "append_response_to_json",
     "decode_messages",
     "encode_messages",
-    "meta_from_wire",
-    "meta_to_wire",
+    "install_snapshot_from_wire",
+    "install_snapshot_to_wire",
     "request_vote_from_json",
     "vote_response_to_json",
 ]
@@ -49,95 +55,109 @@ class CodecError(ValueError):
     """The bytes are not a valid encoding of Raft messages."""
 
 
+# Ranges of everything that arrives from outside (PLAN.md, "Limits").
+MAX_TERM = 2**62  # terms and log indexes are in [0, MAX_TERM)
+MAX_ENTRIES_PER_MESSAGE = 10_000
+MAX_MESSAGES_PER_BATCH = 10_000
+MAX_READ_CTXS = 10_000
+MAX_CONFIG_BYTES = 256 * 1024
+
+Term = Annotated[int, Meta(ge=0, lt=MAX_TERM)]
+Index = Annotated[int, Meta(ge=0, lt=MAX_TERM)]
+MemberId = Annotated[str, Meta(min_length=1, max_length=MAX_MEMBER_ID_LEN)]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # read_seq, ReadIndex request ids
+Ctxs = Annotated[list[Seq], Meta(max_length=MAX_READ_CTXS)]
+
+
 class _WEntry(msgspec.Struct, array_like=True):
-    index: int
-    term: int
+    index: Index
+    term: Term
     kind: int
     data: bytes
 
 
 class _WMeta(msgspec.Struct, array_like=True):
-    index: int
-    term: int
-    config: bytes  # Configuration.encode()
+    index: Index
+    term: Term
+    config: Annotated[bytes, Meta(max_length=MAX_CONFIG_BYTES)]  # Configuration.encode()
 
 
 class _WVote(msgspec.Struct, array_like=True, tag=1):
-    src: str
-    dst: str
-    term: int
-    last_log_index: int
-    last_log_term: int
+    src: MemberId
+    dst: MemberId
+    term: Term
+    last_log_index: Index
+    last_log_term: Term
     pre_vote: bool
     transfer: bool
 
 
 class _WVoteResp(msgspec.Struct, array_like=True, tag=2):
-    src: str
-    dst: str
-    term: int
+    src: MemberId
+    dst: MemberId
+    term: Term
     granted: bool
     pre_vote: bool
 
 
 class _WAppend(msgspec.Struct, array_like=True, tag=3):
-    src: str
-    dst: str
-    term: int
-    prev_log_index: int
-    prev_log_term: int
-    entries: list[_WEntry]
-    leader_commit: int
-    read_seq: int
+    src: MemberId
+    dst: MemberId
+    term: Term
+    prev_log_index: Index
+    prev_log_term: Term
+    entries: Annotated[list[_WEntry], Meta(max_length=MAX_ENTRIES_PER_MESSAGE)]
+    leader_commit: Index
+    read_seq: Seq
     commit_only: bool = False
 
 
 class _WAppendResp(msgspec.Struct, array_like=True, tag=4):
-    src: str
-    dst: str
-    term: int
+    src: MemberId
+    dst: MemberId
+    term: Term
     success: bool
-    match_index: int
-    conflict_index: int
-    conflict_term: int | None
-    reject_index: int
-    read_seq: int
+    match_index: Index
+    conflict_index: Index
+    conflict_term: Term | None
+    reject_index: Index
+    read_seq: Seq
 
 
 class _WSnap(msgspec.Struct, array_like=True, tag=5):
-    src: str
-    dst: str
-    term: int
+    src: MemberId
+    dst: MemberId
+    term: Term
     meta: _WMeta
-    leader_commit: int
+    leader_commit: Index
 
 
 class _WSnapResp(msgspec.Struct, array_like=True, tag=6):
-    src: str
-    dst: str
-    term: int
-    match_index: int
+    src: MemberId
+    dst: MemberId
+    term: Term
+    match_index: Index
 
 
 class _WReadReq(msgspec.Struct, array_like=True, tag=7):
-    src: str
-    dst: str
-    term: int
-    ctxs: list[int]
+    src: MemberId
+    dst: MemberId
+    term: Term
+    ctxs: Ctxs
 
 
 class _WReadResp(msgspec.Struct, array_like=True, tag=8):
-    src: str
-    dst: str
-    term: int
-    ctxs: list[int]
-    index: int
+    src: MemberId
+    dst: MemberId
+    term: Term
+    ctxs: Ctxs
+    index: Annotated[int, Meta(ge=-1, lt=MAX_TERM)]  # -1: refused
 
 
 class _WTimeoutNow(msgspec.Struct, array_like=True, tag=9):
-    src: str
-    dst: str
-    term: int
+    src: MemberId
+    dst: MemberId
+    term: Term
 
 
 _Wire = (
@@ -145,18 +165,9 @@ _Wire = (
     | _WReadResp | _WTimeoutNow
 )
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[_Wire])
-
-
-def meta_to_wire(meta: SnapshotMeta) -> list[Any]:
-    return [meta.index, meta.term, meta.config.encode().decode()]
-
-
-def meta_from_wire(w: Any) -> SnapshotMeta:
-    if not isinstance(w, list) or len(w) != 3 or not isinstance(w[2], str):
-        raise CodecError("a snapshot meta is [index, term, configuration]")
-    m = msgspec.convert([w[0], w[1], w[2].encode()], _WMeta)
-    return SnapshotMeta(m.index, m.term, _config(m.config))
+_decoder = msgspec.msgpack.Decoder(
+    Annotated[list[_Wire], Meta(max_length=MAX_MESSAGES_PER_BATCH)]
+)
 
 
 def _config(raw: bytes) -> Configuration:
@@ -214,6 +225,7 @@ def _from_wire(w: Any) -> Message:
                     raise CodecError("entries must be contiguous")
             if entries and entries[0].index != w.prev_log_index + 1:
                 raise CodecError("entries must follow prev_log_index")
+            _check_terms(w.prev_log_term, [e.term for e in entries], w.term)
             return AppendEntries(
                 w.src, w.dst, w.term, w.prev_log_index, w.prev_log_term, tuple(entries),
                 w.leader_commit, w.read_seq, w.commit_only,
@@ -224,6 +236,8 @@ def _from_wire(w: Any) -> Message:
                 w.conflict_term, w.reject_index, w.read_seq,
             )
         case _WVote():
+            if w.last_log_term > w.term:
+                raise CodecError("a candidate's last log term is above its term")
             return RequestVote(
                 w.src, w.dst, w.term, w.last_log_index, w.last_log_term, w.pre_vote, w.transfer
             )
@@ -243,13 +257,31 @@ def _from_wire(w: Any) -> Message:
     raise CodecError(f"unexpected wire object {type(w).__name__}")
 
 
-def _check_ints(m: Message) -> None:
-    # Negative terms or indexes would break the core's invariants.
-    for name in ("term", "prev_log_index", "prev_log_term", "leader_commit", "match_index",
-                 "last_log_index", "last_log_term"):
-        v = getattr(m, name, 0)
-        if v < 0:
-            raise CodecError(f"{name} must not be negative")
+def _check_terms(prev_log_term: int, terms: list[int], term: int) -> None:
+    """Terms in a log never decrease, and a leader sends no entry above its term."""
+    last = prev_log_term
+    for t in terms:
+        if t < last:
+            raise CodecError("entry terms must not decrease")
+        last = t
+    if last > term:
+        raise CodecError("an entry's term is above the message's term")
+
+
+# The InstallSnapshot message travels inside snapshot chunk frames.
+WireInstallSnapshot = _WSnap
+
+
+def install_snapshot_to_wire(m: InstallSnapshot) -> WireInstallSnapshot:
+    w = _to_wire(m)
+    assert isinstance(w, _WSnap)
+    return w
+
+
+def install_snapshot_from_wire(w: WireInstallSnapshot) -> InstallSnapshot:
+    m = _from_wire(w)
+    assert isinstance(m, InstallSnapshot)
+    return m
 
 
 def encode_messages(msgs: list[Message]) -> bytes:
@@ -261,36 +293,33 @@ def decode_messages(data: bytes) -> list[Message]:
         wires = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CodecError(f"malformed Raft message batch: {exc}") from None
-    out = [_from_wire(w) for w in wires]
-    for m in out:
-        _check_ints(m)
-    return out
+    return [_from_wire(w) for w in wires]
 
 
 # ------------------------------------------------------------- course JSON forms
 
 
 class _JVote(msgspec.Struct):
-    term: int
-    candidateId: str
-    lastLogIndex: int
-    lastLogTerm: int
+    term: Term
+    candidateId: MemberId
+    lastLogIndex: Index
+    lastLogTerm: Term
     preVote: bool = False
 
 
 class _JEntry(msgspec.Struct):
-    index: int
-    term: int
+    index: Index
+    term: Term
     command: str = ""
 
 
 class _JAppend(msgspec.Struct):
-    term: int
-    leaderId: str
-    prevLogIndex: int
-    prevLogTerm: int
-    leaderCommit: int
-    entries: list[_JEntry] = []
+    term: Term
+    leaderId: MemberId
+    prevLogIndex: Index
+    prevLogTerm: Term
+    leaderCommit: Index
+    entries: Annotated[list[_JEntry], Meta(max_length=MAX_ENTRIES_PER_MESSAGE)] = []
 
 
 def request_vote_from_json(body: bytes, dst: str) -> RequestVote:
@@ -298,9 +327,9 @@ def request_vote_from_json(body: bytes, dst: str) -> RequestVote:
         j = msgspec.json.decode(body, type=_JVote)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CodecError(f"malformed RequestVote: {exc}") from None
-    m = RequestVote(j.candidateId, dst, j.term, j.lastLogIndex, j.lastLogTerm, j.preVote)
-    _check_ints(m)
-    return m
+    if j.lastLogTerm > j.term:
+        raise CodecError("a candidate's last log term is above its term")
+    return RequestVote(j.candidateId, dst, j.term, j.lastLogIndex, j.lastLogTerm, j.preVote)
 
 
 def append_entries_from_json(body: bytes, dst: str) -> AppendEntries:
@@ -314,10 +343,9 @@ def append_entries_from_json(body: bytes, dst: str) -> AppendEntries:
     for i, e in enumerate(entries):
         if e.index != j.prevLogIndex + 1 + i:
             raise CodecError("entries must be contiguous and follow prevLogIndex")
-    m = AppendEntries(j.leaderId, dst, j.term, j.prevLogIndex, j.prevLogTerm, entries,
-                      j.leaderCommit)
-    _check_ints(m)
-    return m
+    _check_terms(j.prevLogTerm, [e.term for e in entries], j.term)
+    return AppendEntries(j.leaderId, dst, j.term, j.prevLogIndex, j.prevLogTerm, entries,
+                         j.leaderCommit)
 
 
 def vote_response_to_json(m: RequestVoteResponse) -> dict[str, Any]:

@@ -1,0 +1,314 @@
+"""The driver: the one task that owns the core.
+
+Its loop is the election/heartbeat timer: `with trio.move_on_at(core.deadline)`
+around `inbox.receive()`; every step can move the deadline and the next turn
+re-reads it. Memory-channel receives are cancellation-atomic, so a timeout
+never loses a message. Whatever queued while the driver was busy (typically
+during an fsync) becomes one Ready: one fsync, one AppendEntries per peer.
+
+Ready order (a correctness rule, see docs/architecture.md): persist hard state
+and entries -> send -> apply -> advance. Only a leader's AppendEntries for a
+term already on disk may go out before the fsync (`early_messages`).
+
+All of the runtime's use of the core is in this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from trioraft.config import NodeConfig
+from trioraft.core import (
+    CoreConfig,
+    EntryKind,
+    InstallSnapshot,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    RaftCore,
+    RaftError,
+    Ready,
+    Role,
+)
+from trioraft.errors import NoLeader
+from trioraft.kv import KVStateMachine, Result
+from trioraft.node._offload import Offload
+from trioraft.node._reads import Read, Reads
+from trioraft.node._replies import PendingWrites, Proposal
+from trioraft.node._rpc import Rpc, RpcBridge
+from trioraft.node._snapshot_recv import SnapshotReceiver
+from trioraft.node._snapshot_send import SnapshotSender
+from trioraft.node._snapshotter import Snapshotter
+from trioraft.storage import Storage
+from trioraft.transport import Transport
+
+__all__ = ["INBOX_SIZE", "Call", "Driver", "Incoming"]
+
+log = logging.getLogger("trioraft.node")
+
+INBOX_SIZE = 10_000
+
+
+@dataclass(eq=False)
+class Incoming:
+    """Messages from peers."""
+
+    msgs: list[Message]
+
+
+@dataclass(eq=False)
+class Call:
+    """A function to run in the driver task (it may touch the core)."""
+
+    fn: Callable[[], None]
+
+
+class Driver:
+    def __init__(
+        self,
+        config: NodeConfig,
+        storage: Storage,
+        offload: Offload,
+        rng: random.Random,
+        *,
+        transport: Transport,
+        rpc: RpcBridge,
+        reads: Reads,
+        stats: dict[str, Any],
+        snapshotter: Snapshotter,
+        snapshot_sender: SnapshotSender,
+        snapshot_receiver: SnapshotReceiver,
+        core_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = config.id
+        self._storage = storage
+        self._offload = offload
+        self._rng = rng
+        lo, hi = config.election_timeout_ms
+        self._core_config = CoreConfig(
+            id=config.id,
+            voters=frozenset(config.members),
+            election_timeout=(lo / 1000, hi / 1000),
+            heartbeat_interval=config.heartbeat_ms / 1000,
+            snapshot_catchup_entries=config.snapshot_catchup_entries,
+            **(core_options or {}),
+        )
+        self._transport = transport
+        self._snapshot_sender = snapshot_sender
+        self._snapshot_receiver = snapshot_receiver
+        self._rpc = rpc
+        self._reads = reads
+        self._stats = stats
+        self._snapshotter = snapshotter
+        self.kv = KVStateMachine()
+        self.core: RaftCore | None = None
+        self.pending = PendingWrites()
+        self.inbox_send, self._inbox = trio.open_memory_channel[Any](INBOX_SIZE)
+        self.leader_changed = trio.Event()
+        self._last_leader: str | None = None
+
+    @property
+    def c(self) -> RaftCore:
+        assert self.core is not None, "node not started"
+        return self.core
+
+    # ================================================================ startup
+    async def recover(self) -> None:
+        state = await self._offload.disk(self._storage.load)
+        snap = await self._offload.disk(self._storage.load_snapshot)
+        if snap is not None:
+            _, data = snap
+            kv = KVStateMachine()
+            await self._offload.cpu(kv.restore, data)
+            self.kv = kv
+        self.core = RaftCore(
+            self._core_config,
+            self._rng,
+            hard_state=state.hard_state,
+            snapshot=state.snapshot,
+            entries=state.entries,
+            now=trio.current_time(),
+        )
+        log.info(
+            "node=%s recovered term=%d snapshot=%d entries=%d commit=%d", self.id,
+            state.hard_state.term, state.snapshot.index, len(state.entries),
+            state.hard_state.commit,
+        )
+
+    # ================================================================= loop
+    async def run(self) -> None:
+        core = self.c
+        await self._process_ready()
+        while True:
+            with trio.move_on_at(core.deadline):
+                item = await self._inbox.receive()
+                proposals: list[Proposal] = []
+                self._handle(item, proposals)
+                # Drain whatever else queued up meanwhile: one Ready (one
+                # fsync, one AppendEntries per peer) covers the whole batch.
+                for _ in range(INBOX_SIZE):
+                    try:
+                        item = self._inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._handle(item, proposals)
+                self._propose(proposals)
+            now = trio.current_time()
+            if now >= core.deadline:
+                core.handle_timeout(now)
+            await self._process_ready()
+            if core.leader_id != self._last_leader:
+                self._last_leader = core.leader_id
+                log.info("node=%s term=%d leader=%s role=%s", self.id, core.term,
+                         core.leader_id, core.role.value)
+                self.leader_changed.set()
+                self.leader_changed = trio.Event()
+
+    def _handle(self, item: object, proposals: list[Proposal]) -> None:
+        core = self.c
+        now = trio.current_time()
+        match item:
+            case Incoming(msgs=msgs):
+                for m in msgs:
+                    core.step(m, now)
+            case Proposal():
+                if not item.abandoned:
+                    proposals.append(item)
+            case Read():
+                try:
+                    core.read_index(item.ctx)
+                    self._reads.started(item)
+                except NotLeader:
+                    item.slot.settle(error=NoLeader("no leader is known"))
+            case Rpc():
+                self._rpc.stepped(item)
+                core.step(item.msg, now)
+            case Call(fn=fn):
+                fn()
+
+    def _propose(self, proposals: list[Proposal]) -> None:
+        if not proposals:
+            return
+        datas = [d for p in proposals for d in p.datas]
+        try:
+            first, term = self.c.propose(datas)
+        except (NotLeader, ProposalDropped) as exc:
+            for p in proposals:
+                p.settle_all(exc)
+            return
+        self._stats["proposals"] += len(datas)
+        self._stats["batches"] += 1
+        self.pending.appended(proposals, first, term)
+
+    async def _process_ready(self) -> None:
+        core = self.c
+        while core.has_ready():
+            rd = core.ready()
+            for m in rd.early_messages:  # a leader replicates while it persists
+                self._route(m)
+            await self._persist(rd)
+            # Only now, with the votes and entries durable, may we answer anyone.
+            for m in rd.messages:
+                self._route(m)
+            self._apply(rd)
+            core.advance(rd)
+            self._reads.wake_applied(self.kv.applied_index)
+            self._snapshotter.maybe_snapshot(core, self.kv)
+
+    async def _persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            data = await self._snapshot_receiver.install(rd.snapshot, rd.snapshot_keep_entries)
+            kv = KVStateMachine()
+            await self._offload.cpu(kv.restore, data)
+            self.kv = kv
+            self._stats["snapshots_installed"] = self._stats.get("snapshots_installed", 0) + 1
+            log.info("node=%s installed snapshot index=%d", self.id, rd.snapshot.index)
+        if rd.hard_state is not None or rd.entries:
+            await self._offload.disk(self._storage.save, rd.hard_state, rd.entries)
+            self._stats["fsyncs"] += 1
+
+    def _route(self, m: Message) -> None:
+        if self._rpc.take_answer(m):
+            return
+        if isinstance(m, InstallSnapshot):
+            self._snapshot_sender.start(m)  # the data follows in chunks, off this task
+        else:
+            self._transport.send(m)  # never blocks; a full or missing stream drops it
+
+    def report_snapshot(self, peer: str, ok: bool) -> None:
+        """A transfer to `peer` failed (the core retries later) or sent its last
+        chunk. Driver task only."""
+        self.c.report_snapshot(peer, ok)
+
+    def _apply(self, rd: Ready) -> None:
+        for e in rd.committed:
+            if e.index <= self.kv.applied_index:
+                continue  # already covered by an installed snapshot
+            result: Result | None = None
+            if e.kind is EntryKind.NORMAL:
+                result = self.kv.apply(e.index, e.data)
+                self._snapshotter.bytes_since_snapshot += len(e.data)
+            else:
+                self.kv.apply_noop(e.index)
+            self.pending.applied(e, result)
+        self._reads.answered(rd.read_states)
+
+    # ====================================================== other calls into the core
+    # (from other tasks: only reads of plain attributes, or functions posted
+    # into the driver's inbox with `call`)
+
+    async def call(self, fn: Callable[[], None]) -> None:
+        """Run fn in the driver task (blocking if the inbox is full)."""
+        await self.inbox_send.send(Call(fn))
+
+    def post(self, item: object) -> None:
+        """Queue a proposal, read or message; trio.WouldBlock if the inbox is full."""
+        self.inbox_send.send_nowait(item)
+
+    def retire(self) -> None:
+        """Never campaign again (shutdown). Safe from any task: it only sets a flag."""
+        if self.core is not None:
+            self.core.retire()
+
+    def best_transfer_target(self) -> str | None:
+        """The most caught-up voter the core would hand leadership to, if we lead."""
+        core = self.core
+        if core is None or core.role is not Role.LEADER:
+            return None
+        # Learners are in `progress` too, but only a caught-up voter can take over.
+        candidates = [p for p in core.progress if p in core.voters and core.caught_up(p)]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda p: core.progress[p].match_index)
+
+    def transfer_leadership(self, target: str) -> None:
+        """Driver task only (post it with `call`)."""
+        with contextlib.suppress(RaftError):  # NotLeader, TransferRefused
+            self.c.transfer_leadership(target)
+
+    def raft_status(self) -> dict[str, Any]:
+        """The core's part of /status."""
+        c = self.c
+        out: dict[str, Any] = {
+            "role": c.role.value,
+            "term": c.term,
+            "leader": c.leader_id,
+            "commit_index": c.commit_index,
+            "applied_index": self.kv.applied_index,
+            "last_log_index": c.log.last_index(),
+            "snapshot_index": c.log.snapshot.index,
+        }
+        if c.role is Role.LEADER:
+            out["progress"] = {
+                p: {"match_index": pr.match_index, "next_index": pr.next_index,
+                    "state": pr.state.value}
+                for p, pr in sorted(c.progress.items())
+            }
+        return out

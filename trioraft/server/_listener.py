@@ -1,0 +1,225 @@
+"""One port for clients and peers: the first byte of a connection says which it is.
+
+Like etcd's cmux, the node's port carries both protocols. A peer stream
+opens with a preamble whose first byte is NUL, which no HTTP request (a
+method token), HTTP/2 preface or TLS record can start with; every other
+connection is HTTP, handed to hypercorn with the byte(s) already read put
+back in front (`PrefixedStream`). Keeping one port keeps API.md's
+`--peer ID=URL` and the compose files unchanged, and puts the later TLS
+termination in our hands (a TLS record would be unwrapped first, then the
+same first-byte rule applies inside).
+
+Limits, so that no client can make the node unreachable to its peers:
+
+- HTTP connections (including ones not yet classified) are capped at
+  `max_http_connections`, by default well below the process's file
+  descriptor limit. Beyond it a connection gets an immediate `503` (JSON,
+  `Retry-After: 1`, `Connection: close`) without a byte of it being read.
+- Peer streams do not count against that cap (there is one per member);
+  the transport caps the connections still in their handshake.
+- A connection that sends nothing for `classify_timeout` is closed.
+- `saturated_since` tells the node how long the cap has been reached without
+  pause: /ready reports that, and a leader hands off its leadership when it
+  lasts (see `trioraft.server`).
+- `accept()` failing for lack of file descriptors is survived (a pause and
+  a retry) and counts as saturation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+__all__ = ["Listener", "ListenerLimits", "PrefixedStream", "default_max_connections"]
+
+log = logging.getLogger("trioraft.server")
+
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_OVERLOADED = (
+    b'{"error":"the node has too many open connections; retry shortly","code":"overloaded"}'
+)
+_OVERLOADED_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(_OVERLOADED)
+    + _OVERLOADED
+)
+
+
+def default_max_connections(reserve: int = 128) -> int:
+    """HTTP connections allowed: the fd limit minus a reserve for peers, storage, logs."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(16, min(10_000, soft - reserve))
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    max_http_connections: int = 0  # 0: default_max_connections()
+    classify_timeout: float = 10.0  # seconds until the first byte
+
+
+class PrefixedStream(trio.abc.HalfCloseableStream):
+    """A socket stream with some already-received bytes put back in front.
+
+    Exposes `.socket` (hypercorn's TCPServer reads the addresses from it). A
+    write that cannot finish in `write_timeout` (a client that stopped
+    reading) breaks the stream instead of blocking its task forever.
+    """
+
+    def __init__(
+        self, stream: trio.SocketStream, prefix: bytes, write_timeout: float = 30.0
+    ) -> None:
+        self._stream = stream
+        self._prefix = prefix
+        self.socket = stream.socket
+        self._write_timeout = write_timeout
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:n], self._prefix[n:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            with trio.fail_after(self._write_timeout):
+                await self._stream.send_all(data)
+        except trio.TooSlowError:
+            raise trio.BrokenResourceError("the peer stopped reading") from None
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        # Shielded: hypercorn closes a connection (send_eof, then aclose) from
+        # whichever task noticed, which can be the app's task just as the app
+        # cancels itself (Quart on a disconnect). Cancelled inside send_eof,
+        # aclose never ran and the socket leaked, open, forever.
+        with trio.CancelScope(shield=True):
+            await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class Listener:
+    """Accepts on the node's port and routes each connection by its first byte."""
+
+    def __init__(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        serve_http: Callable[[trio.abc.Stream], Awaitable[None]],
+        accept_peer: Callable[[trio.abc.Stream], bool],
+        limits: ListenerLimits,
+    ) -> None:
+        self.listeners = listeners
+        self._serve_http = serve_http
+        self._accept_peer = accept_peer
+        self.limits = limits
+        self.max_http = limits.max_http_connections or default_max_connections()
+        self.http = 0  # HTTP (or not yet classified) connections open
+        self.refused = 0
+        self.saturated_since: float | None = None
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for lst in self.listeners:
+            name = lst.socket.getsockname()
+            out.append((name[0], name[1]))
+        return out
+
+    def saturated_for(self) -> float:
+        if self.saturated_since is None:
+            return 0.0
+        return trio.current_time() - self.saturated_since
+
+    def status(self) -> dict[str, Any]:
+        return {"http_connections": self.http, "max_http_connections": self.max_http,
+                "refused_connections": self.refused,
+                "saturated_for_s": round(self.saturated_for(), 1)}  # fmt: skip
+
+    def _saturated(self, yes: bool) -> None:
+        if yes and self.saturated_since is None:
+            self.saturated_since = trio.current_time()
+            log.warning("connection limit reached (%d HTTP connections): refusing new ones",
+                        self.max_http)  # fmt: skip
+        elif not yes and self.saturated_since is not None:
+            log.warning("below the connection limit again after %.1f s", self.saturated_for())
+            self.saturated_since = None
+
+    async def serve(self, nursery: trio.Nursery) -> None:
+        """Accept until cancelled; connections are served in `nursery`."""
+        async with trio.open_nursery() as accepting:
+            for lst in self.listeners:
+                accepting.start_soon(self._accept_loop, lst, nursery)
+
+    async def close(self) -> None:
+        for lst in self.listeners:
+            await lst.aclose()
+
+    async def _accept_loop(self, lst: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await lst.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                    self._saturated(True)
+                    log.error("accept failed: %s; pausing 100 ms", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            if self.http >= self.max_http:
+                self._saturated(True)
+                self.refused += 1
+                nursery.start_soon(self._refuse, stream)
+                continue
+            self.http += 1
+            self._saturated(self.http >= self.max_http)
+            nursery.start_soon(self._handle, stream)
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        # Answer without reading anything: a definite 503, then close.
+        with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
+            await stream.send_all(_OVERLOADED_RESPONSE)
+        await trio.aclose_forcefully(stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        http = True
+        handed_over = False
+        try:
+            first = b""
+            with trio.move_on_after(self.limits.classify_timeout):
+                try:
+                    first = await stream.receive_some(1 << 16)
+                except (trio.BrokenResourceError, OSError):
+                    first = b""
+            if not first:
+                return
+            if first[0] == 0:  # the peer preamble starts with NUL; HTTP never does
+                http = False
+                self.http -= 1
+                handed_over = self._accept_peer(PrefixedStream(stream, first))
+                return
+            await self._serve_http(PrefixedStream(stream, first))
+        except Exception:  # one connection's failure never takes the server down
+            log.exception("error serving a connection")
+        finally:
+            if not handed_over:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+            if http:
+                self.http -= 1
+                if self.http < self.max_http:
+                    self._saturated(False)

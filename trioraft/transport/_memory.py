@@ -1,0 +1,252 @@
+"""An in-process network for tests: the `Transport` contract, with fault knobs.
+
+    net = MemoryNetwork(random.Random(seed))
+    transport = net.transport("n1", ["n2", "n3"])   # what RaftNode("n1") is given
+    net.partition({"n1"}, {"n2", "n3"}); net.heal()
+    net.drop_rate = 0.1; net.delay = 0.02
+
+Faults act per direction (src, dst), as on a real network: a blocked or
+unlucky message is lost (Raft resends); a delayed one arrives `delay`
+seconds later, in order. Relayed writes and snapshot chunks keep the stream
+transport's outcomes: not delivered -> `NoLeader` / `LinkError`; delivered
+and the answer lost (a partition meanwhile, the leader crashed, a timeout)
+-> `UnknownOutcome`. A node's transport is on the network only while its
+`run()` runs: a crashed node (its tasks cancelled) receives nothing, and the
+requests it was serving end with it.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import trio
+
+from trioraft.core import Message
+from trioraft.errors import NoLeader, UnknownOutcome
+from trioraft.transport._protocol import (
+    ChunkReader,
+    Inbound,
+    LinkError,
+    RelayAnswer,
+    SnapshotOffer,
+)
+
+__all__ = ["MemoryNetwork", "MemoryTransport"]
+
+SNAPSHOT_CHUNK = 256 << 10
+
+
+class MemoryNetwork:
+    """An in-process network between nodes, with fault knobs for tests."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.nodes: dict[str, MemoryTransport] = {}  # the running ones
+        self.blocked: set[tuple[str, str]] = set()
+        self.drop_rate = 0.0
+        self.delay = 0.0  # seconds added to each delivery
+        self.rng = rng or random.Random(0)
+        # A test's own rule: a Raft message for which it returns False is lost.
+        self.filter: Callable[[Message], bool] | None = None
+
+    def transport(self, member_id: str, peers: Iterable[str]) -> MemoryTransport:
+        return MemoryTransport(self, member_id, peers)
+
+    def partition(self, *groups: set[str]) -> None:
+        """Cut every link between different groups."""
+        self.blocked = {
+            (a, b) for g in groups for h in groups if g is not h for a in g for b in h
+        }
+
+    def isolate(self, node_id: str) -> None:
+        others = {n for t in self.nodes.values() for n in (t.id, *t.peers)} - {node_id}
+        self.partition({node_id}, others)
+
+    def heal(self) -> None:
+        self.blocked = set()
+
+    def reachable(self, src: str, dst: str) -> MemoryTransport | None:
+        """The transport of `dst` if a message from `src` gets there now."""
+        if (src, dst) in self.blocked:
+            return None
+        return self.nodes.get(dst)
+
+    def lost(self) -> bool:
+        return self.drop_rate > 0 and self.rng.random() < self.drop_rate
+
+
+class MemoryTransport:
+    def __init__(self, net: MemoryNetwork, member_id: str, peers: Iterable[str]) -> None:
+        self._net = net
+        self.id = member_id
+        self.peers: set[str] = set(peers) - {member_id}
+        self._inbound: Inbound | None = None
+        self._nursery: trio.Nursery | None = None
+        self.stopped = trio.Event()
+        # Delayed deliveries, in order, per destination.
+        self._delayed: dict[str, deque[tuple[float, Message]]] = {}
+        self._delay_wake: dict[str, trio.Event] = {}
+
+    # ================================================================ lifecycle
+    async def run(
+        self, inbound: Inbound, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._inbound = inbound
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._net.nodes[self.id] = self
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            if self._net.nodes.get(self.id) is self:
+                del self._net.nodes[self.id]
+            self._nursery = None
+            self.stopped.set()
+
+    def add_peer(self, member_id: str, url: str) -> None:
+        if member_id != self.id:
+            self.peers.add(member_id)
+
+    def remove_peer(self, member_id: str) -> None:
+        self.peers.discard(member_id)
+
+    def status(self) -> dict[str, Any]:
+        return {p: {"connected": self._net.reachable(self.id, p) is not None}
+                for p in sorted(self.peers)}  # fmt: skip
+
+    # ================================================================ messages
+    def _target(self, dst: str) -> MemoryTransport | None:
+        if dst not in self.peers or self._nursery is None:
+            return None
+        target = self._net.reachable(self.id, dst)
+        if target is None or self.id not in target.peers or target._inbound is None:
+            return None
+        return target
+
+    def send(self, msg: Message) -> None:
+        if self._target(msg.dst) is None or self._net.lost():
+            return
+        if self._net.filter is not None and not self._net.filter(msg):
+            return
+        if not self._net.delay:
+            self._deliver(msg)
+            return
+        due = trio.current_time() + self._net.delay
+        queue = self._delayed.setdefault(msg.dst, deque())
+        queue.append((due, msg))
+        if msg.dst not in self._delay_wake:
+            assert self._nursery is not None
+            self._delay_wake[msg.dst] = trio.Event()
+            self._nursery.start_soon(self._delay_task, msg.dst)
+        self._delay_wake[msg.dst].set()
+
+    def _deliver(self, msg: Message) -> None:
+        target = self._target(msg.dst)  # checked again on arrival (a partition meanwhile)
+        if target is not None and target._inbound is not None:
+            target._inbound.deliver(self.id, [msg])
+
+    async def _delay_task(self, dst: str) -> None:
+        queue = self._delayed[dst]
+        while True:
+            while not queue:
+                self._delay_wake[dst] = trio.Event()
+                await self._delay_wake[dst].wait()
+            due, msg = queue[0]
+            await trio.sleep_until(due)
+            queue.popleft()
+            self._deliver(msg)
+
+    # ================================================================ requests
+    async def _hop(self) -> None:
+        if self._net.delay:
+            await trio.sleep(self._net.delay)
+
+    async def _call(
+        self, target: MemoryTransport, fn: Callable[[Inbound], Awaitable[Any]], timeout: float
+    ) -> tuple[bool, Any]:
+        """Run fn in the target's tasks (it dies if the target crashes); (answered, value)."""
+        result: list[Any] = []
+        failure: list[BaseException] = []
+        done = trio.Event()
+
+        async def serve() -> None:
+            assert target._inbound is not None
+            try:
+                result.append(await fn(target._inbound))
+            except ValueError as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        if target._nursery is None:
+            return False, None
+        target._nursery.start_soon(serve)
+
+        async def wait_stop() -> None:
+            await target.stopped.wait()
+            nursery.cancel_scope.cancel()
+
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_stop)
+                await done.wait()
+                nursery.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+        return bool(result), result[0] if result else None
+
+    async def relay_writes(self, dst: str, datas: list[bytes], timeout: float) -> RelayAnswer:
+        target = self._target(dst)
+        if target is None or self._net.lost():
+            raise NoLeader(f"{dst} cannot be reached")
+        deadline = trio.current_time() + timeout
+        await self._hop()
+        target = self._target(dst)
+        if target is None:
+            raise NoLeader(f"{dst} cannot be reached")
+        # From here on the writes reached the leader: the outcome can only be
+        # unknown if the answer does not make it back.
+        answered, answer = await self._call(
+            target, lambda inbound: inbound.relayed_writes(self.id, datas, timeout),
+            max(0.0, deadline - trio.current_time()),
+        )
+        if answered:
+            await self._hop()
+        if not answered or self._net.reachable(dst, self.id) is None or self._net.lost():
+            raise UnknownOutcome(f"{dst} did not answer the relayed writes")
+        assert isinstance(answer, RelayAnswer)
+        return answer
+
+    async def send_snapshot(self, offer: SnapshotOffer, read_chunk: ChunkReader) -> None:
+        dst = offer.msg.dst
+        offset, crc = 0, 0
+        while True:
+            n = min(SNAPSHOT_CHUNK, offer.size - offset)
+            data = await read_chunk(offset, n) if n else b""
+            if len(data) != n:
+                raise LinkError(f"snapshot data ended at {offset + len(data)} of {offer.size}")
+            crc = zlib.crc32(data, crc)
+            last = offset + n >= offer.size
+            target = self._target(dst)
+            if target is None or self._net.lost():
+                raise LinkError(f"{self.id} -> {dst}: unreachable")
+            await self._hop()
+
+            def chunk(inbound: Inbound, offset: int = offset, data: bytes = data,
+                      last: bool = last, crc: int = crc) -> Awaitable[None]:  # fmt: skip
+                return inbound.snapshot_chunk(self.id, offer, offset, data, last,
+                                              crc if last else 0)  # fmt: skip
+
+            try:
+                answered, _ = await self._call(target, chunk, 60.0)
+            except ValueError as exc:
+                raise LinkError(f"{dst} refused the snapshot: {exc}") from None
+            if not answered:
+                raise LinkError(f"{self.id} -> {dst}: the transfer broke off")
+            offset += n
+            if last:
+                return
