@@ -309,6 +309,8 @@ async def test_auth_is_checked_before_a_body_is_read(guarded: Cluster) -> None:
 
 
 async def test_a_client_token_is_no_peer_credential(guarded: Cluster) -> None:
-    r = await guarded.client.post(f"{guarded.leader_url}/raft/messages", content=b"\x90",
-                                  headers=bearer(WRITE))
-    assert r.status_code == 401
+    vote = {"term": 99, "candidateId": "x", "lastLogIndex": 0, "lastLogTerm": 0}
+    for route in ("/raft/request-vote", "/raft/append-entries"):
+        r = await guarded.client.post(f"{guarded.leader_url}{route}", json=vote,
+                                      headers=bearer(WRITE))
+        assert r.status_code == 401, route
