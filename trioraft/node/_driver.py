@@ -10,6 +10,19 @@ Ready order (a correctness rule, see docs/architecture.md): persist hard state
 and entries -> send -> apply -> advance. Only a leader's AppendEntries for a
 term already on disk may go out before the fsync (`early_messages`).
 
+Snapshots and storage (docs/storage.md, "How the runtime calls storage"):
+
+- start-up: `load()`, `load_snapshot()` (the state machine restored from
+  it), and the core rebuilt from the hard state, the newest snapshot, the
+  stored *compaction point* and the entries after it (the catch-up tail
+  survives a restart);
+- a snapshot from the leader reaches the core only as an `OfferedSnapshot`
+  (staged, checked whole and decoded by `_snapshot_recv`); an InstallSnapshot
+  arriving as a plain message is dropped (it has no data here). If the next
+  Ready carries it: `install_transfer(t, keep)`, swap the restored state
+  machine in, then that Ready's `save()`. If the core declined it:
+  `discard_transfer(t)`.
+
 All of the runtime's use of the core is in this module.
 """
 
@@ -18,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +40,7 @@ import trio
 
 from trioraft.config import NodeConfig
 from trioraft.core import (
+    AppendEntries,
     CoreConfig,
     EntryKind,
     InstallSnapshot,
@@ -36,24 +51,31 @@ from trioraft.core import (
     RaftError,
     Ready,
     Role,
+    SnapshotMeta,
 )
 from trioraft.errors import NoLeader
 from trioraft.kv import KVStateMachine, Result
+from trioraft.logs import event
+from trioraft.metrics import NodeMetrics
 from trioraft.node._offload import Offload
 from trioraft.node._reads import Read, Reads
 from trioraft.node._replies import PendingWrites, Proposal
 from trioraft.node._rpc import Rpc, RpcBridge
-from trioraft.node._snapshot_recv import SnapshotReceiver
+from trioraft.node._snapshot_recv import OfferedSnapshot, restore
 from trioraft.node._snapshot_send import SnapshotSender
 from trioraft.node._snapshotter import Snapshotter
 from trioraft.storage import Storage
 from trioraft.transport import Transport
 
-__all__ = ["INBOX_SIZE", "Call", "Driver", "Incoming"]
+__all__ = ["INBOX_SIZE", "SLOW_FSYNC_S", "Call", "Driver", "Incoming"]
 
 log = logging.getLogger("trioraft.node")
 
 INBOX_SIZE = 10_000
+# A storage write (one Ready, one fsync) slower than this is logged (at most
+# once per SLOW_LOG_EVERY_S): a disk this slow delays every acknowledgement.
+SLOW_FSYNC_S = 0.1
+SLOW_LOG_EVERY_S = 10.0
 
 
 @dataclass(eq=False)
@@ -84,7 +106,7 @@ class Driver:
         stats: dict[str, Any],
         snapshotter: Snapshotter,
         snapshot_sender: SnapshotSender,
-        snapshot_receiver: SnapshotReceiver,
+        metrics: NodeMetrics,
         core_options: dict[str, Any] | None = None,
     ) -> None:
         self.id = config.id
@@ -102,7 +124,7 @@ class Driver:
         )
         self._transport = transport
         self._snapshot_sender = snapshot_sender
-        self._snapshot_receiver = snapshot_receiver
+        self._metrics = metrics
         self._rpc = rpc
         self._reads = reads
         self._stats = stats
@@ -113,6 +135,14 @@ class Driver:
         self.inbox_send, self._inbox = trio.open_memory_channel[Any](INBOX_SIZE)
         self.leader_changed = trio.Event()
         self._last_leader: str | None = None
+        self._last_role = Role.FOLLOWER
+        # Snapshots from the leader stepped into the core, until the Ready
+        # that installs them (or the end of that turn: the core declined).
+        self._offered: list[OfferedSnapshot] = []
+        self._read_round = (0, 0)  # (term, read_seq) of the last ReadIndex round seen
+        self._turn = 0  # one per turn of the loop (reads: see _reads)
+        self._slow_fsyncs = 0  # since the last slow_fsync line
+        self._slow_logged_at = -SLOW_LOG_EVERY_S
 
     @property
     def c(self) -> RaftCore:
@@ -124,10 +154,10 @@ class Driver:
         state = await self._offload.disk(self._storage.load)
         snap = await self._offload.disk(self._storage.load_snapshot)
         if snap is not None:
-            _, data = snap
-            kv = KVStateMachine()
-            await self._offload.cpu(kv.restore, data)
-            self.kv = kv
+            self.kv = await restore(self._offload, snap[1])
+        compacted = state.compacted
+        # The stored compaction point, not the snapshot's: the entries between
+        # them are the catch-up tail, kept across restarts.
         self.core = RaftCore(
             self._core_config,
             self._rng,
@@ -135,18 +165,19 @@ class Driver:
             snapshot=state.snapshot,
             entries=state.entries,
             now=trio.current_time(),
+            compacted=(compacted.index, compacted.term),
         )
-        log.info(
-            "node=%s recovered term=%d snapshot=%d entries=%d commit=%d", self.id,
-            state.hard_state.term, state.snapshot.index, len(state.entries),
-            state.hard_state.commit,
-        )
+        self._last_role = self.core.role
+        event(log, "recovered", term=state.hard_state.term, commit=state.hard_state.commit,
+              snapshot=state.snapshot.index, compacted=compacted.index,
+              last_index=self.core.log.last_index(), keys=len(self.kv))  # fmt: skip
 
     # ================================================================= loop
     async def run(self) -> None:
         core = self.c
         await self._process_ready()
         while True:
+            self._turn += 1
             with trio.move_on_at(core.deadline):
                 item = await self._inbox.receive()
                 proposals: list[Proposal] = []
@@ -164,12 +195,24 @@ class Driver:
             if now >= core.deadline:
                 core.handle_timeout(now)
             await self._process_ready()
-            if core.leader_id != self._last_leader:
-                self._last_leader = core.leader_id
-                log.info("node=%s term=%d leader=%s role=%s", self.id, core.term,
-                         core.leader_id, core.role.value)
-                self.leader_changed.set()
-                self.leader_changed = trio.Event()
+            self._note_changes(core)
+
+    def _note_changes(self, core: RaftCore) -> None:
+        """Role and leader changes: wake waiters, log them, tell the metrics."""
+        role, leader = core.role, core.leader_id
+        if role is self._last_role and leader == self._last_leader:
+            return
+        if role is not self._last_role:
+            event(log, "role_changed", role=role.value, previous=self._last_role.value,
+                  term=core.term)  # fmt: skip
+            self._last_role = role
+        if leader != self._last_leader:
+            event(log, "leader_changed", leader=leader, previous=self._last_leader,
+                  term=core.term, role=role.value)  # fmt: skip
+            self._last_leader = leader
+            self.leader_changed.set()
+            self.leader_changed = trio.Event()
+        self._metrics.observe_leader_change(core.term, role.value, leader)
 
     def _handle(self, item: object, proposals: list[Proposal]) -> None:
         core = self.c
@@ -177,19 +220,27 @@ class Driver:
         match item:
             case Incoming(msgs=msgs):
                 for m in msgs:
-                    core.step(m, now)
+                    # A snapshot reaches the core only with its data, staged,
+                    # checked and decoded (OfferedSnapshot): one arriving as a
+                    # plain message has nothing here to install.
+                    if not isinstance(m, InstallSnapshot):
+                        core.step(m, now)
+            case OfferedSnapshot(msg=msg):
+                core.step(msg, now)
+                self._offered.append(item)
             case Proposal():
                 if not item.abandoned:
                     proposals.append(item)
             case Read():
                 try:
                     core.read_index(item.ctx)
-                    self._reads.started(item)
+                    self._reads.started(item, core.term, core.leader_id, self._turn)
                 except NotLeader:
                     item.slot.settle(error=NoLeader("no leader is known"))
             case Rpc():
                 self._rpc.stepped(item)
-                core.step(item.msg, now)
+                if not isinstance(item.msg, InstallSnapshot):
+                    core.step(item.msg, now)
             case Call(fn=fn):
                 fn()
 
@@ -205,6 +256,7 @@ class Driver:
             return
         self._stats["proposals"] += len(datas)
         self._stats["batches"] += 1
+        self._metrics.observe_batch(len(datas))
         self.pending.appended(proposals, first, term)
 
     async def _process_ready(self) -> None:
@@ -221,26 +273,73 @@ class Driver:
             core.advance(rd)
             self._reads.wake_applied(self.kv.applied_index)
             self._snapshotter.maybe_snapshot(core, self.kv)
+        if self._offered:
+            await self._discard_offered()
 
+    # ---------------------------------------------------- persisting a Ready
     async def _persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
-            data = await self._snapshot_receiver.install(rd.snapshot, rd.snapshot_keep_entries)
-            kv = KVStateMachine()
-            await self._offload.cpu(kv.restore, data)
-            self.kv = kv
-            self._stats["snapshots_installed"] = self._stats.get("snapshots_installed", 0) + 1
-            log.info("node=%s installed snapshot index=%d", self.id, rd.snapshot.index)
+            # Install first: entries after the snapshot that the core kept may
+            # come with this very Ready's save() (docs/storage.md).
+            await self._install(rd.snapshot, rd.snapshot_keep_entries)
         if rd.hard_state is not None or rd.entries:
+            t0 = time.perf_counter()
             await self._offload.disk(self._storage.save, rd.hard_state, rd.entries)
+            took = time.perf_counter() - t0
             self._stats["fsyncs"] += 1
+            self._metrics.observe_fsync(took)
+            if took >= SLOW_FSYNC_S:
+                self._slow_fsync(took, len(rd.entries))
 
+    def _slow_fsync(self, took: float, entries: int) -> None:
+        self._slow_fsyncs += 1
+        now = time.monotonic()
+        if now - self._slow_logged_at >= SLOW_LOG_EVERY_S:
+            event(log, "slow_fsync", logging.WARNING, ms=round(took * 1000, 1), entries=entries,
+                  slow_since_last=self._slow_fsyncs)  # fmt: skip
+            self._slow_logged_at, self._slow_fsyncs = now, 0
+
+    async def _install(self, meta: SnapshotMeta, keep_entries_after: bool) -> None:
+        """The core took a snapshot from the leader: make it the node's, durably."""
+        offered = next((o for o in self._offered if o.msg.meta == meta), None)
+        if offered is None:
+            # Only an OfferedSnapshot carries an InstallSnapshot into the core.
+            raise RuntimeError(f"the core installs snapshot {meta.index} that was never offered")
+        self._offered.remove(offered)
+        # ValueError here would be a runtime bug (the transfer is finished and
+        # newer than anything stored): it stops the node.
+        await self._offload.disk(self._storage.install_transfer, offered.transfer,
+                                 keep_entries_after)  # fmt: skip
+        self.kv = offered.kv  # restored from exactly the bytes just installed
+        self._stats["snapshots_installed"] = self._stats.get("snapshots_installed", 0) + 1
+        event(log, "snapshot_installed", index=meta.index, term=meta.term, source=offered.src,
+              bytes=offered.transfer.size, keys=len(self.kv))  # fmt: skip
+
+    async def _discard_offered(self) -> None:
+        """Snapshots stepped this turn that the core declined: drop their staging."""
+        declined, self._offered = self._offered, []
+        for o in declined:
+            await self._offload.disk(self._storage.discard_transfer, o.transfer)
+
+    # ---------------------------------------------------- sending
     def _route(self, m: Message) -> None:
         if self._rpc.take_answer(m):
             return
         if isinstance(m, InstallSnapshot):
             self._snapshot_sender.start(m)  # the data follows in chunks, off this task
-        else:
-            self._transport.send(m)  # never blocks; a full or missing stream drops it
+            return
+        if isinstance(m, AppendEntries) and m.read_seq:
+            self._note_read_round(m.term, m.read_seq)
+        self._transport.send(m)  # never blocks; a full or missing stream drops it
+
+    def _note_read_round(self, term: int, seq: int) -> None:
+        """A leader's message naming ReadIndex round `seq`: count each new round once."""
+        last_term, last_seq = self._read_round
+        if term != last_term:
+            last_seq = 0  # read rounds restart with each term's leadership
+        for _ in range(seq - last_seq):
+            self._metrics.observe_read_index()
+        self._read_round = (term, max(seq, last_seq))
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
         """A transfer to `peer` failed (the core retries later) or sent its last
@@ -248,6 +347,8 @@ class Driver:
         self.c.report_snapshot(peer, ok)
 
     def _apply(self, rd: Ready) -> None:
+        t0 = time.perf_counter()
+        applied = 0
         for e in rd.committed:
             if e.index <= self.kv.applied_index:
                 continue  # already covered by an installed snapshot
@@ -258,7 +359,11 @@ class Driver:
             else:
                 self.kv.apply_noop(e.index)
             self.pending.applied(e, result)
-        self._reads.answered(rd.read_states)
+            applied += 1
+        if applied:
+            self._metrics.observe_apply(time.perf_counter() - t0, applied)
+        c = self.c
+        self._reads.answered(rd.read_states, c.term, c.leader_id, self._turn)
 
     # ====================================================== other calls into the core
     # (from other tasks: only reads of plain attributes, or functions posted

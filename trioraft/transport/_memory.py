@@ -24,7 +24,6 @@ end with it.
 from __future__ import annotations
 
 import random
-import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -278,13 +277,12 @@ class MemoryTransport:
 
     async def send_snapshot(self, offer: SnapshotOffer, read_chunk: ChunkReader) -> None:
         dst = offer.msg.dst
-        offset, crc = 0, 0
+        offset = 0
         while True:
             n = min(SNAPSHOT_CHUNK, offer.size - offset)
             data = await read_chunk(offset, n) if n else b""
             if len(data) != n:
                 raise LinkError(f"snapshot data ended at {offset + len(data)} of {offer.size}")
-            crc = zlib.crc32(data, crc)
             last = offset + n >= offer.size
             target = self._target(dst)
             if target is None or self._net.lost():
@@ -292,9 +290,8 @@ class MemoryTransport:
             await self._hop(dst, 64 + len(data))
 
             def chunk(inbound: Inbound, offset: int = offset, data: bytes = data,
-                      last: bool = last, crc: int = crc) -> Awaitable[None]:  # fmt: skip
-                return inbound.snapshot_chunk(self.id, offer, offset, data, last,
-                                              crc if last else 0)  # fmt: skip
+                      last: bool = last) -> Awaitable[None]:  # fmt: skip
+                return inbound.snapshot_chunk(self.id, offer, offset, data, last)
 
             try:
                 answered, _ = await self._call(target, chunk, 60.0)
