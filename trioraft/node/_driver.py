@@ -40,7 +40,6 @@ import trio
 
 from trioraft.config import NodeConfig
 from trioraft.core import (
-    AppendEntries,
     CoreConfig,
     EntryKind,
     InstallSnapshot,
@@ -57,6 +56,7 @@ from trioraft.errors import NoLeader
 from trioraft.kv import KVStateMachine, Result
 from trioraft.logs import event
 from trioraft.metrics import NodeMetrics
+from trioraft.node._observer import Observer
 from trioraft.node._offload import Offload
 from trioraft.node._reads import Read, Reads
 from trioraft.node._replies import PendingWrites, Proposal
@@ -67,15 +67,11 @@ from trioraft.node._snapshotter import Snapshotter
 from trioraft.storage import Storage
 from trioraft.transport import Transport
 
-__all__ = ["INBOX_SIZE", "SLOW_FSYNC_S", "Call", "Driver", "Incoming"]
+__all__ = ["INBOX_SIZE", "Call", "Driver", "Incoming"]
 
 log = logging.getLogger("trioraft.node")
 
 INBOX_SIZE = 10_000
-# A storage write (one Ready, one fsync) slower than this is logged (at most
-# once per SLOW_LOG_EVERY_S): a disk this slow delays every acknowledgement.
-SLOW_FSYNC_S = 0.1
-SLOW_LOG_EVERY_S = 10.0
 
 
 @dataclass(eq=False)
@@ -124,7 +120,7 @@ class Driver:
         )
         self._transport = transport
         self._snapshot_sender = snapshot_sender
-        self._metrics = metrics
+        self._observe = Observer(metrics)  # metrics hooks and log events
         self._rpc = rpc
         self._reads = reads
         self._stats = stats
@@ -134,15 +130,10 @@ class Driver:
         self.pending = PendingWrites()
         self.inbox_send, self._inbox = trio.open_memory_channel[Any](INBOX_SIZE)
         self.leader_changed = trio.Event()
-        self._last_leader: str | None = None
-        self._last_role = Role.FOLLOWER
         # Snapshots from the leader stepped into the core, until the Ready
         # that installs them (or the end of that turn: the core declined).
         self._offered: list[OfferedSnapshot] = []
-        self._read_round = (0, 0)  # (term, read_seq) of the last ReadIndex round seen
         self._turn = 0  # one per turn of the loop (reads: see _reads)
-        self._slow_fsyncs = 0  # since the last slow_fsync line
-        self._slow_logged_at = -SLOW_LOG_EVERY_S
 
     @property
     def c(self) -> RaftCore:
@@ -167,7 +158,7 @@ class Driver:
             now=trio.current_time(),
             compacted=(compacted.index, compacted.term),
         )
-        self._last_role = self.core.role
+        self._observe.role = self.core.role
         event(log, "recovered", term=state.hard_state.term, commit=state.hard_state.commit,
               snapshot=state.snapshot.index, compacted=compacted.index,
               last_index=self.core.log.last_index(), keys=len(self.kv))  # fmt: skip
@@ -195,24 +186,9 @@ class Driver:
             if now >= core.deadline:
                 core.handle_timeout(now)
             await self._process_ready()
-            self._note_changes(core)
-
-    def _note_changes(self, core: RaftCore) -> None:
-        """Role and leader changes: wake waiters, log them, tell the metrics."""
-        role, leader = core.role, core.leader_id
-        if role is self._last_role and leader == self._last_leader:
-            return
-        if role is not self._last_role:
-            event(log, "role_changed", role=role.value, previous=self._last_role.value,
-                  term=core.term)  # fmt: skip
-            self._last_role = role
-        if leader != self._last_leader:
-            event(log, "leader_changed", leader=leader, previous=self._last_leader,
-                  term=core.term, role=role.value)  # fmt: skip
-            self._last_leader = leader
-            self.leader_changed.set()
-            self.leader_changed = trio.Event()
-        self._metrics.observe_leader_change(core.term, role.value, leader)
+            if self._observe.changes(core.term, core.role, core.leader_id):
+                self.leader_changed.set()
+                self.leader_changed = trio.Event()
 
     def _handle(self, item: object, proposals: list[Proposal]) -> None:
         core = self.c
@@ -256,7 +232,7 @@ class Driver:
             return
         self._stats["proposals"] += len(datas)
         self._stats["batches"] += 1
-        self._metrics.observe_batch(len(datas))
+        self._observe.proposed(len(datas))
         self.pending.appended(proposals, first, term)
 
     async def _process_ready(self) -> None:
@@ -285,19 +261,8 @@ class Driver:
         if rd.hard_state is not None or rd.entries:
             t0 = time.perf_counter()
             await self._offload.disk(self._storage.save, rd.hard_state, rd.entries)
-            took = time.perf_counter() - t0
             self._stats["fsyncs"] += 1
-            self._metrics.observe_fsync(took)
-            if took >= SLOW_FSYNC_S:
-                self._slow_fsync(took, len(rd.entries))
-
-    def _slow_fsync(self, took: float, entries: int) -> None:
-        self._slow_fsyncs += 1
-        now = time.monotonic()
-        if now - self._slow_logged_at >= SLOW_LOG_EVERY_S:
-            event(log, "slow_fsync", logging.WARNING, ms=round(took * 1000, 1), entries=entries,
-                  slow_since_last=self._slow_fsyncs)  # fmt: skip
-            self._slow_logged_at, self._slow_fsyncs = now, 0
+            self._observe.persisted(time.perf_counter() - t0, len(rd.entries))
 
     async def _install(self, meta: SnapshotMeta, keep_entries_after: bool) -> None:
         """The core took a snapshot from the leader: make it the node's, durably."""
@@ -328,18 +293,8 @@ class Driver:
         if isinstance(m, InstallSnapshot):
             self._snapshot_sender.start(m)  # the data follows in chunks, off this task
             return
-        if isinstance(m, AppendEntries) and m.read_seq:
-            self._note_read_round(m.term, m.read_seq)
+        self._observe.sending(m)  # (a new ReadIndex round is counted)
         self._transport.send(m)  # never blocks; a full or missing stream drops it
-
-    def _note_read_round(self, term: int, seq: int) -> None:
-        """A leader's message naming ReadIndex round `seq`: count each new round once."""
-        last_term, last_seq = self._read_round
-        if term != last_term:
-            last_seq = 0  # read rounds restart with each term's leadership
-        for _ in range(seq - last_seq):
-            self._metrics.observe_read_index()
-        self._read_round = (term, max(seq, last_seq))
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
         """A transfer to `peer` failed (the core retries later) or sent its last
@@ -361,7 +316,7 @@ class Driver:
             self.pending.applied(e, result)
             applied += 1
         if applied:
-            self._metrics.observe_apply(time.perf_counter() - t0, applied)
+            self._observe.applied(time.perf_counter() - t0, applied)
         c = self.c
         self._reads.answered(rd.read_states, c.term, c.leader_id, self._turn)
 

@@ -18,6 +18,7 @@ The roles, one module each:
     _snapshotter     taking local snapshots without stalling the loop
     _rpc             the course routes' synchronous bridge into the core
     _looplag         the loop-lag monitor
+    _observer        the driver's metrics hooks and log events
     _offload         disk and CPU work off the event loop
 """
 
