@@ -125,10 +125,10 @@ class SnapshotSender:
                 if ok:
                     self._sent(msg, moved, trio.current_time() - t0)
                 else:
-                    self._failed(msg, moved, error)
+                    n = self._failures[peer] = self._failures.get(peer, 0) + 1
+                    self._failed(msg, moved, error, n)
                     # Back off before the core may ask again (it keeps the
                     # follower paused until we report).
-                    n = self._failures[peer] = self._failures.get(peer, 0) + 1
                     await trio.sleep(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (n - 1)))
         finally:
             if self._active.get(peer, (None, None))[1] is scope:
@@ -146,8 +146,11 @@ class SnapshotSender:
         event(log, "snapshot_sent", peer=msg.dst, index=msg.meta.index, term=msg.meta.term,
               bytes=nbytes, seconds=round(seconds, 3))  # fmt: skip
 
-    def _failed(self, msg: InstallSnapshot, nbytes: int, error: str) -> None:
+    def _failed(self, msg: InstallSnapshot, nbytes: int, error: str, attempt: int) -> None:
         self.stats["failed"] += 1
         self._metrics.observe_snapshot_transfer("sent", msg.dst, nbytes, False)
-        event(log, "snapshot_send_failed", peer=msg.dst, index=msg.meta.index,
-              term=msg.meta.term, bytes=nbytes, error=error)  # fmt: skip
+        if attempt & (attempt - 1) == 0:
+            # Failures in a row (a follower that stays down) are logged at
+            # attempts 1, 2, 4, 8, ...: not a line every backoff period.
+            event(log, "snapshot_send_failed", peer=msg.dst, index=msg.meta.index,
+                  term=msg.meta.term, bytes=nbytes, error=error, attempt=attempt)  # fmt: skip
