@@ -56,8 +56,10 @@ class Rig:
         async def report(peer: str, ok: bool) -> None:
             self.reports.append((peer, ok, trio.current_time()))
 
-        self.sender = SnapshotSender("a", self.storage, Offload(inline=True), self.transport,  # type: ignore[arg-type]
-                                     report, NodeMetrics(self._node))  # type: ignore[arg-type]
+        metrics = NodeMetrics(self._node)  # type: ignore[arg-type]
+        transport: Any = self.transport
+        self.sender = SnapshotSender("a", self.storage, Offload(inline=True), transport, report,
+                                     metrics)  # fmt: skip
 
 
 def msg(meta: SnapshotMeta = META) -> InstallSnapshot:
