@@ -22,8 +22,8 @@ escapes by itself.
 Event names the runtime uses (docs/operations.md "Logs" lists them all):
 ``node_started``, ``node_stopped``, ``recovered``, ``role_changed``,
 ``leader_changed``, ``snapshot_taken``, ``snapshot_installed``,
-``snapshot_sent``, ``membership_changed``, ``slow_fsync``, ``loop_lag``,
-``peer_up``, ``peer_down``.
+``snapshot_sent``, ``snapshot_send_failed``, ``membership_changed``,
+``slow_fsync``, ``loop_lag``, ``peer_up``, ``peer_down``.
 """
 
 from __future__ import annotations

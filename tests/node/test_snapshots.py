@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -24,16 +24,20 @@ async def test_snapshots_compact_the_log(autojump_clock: trio.testing.MockClock)
         for i in range(100):
             await put(leader, f"k{i % 10}", str(i))
         await cluster.wait_converged()
+        await trio.sleep(0.1)  # the last snapshot's storage compaction follows the core's
         for n in cluster.running():
             status = n.status()
             assert status["snapshot_index"] >= 100 - 2 * SNAPSHOT_ENTRIES
             assert n.stats["snapshots"] >= 100 // SNAPSHOT_ENTRIES - 1
             # Compaction: only the entries after the snapshot, and a catch-up
-            # tail of CATCHUP entries before it, are kept in memory.
+            # tail of CATCHUP entries before it, are kept in memory ...
             assert n._c.log.first_index() == status["snapshot_index"] + 1 - CATCHUP
+            # ... and in storage, which compacts to the point the core names.
             stored = cluster.storages[n.id].load()
-            assert stored.snapshot.index > 0
-            assert len(stored.entries) <= status["last_log_index"] - stored.snapshot.index
+            assert stored.snapshot.index == status["snapshot_index"]
+            assert stored.compacted.index == n._c.log.first_index() - 1
+            assert [e.index for e in stored.entries] == list(
+                range(stored.compacted.index + 1, status["last_log_index"] + 1))
 
 
 async def test_a_follower_wiped_under_its_old_id_never_moves_the_leaders_match_back(
@@ -98,20 +102,20 @@ async def test_a_local_snapshot_overtaken_by_an_installed_one_is_dropped(
     refused the older snapshot and the ValueError stopped the node."""
     gate = threading.Event()
     slow_ids: set[int] = set()
-    original = KVStateMachine.snapshot_later
+    original = KVStateMachine.snapshot_chunks
 
-    def snapshot_later(self: KVStateMachine) -> Callable[[], bytes]:
-        encode = original(self)
+    def snapshot_chunks(self: KVStateMachine) -> Iterator[bytes]:
+        chunks = original(self)
         if id(self) not in slow_ids:
-            return encode
+            return chunks
 
-        def slow() -> bytes:  # the follower's encode waits for the gate
+        def slow() -> Iterator[bytes]:  # the follower's encode waits for the gate
             gate.wait(20)
-            return encode()
+            yield from chunks
 
-        return slow
+        return slow()
 
-    monkeypatch.setattr(KVStateMachine, "snapshot_later", snapshot_later)
+    monkeypatch.setattr(KVStateMachine, "snapshot_chunks", snapshot_chunks)
     async with open_cluster(
         3, seed=5, snapshot_entries=20, snapshot_catchup_entries=CATCHUP, run_disk_inline=False
     ) as cluster:

@@ -23,17 +23,18 @@ def entries(first: int, last: int, term: int = 1) -> list[Entry]:
 META = SnapshotMeta(index=6, term=1, config=Configuration.of_voters({"a", "b", "c"}))
 
 
-def stage(s: Storage, meta: SnapshotMeta, data: bytes, chunk: int = 3) -> None:
-    for off in range(0, len(data), chunk):
-        assert s.write_incoming_chunk(meta, off, data[off : off + chunk]) == min(
-            off + chunk, len(data)
-        )
+def install(s: Storage, meta: SnapshotMeta, data: bytes, keep_entries_after: bool) -> None:
+    """Receive `data` as a transfer from the leader and install it."""
+    t = SnapshotTransfer(meta, len(data), zlib.crc32(data))
+    for off in range(0, max(len(data), 1), 3):
+        assert s.stage_chunk(t, off, data[off : off + 3]) == min(off + 3, len(data))
+    assert s.finish_transfer(t) == data
+    s.install_transfer(t, keep_entries_after)
 
 
 def test_fresh_storage_is_empty(storage: Storage) -> None:
     assert storage.load() == PersistedState()
     assert storage.load_snapshot() is None
-    assert storage.snapshot_size() == 0
 
 
 def test_save_then_load_round_trips(storage: Storage) -> None:
@@ -94,15 +95,24 @@ def test_load_returns_copies(storage: Storage) -> None:
     assert storage.load().entries == entries(1, 3)
 
 
-def test_snapshot_compacts_the_log(storage: Storage) -> None:
+def test_snapshot_keeps_the_log_unless_told_to_compact(storage: Storage) -> None:
     storage.save(HardState(term=1, commit=8), entries(1, 10))
-    storage.save_snapshot(META, b"state-at-6")
+    storage.save_snapshot(META, b"state-at-6")  # compaction is its own step
     state = storage.load()
-    assert state.snapshot == META
-    assert state.entries == entries(7, 10)
+    assert (state.snapshot, state.compacted, state.entries) == (META, LogPosition(), entries(1, 10))
     assert state.hard_state.commit == 8
     assert storage.load_snapshot() == (META, b"state-at-6")
-    assert storage.snapshot_size() == len(b"state-at-6")
+    storage.save_snapshot(SnapshotMeta(index=8, term=1), b"state-at-8", compact_to=8)
+    state = storage.load()
+    assert (state.compacted, state.entries) == (LogPosition(8, 1), entries(9, 10))
+
+
+def test_snapshot_data_may_come_in_pieces(storage: Storage) -> None:
+    storage.save(None, entries(1, 10))
+    storage.save_snapshot(META, [b"state", b"-at", b"", b"-6"])
+    assert storage.load_snapshot() == (META, b"state-at-6")
+    with storage.open_snapshot_reader(META) as reader:
+        assert reader.checksum == zlib.crc32(b"state-at-6")
 
 
 def test_snapshot_past_the_log_empties_it(storage: Storage) -> None:
@@ -134,96 +144,7 @@ def test_newer_snapshot_replaces_the_older(storage: Storage) -> None:
     newer = SnapshotMeta(index=9, term=1, config=Configuration.of_voters({"a"}))
     storage.save_snapshot(newer, b"nine")
     assert storage.load_snapshot() == (newer, b"nine")
-    assert storage.load().entries == entries(10, 10)
-
-
-def test_snapshot_reads_back_in_chunks(storage: Storage) -> None:
-    data = bytes(range(256)) * 40
-    storage.save(None, entries(1, 6))
-    storage.save_snapshot(META, data)
-    chunks = []
-    offset = 0
-    while chunk := storage.read_snapshot_chunk(META, offset, 1000):
-        assert len(chunk) <= 1000
-        chunks.append(chunk)
-        offset += len(chunk)
-    assert b"".join(chunks) == data
-    assert storage.read_snapshot_chunk(META, len(data) + 5, 10) == b""
-
-
-def test_reading_a_superseded_snapshot_raises_key_error(storage: Storage) -> None:
-    with pytest.raises(KeyError):
-        storage.read_snapshot_chunk(META, 0, 10)
-    storage.save(None, entries(1, 10))
-    storage.save_snapshot(META, b"six")
-    storage.save_snapshot(SnapshotMeta(index=8, term=1), b"eight")
-    with pytest.raises(KeyError):
-        storage.read_snapshot_chunk(META, 0, 10)
-
-
-def test_install_incoming_replaces_the_log(storage: Storage) -> None:
-    storage.save(HardState(term=2), entries(1, 4))
-    data = b"snapshot from the leader" * 10
-    stage(storage, META, data)
-    assert storage.install_incoming(META, keep_entries_after=False) == data
-    state = storage.load()
-    assert state.snapshot == META
-    assert state.entries == []
-    assert storage.load_snapshot() == (META, data)
-    storage.save(None, entries(7, 8, term=2))
-    assert storage.load().entries == entries(7, 8, term=2)
-
-
-def test_install_incoming_can_keep_the_entries_after(storage: Storage) -> None:
-    storage.save(None, entries(1, 9))
-    stage(storage, META, b"abcdefgh")
-    assert storage.install_incoming(META, keep_entries_after=True) == b"abcdefgh"
-    assert storage.load().entries == entries(7, 9)
-
-
-def test_chunk_at_offset_zero_restarts_the_transfer(storage: Storage) -> None:
-    assert storage.write_incoming_chunk(META, 0, b"stale") == 5
-    assert storage.write_incoming_chunk(META, 5, b"-more") == 10
-    assert storage.write_incoming_chunk(META, 0, b"fresh") == 5
-    assert storage.write_incoming_chunk(META, 5, b"!") == 6
-    assert storage.install_incoming(META, keep_entries_after=False) == b"fresh!"
-
-
-def test_new_transfer_replaces_an_unfinished_one(storage: Storage) -> None:
-    other = SnapshotMeta(index=9, term=2, config=Configuration.of_voters({"a"}))
-    storage.write_incoming_chunk(META, 0, b"old transfer")
-    storage.write_incoming_chunk(other, 0, b"new")
-    with pytest.raises(ValueError, match="no staged"):
-        storage.install_incoming(META, keep_entries_after=False)
-    assert storage.install_incoming(other, keep_entries_after=False) == b"new"
-
-
-def test_out_of_order_chunk_is_refused(storage: Storage) -> None:
-    storage.write_incoming_chunk(META, 0, b"12345")
-    with pytest.raises(ValueError, match="out-of-order"):
-        storage.write_incoming_chunk(META, 7, b"x")
-    with pytest.raises(ValueError, match="out-of-order"):
-        storage.write_incoming_chunk(META, 3, b"x")
-    assert storage.write_incoming_chunk(META, 5, b"6") == 6
-
-
-def test_chunk_without_a_started_transfer_is_refused(storage: Storage) -> None:
-    with pytest.raises(ValueError, match="not started"):
-        storage.write_incoming_chunk(META, 10, b"x")
-    storage.write_incoming_chunk(META, 0, b"x")
-    with pytest.raises(ValueError, match="not started"):
-        storage.write_incoming_chunk(SnapshotMeta(index=7, term=1), 1, b"x")
-
-
-def test_install_without_staging_is_refused(storage: Storage) -> None:
-    with pytest.raises(ValueError, match="no staged"):
-        storage.install_incoming(META, keep_entries_after=False)
-
-
-def test_empty_incoming_snapshot_installs(storage: Storage) -> None:
-    assert storage.write_incoming_chunk(META, 0, b"") == 0
-    assert storage.install_incoming(META, keep_entries_after=False) == b""
-    assert storage.load_snapshot() == (META, b"")
+    assert storage.load().entries == entries(1, 10)
 
 
 def test_closed_storage_refuses_work(storage: Storage) -> None:
@@ -315,8 +236,7 @@ def test_snapshot_disagreeing_with_the_log_is_refused(storage: Storage) -> None:
 def test_install_compacts_to_the_snapshot(storage: Storage) -> None:
     storage.save(None, entries(1, 10))
     storage.save_snapshot(SnapshotMeta(index=3, term=1), b"3", compact_to=0)
-    stage(storage, META, b"abc")
-    storage.install_incoming(META, keep_entries_after=True)
+    install(storage, META, b"abc", keep_entries_after=True)
     state = storage.load()
     assert (state.compacted, state.entries) == (LogPosition(6, 1), entries(7, 10))
 
@@ -326,8 +246,7 @@ def test_install_keeps_only_entries_that_follow_the_snapshot(storage: Storage) -
     # same Ready's save(), after the install): what is stored does not follow
     # the snapshot, so none of it is kept -- and nothing raises.
     storage.save(None, entries(1, 4))
-    stage(storage, META, b"abc")
-    storage.install_incoming(META, keep_entries_after=True)
+    install(storage, META, b"abc", keep_entries_after=True)
     state = storage.load()
     assert (state.compacted, state.entries) == (LogPosition(6, 1), [])
     storage.save(None, entries(7, 9))  # the core's unstable entries
@@ -340,8 +259,7 @@ def test_install_never_keeps_a_conflicting_suffix(storage: Storage) -> None:
     # go backwards along the log).
     storage.save(None, entries(1, 9, term=1))
     meta = SnapshotMeta(index=6, term=2, config=META.config)
-    stage(storage, meta, b"abc")
-    storage.install_incoming(meta, keep_entries_after=True)
+    install(storage, meta, b"abc", keep_entries_after=True)
     state = storage.load()
     assert (state.snapshot, state.compacted, state.entries) == (meta, LogPosition(6, 2), [])
 
@@ -383,8 +301,7 @@ def test_reader_outlives_newer_snapshots(storage: Storage) -> None:
     first = reader.read(0, 100)
     storage.save_snapshot(SnapshotMeta(index=8, term=1), b"newer")
     storage.save_snapshot(SnapshotMeta(index=9, term=1), b"newest")
-    stage(storage, SnapshotMeta(index=12, term=2), b"installed")
-    storage.install_incoming(SnapshotMeta(index=12, term=2), keep_entries_after=False)
+    install(storage, SnapshotMeta(index=12, term=2), b"installed", keep_entries_after=False)
     assert first + reader.read(100, len(old)) == old
     reader.close()
     with pytest.raises(KeyError):

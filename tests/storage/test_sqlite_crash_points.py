@@ -54,7 +54,7 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "node1"
     with open_storage(d, fsync=True) as s:
         s.save(HardState(term=2, commit=10), entries(1, 12))
-        s.save_snapshot(OLD, OLD_DATA)
+        s.save_snapshot(OLD, OLD_DATA, compact_to=6)
     return d
 
 

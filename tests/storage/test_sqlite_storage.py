@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -11,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from trioraft.core import Configuration, Entry, EntryKind, HardState, SnapshotMeta
-from trioraft.storage import DataDirLocked, SqliteStorage, StorageCorrupt, open_storage
+from trioraft.storage import (
+    DataDirLocked,
+    LogPosition,
+    SnapshotTransfer,
+    SqliteStorage,
+    StorageCorrupt,
+    open_storage,
+)
 
 META = SnapshotMeta(index=6, term=2, config=Configuration.of_voters({"n1", "n2", "n3"}))
 
@@ -67,21 +75,26 @@ def test_everything_survives_close_and_reopen(data_dir: Path) -> None:
     with open_storage(data_dir, fsync=False) as s:
         s.save(HardState(term=2, vote="n1", commit=9), entries(1, 10))
         s.save_snapshot(META, b"snapshot-data")
+        s.compact(4)  # a catch-up tail of 5..6
     with reopen(data_dir) as s:
         state = s.load()
         assert state.hard_state == HardState(term=2, vote="n1", commit=9)
         assert state.snapshot == META
-        assert state.entries == entries(7, 10)
+        assert state.compacted == LogPosition(4, 2)
+        assert state.entries == entries(5, 10)
         assert s.load_snapshot() == (META, b"snapshot-data")
-        assert s.read_snapshot_chunk(META, 4, 4) == b"shot"
+        with s.open_snapshot_reader(META) as reader:
+            assert reader.read(4, 4) == b"shot"
 
 
 def test_installed_snapshot_survives_reopen(data_dir: Path) -> None:
     with open_storage(data_dir, fsync=False) as s:
         s.save(None, entries(1, 3))
-        s.write_incoming_chunk(META, 0, b"from-")
-        s.write_incoming_chunk(META, 5, b"leader")
-        s.install_incoming(META, keep_entries_after=False)
+        t = SnapshotTransfer(META, 11, zlib.crc32(b"from-leader"))
+        s.stage_chunk(t, 0, b"from-")
+        s.stage_chunk(t, 5, b"leader")
+        s.finish_transfer(t)
+        s.install_transfer(t, keep_entries_after=False)
     with reopen(data_dir) as s:
         state = s.load()
         assert (state.snapshot, state.entries) == (META, [])
@@ -100,7 +113,7 @@ def test_only_the_newest_snapshot_file_is_kept(data_dir: Path) -> None:
 def test_fsync_mode_round_trips(data_dir: Path) -> None:
     with open_storage(data_dir) as s:
         s.save(HardState(term=1), entries(1, 2))
-        s.save_snapshot(SnapshotMeta(index=1, term=2), b"x")
+        s.save_snapshot(SnapshotMeta(index=1, term=2), b"x", compact_to=1)
     with open_storage(data_dir) as s:
         assert s.load().entries == entries(2, 2)
 
@@ -252,7 +265,7 @@ def test_interrupted_writes_are_cleaned_up_at_load(
 
 def test_close_discards_an_unfinished_transfer(data_dir: Path) -> None:
     with open_storage(data_dir, fsync=False) as s:
-        s.write_incoming_chunk(META, 0, b"partial")
+        s.stage_chunk(SnapshotTransfer(META, 100, 0), 0, b"partial")
     assert list((data_dir / "snapshots").iterdir()) == []
 
 

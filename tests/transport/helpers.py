@@ -40,7 +40,7 @@ class FakeNode:
         return RelayAnswer(tuple([int(RelayCode.OK)] * len(datas)), b"R" + bytes([len(datas)]))
 
     async def snapshot_chunk(
-        self, src: str, offer: SnapshotOffer, offset: int, data: bytes, last: bool, crc: int
+        self, src: str, offer: SnapshotOffer, offset: int, data: bytes, last: bool
     ) -> None:
         if self.chunk_gate is not None:
             await self.chunk_gate.wait()

@@ -307,7 +307,7 @@ async def test_an_unanswered_relay_times_out_as_unknown(autojump_clock: object) 
 
 def _offer(src: str, dst: str, size: int) -> SnapshotOffer:
     meta = SnapshotMeta(10, 2, Configuration.of_voters(["a", "b"]))
-    return SnapshotOffer(InstallSnapshot(src, dst, 3, meta, 10), size)
+    return SnapshotOffer(InstallSnapshot(src, dst, 3, meta, 10), size, 0)
 
 
 async def test_a_snapshot_flows_in_a_window_and_heartbeats_pass_it(

@@ -10,6 +10,19 @@ Ready order (a correctness rule, see docs/architecture.md): persist hard state
 and entries -> send -> apply -> advance. Only a leader's AppendEntries for a
 term already on disk may go out before the fsync (`early_messages`).
 
+Snapshots and storage (docs/storage.md, "How the runtime calls storage"):
+
+- start-up: `load()`, `load_snapshot()` (the state machine restored from
+  it), and the core rebuilt from the hard state, the newest snapshot, the
+  stored *compaction point* and the entries after it (the catch-up tail
+  survives a restart);
+- a snapshot from the leader reaches the core only as an `OfferedSnapshot`
+  (staged, checked whole and decoded by `_snapshot_recv`); an InstallSnapshot
+  arriving as a plain message is dropped (it has no data here). If the next
+  Ready carries it: `install_transfer(t, keep)`, swap the restored state
+  machine in, then that Ready's `save()`. If the core declined it:
+  `discard_transfer(t)`.
+
 All of the runtime's use of the core is in this module.
 """
 
@@ -18,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,14 +50,18 @@ from trioraft.core import (
     RaftError,
     Ready,
     Role,
+    SnapshotMeta,
 )
 from trioraft.errors import NoLeader
 from trioraft.kv import KVStateMachine, Result
+from trioraft.logs import event
+from trioraft.metrics import NodeMetrics
+from trioraft.node._observer import Observer
 from trioraft.node._offload import Offload
 from trioraft.node._reads import Read, Reads
 from trioraft.node._replies import PendingWrites, Proposal
 from trioraft.node._rpc import Rpc, RpcBridge
-from trioraft.node._snapshot_recv import SnapshotReceiver
+from trioraft.node._snapshot_recv import OfferedSnapshot, restore
 from trioraft.node._snapshot_send import SnapshotSender
 from trioraft.node._snapshotter import Snapshotter
 from trioraft.storage import Storage
@@ -84,7 +102,7 @@ class Driver:
         stats: dict[str, Any],
         snapshotter: Snapshotter,
         snapshot_sender: SnapshotSender,
-        snapshot_receiver: SnapshotReceiver,
+        metrics: NodeMetrics,
         core_options: dict[str, Any] | None = None,
     ) -> None:
         self.id = config.id
@@ -102,7 +120,7 @@ class Driver:
         )
         self._transport = transport
         self._snapshot_sender = snapshot_sender
-        self._snapshot_receiver = snapshot_receiver
+        self._observe = Observer(metrics)  # metrics hooks and log events
         self._rpc = rpc
         self._reads = reads
         self._stats = stats
@@ -112,7 +130,10 @@ class Driver:
         self.pending = PendingWrites()
         self.inbox_send, self._inbox = trio.open_memory_channel[Any](INBOX_SIZE)
         self.leader_changed = trio.Event()
-        self._last_leader: str | None = None
+        # Snapshots from the leader stepped into the core, until the Ready
+        # that installs them (or the end of that turn: the core declined).
+        self._offered: list[OfferedSnapshot] = []
+        self._turn = 0  # one per turn of the loop (reads: see _reads)
 
     @property
     def c(self) -> RaftCore:
@@ -124,10 +145,10 @@ class Driver:
         state = await self._offload.disk(self._storage.load)
         snap = await self._offload.disk(self._storage.load_snapshot)
         if snap is not None:
-            _, data = snap
-            kv = KVStateMachine()
-            await self._offload.cpu(kv.restore, data)
-            self.kv = kv
+            self.kv = await restore(self._offload, snap[1])
+        compacted = state.compacted
+        # The stored compaction point, not the snapshot's: the entries between
+        # them are the catch-up tail, kept across restarts.
         self.core = RaftCore(
             self._core_config,
             self._rng,
@@ -135,18 +156,19 @@ class Driver:
             snapshot=state.snapshot,
             entries=state.entries,
             now=trio.current_time(),
+            compacted=(compacted.index, compacted.term),
         )
-        log.info(
-            "node=%s recovered term=%d snapshot=%d entries=%d commit=%d", self.id,
-            state.hard_state.term, state.snapshot.index, len(state.entries),
-            state.hard_state.commit,
-        )
+        self._observe.role = self.core.role
+        event(log, "recovered", term=state.hard_state.term, commit=state.hard_state.commit,
+              snapshot=state.snapshot.index, compacted=compacted.index,
+              last_index=self.core.log.last_index(), keys=len(self.kv))  # fmt: skip
 
     # ================================================================= loop
     async def run(self) -> None:
         core = self.c
         await self._process_ready()
         while True:
+            self._turn += 1
             with trio.move_on_at(core.deadline):
                 item = await self._inbox.receive()
                 proposals: list[Proposal] = []
@@ -164,10 +186,7 @@ class Driver:
             if now >= core.deadline:
                 core.handle_timeout(now)
             await self._process_ready()
-            if core.leader_id != self._last_leader:
-                self._last_leader = core.leader_id
-                log.info("node=%s term=%d leader=%s role=%s", self.id, core.term,
-                         core.leader_id, core.role.value)
+            if self._observe.changes(core.term, core.role, core.leader_id):
                 self.leader_changed.set()
                 self.leader_changed = trio.Event()
 
@@ -177,19 +196,27 @@ class Driver:
         match item:
             case Incoming(msgs=msgs):
                 for m in msgs:
-                    core.step(m, now)
+                    # A snapshot reaches the core only with its data, staged,
+                    # checked and decoded (OfferedSnapshot): one arriving as a
+                    # plain message has nothing here to install.
+                    if not isinstance(m, InstallSnapshot):
+                        core.step(m, now)
+            case OfferedSnapshot(msg=msg):
+                core.step(msg, now)
+                self._offered.append(item)
             case Proposal():
                 if not item.abandoned:
                     proposals.append(item)
             case Read():
                 try:
                     core.read_index(item.ctx)
-                    self._reads.started(item)
+                    self._reads.started(item, core.term, core.leader_id, self._turn)
                 except NotLeader:
                     item.slot.settle(error=NoLeader("no leader is known"))
             case Rpc():
                 self._rpc.stepped(item)
-                core.step(item.msg, now)
+                if not isinstance(item.msg, InstallSnapshot):
+                    core.step(item.msg, now)
             case Call(fn=fn):
                 fn()
 
@@ -205,6 +232,7 @@ class Driver:
             return
         self._stats["proposals"] += len(datas)
         self._stats["batches"] += 1
+        self._observe.proposed(len(datas))
         self.pending.appended(proposals, first, term)
 
     async def _process_ready(self) -> None:
@@ -221,26 +249,52 @@ class Driver:
             core.advance(rd)
             self._reads.wake_applied(self.kv.applied_index)
             self._snapshotter.maybe_snapshot(core, self.kv)
+        if self._offered:
+            await self._discard_offered()
 
+    # ---------------------------------------------------- persisting a Ready
     async def _persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
-            data = await self._snapshot_receiver.install(rd.snapshot, rd.snapshot_keep_entries)
-            kv = KVStateMachine()
-            await self._offload.cpu(kv.restore, data)
-            self.kv = kv
-            self._stats["snapshots_installed"] = self._stats.get("snapshots_installed", 0) + 1
-            log.info("node=%s installed snapshot index=%d", self.id, rd.snapshot.index)
+            # Install first: entries after the snapshot that the core kept may
+            # come with this very Ready's save() (docs/storage.md).
+            await self._install(rd.snapshot, rd.snapshot_keep_entries)
         if rd.hard_state is not None or rd.entries:
+            t0 = time.perf_counter()
             await self._offload.disk(self._storage.save, rd.hard_state, rd.entries)
             self._stats["fsyncs"] += 1
+            self._observe.persisted(time.perf_counter() - t0, len(rd.entries))
 
+    async def _install(self, meta: SnapshotMeta, keep_entries_after: bool) -> None:
+        """The core took a snapshot from the leader: make it the node's, durably."""
+        offered = next((o for o in self._offered if o.msg.meta == meta), None)
+        if offered is None:
+            # Only an OfferedSnapshot carries an InstallSnapshot into the core.
+            raise RuntimeError(f"the core installs snapshot {meta.index} that was never offered")
+        self._offered.remove(offered)
+        # ValueError here would be a runtime bug (the transfer is finished and
+        # newer than anything stored): it stops the node.
+        await self._offload.disk(self._storage.install_transfer, offered.transfer,
+                                 keep_entries_after)  # fmt: skip
+        self.kv = offered.kv  # restored from exactly the bytes just installed
+        self._stats["snapshots_installed"] = self._stats.get("snapshots_installed", 0) + 1
+        event(log, "snapshot_installed", index=meta.index, term=meta.term, source=offered.src,
+              bytes=offered.transfer.size, keys=len(self.kv))  # fmt: skip
+
+    async def _discard_offered(self) -> None:
+        """Snapshots stepped this turn that the core declined: drop their staging."""
+        declined, self._offered = self._offered, []
+        for o in declined:
+            await self._offload.disk(self._storage.discard_transfer, o.transfer)
+
+    # ---------------------------------------------------- sending
     def _route(self, m: Message) -> None:
         if self._rpc.take_answer(m):
             return
         if isinstance(m, InstallSnapshot):
             self._snapshot_sender.start(m)  # the data follows in chunks, off this task
-        else:
-            self._transport.send(m)  # never blocks; a full or missing stream drops it
+            return
+        self._observe.sending(m)  # (a new ReadIndex round is counted)
+        self._transport.send(m)  # never blocks; a full or missing stream drops it
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
         """A transfer to `peer` failed (the core retries later) or sent its last
@@ -248,6 +302,8 @@ class Driver:
         self.c.report_snapshot(peer, ok)
 
     def _apply(self, rd: Ready) -> None:
+        t0 = time.perf_counter()
+        applied = 0
         for e in rd.committed:
             if e.index <= self.kv.applied_index:
                 continue  # already covered by an installed snapshot
@@ -258,7 +314,11 @@ class Driver:
             else:
                 self.kv.apply_noop(e.index)
             self.pending.applied(e, result)
-        self._reads.answered(rd.read_states)
+            applied += 1
+        if applied:
+            self._observe.applied(time.perf_counter() - t0, applied)
+        c = self.c
+        self._reads.answered(rd.read_states, c.term, c.leader_id, self._turn)
 
     # ====================================================== other calls into the core
     # (from other tasks: only reads of plain attributes, or functions posted

@@ -18,6 +18,8 @@ from collections import deque
 
 import trio
 
+from trioraft.logs import event
+
 __all__ = ["LoopLagMonitor"]
 
 log = logging.getLogger("trioraft.node")
@@ -48,8 +50,8 @@ class LoopLagMonitor:
             self.stalls += 1
             if now - self._last_log >= self.window or lag >= self.max_lag:
                 self._last_log = now
-                log.warning("the event loop stalled for %.0f ms (worst so far %.0f ms)",
-                            lag * 1000, self.max_lag * 1000)  # fmt: skip
+                event(log, "loop_lag", logging.WARNING, ms=round(lag * 1000),
+                      worst_ms=round(self.max_lag * 1000), stalls=self.stalls)  # fmt: skip
 
     def recent_max(self, now: float) -> float:
         while self._recent and self._recent[0][0] < now - self.window:

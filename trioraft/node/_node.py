@@ -12,11 +12,13 @@ The roles, one module each:
     _replies         reply slots; settling each write by its own log entry
     _reads           ReadIndex reads and waiters on the applied index
     _forward         relaying client writes to the leader (followers)
-    _snapshot_send   snapshot transfers to followers (one per follower)
-    _snapshot_recv   staging and checking a transfer from the leader
+    _snapshot_send   snapshot transfers to followers (one per follower, each
+                     through a storage reader that keeps its snapshot alive)
+    _snapshot_recv   staging, checking and decoding a transfer from the leader
     _snapshotter     taking local snapshots without stalling the loop
     _rpc             the course routes' synchronous bridge into the core
     _looplag         the loop-lag monitor
+    _observer        the driver's metrics hooks and log events
     _offload         disk and CPU work off the event loop
 """
 
@@ -34,6 +36,7 @@ from trioraft.config import NodeConfig
 from trioraft.core import Message, NotLeader, ProposalDropped, RaftCore, RaftError, Role
 from trioraft.errors import NoLeader, NoQuorum, Overloaded, ShuttingDown, UnknownOutcome
 from trioraft.kv import InvalidCommand, KVStateMachine, TooLarge, decode_command, encode_results
+from trioraft.metrics import metrics_of
 from trioraft.node._driver import Driver, Incoming
 from trioraft.node._forward import Forwarder
 from trioraft.node._looplag import LoopLagMonitor
@@ -41,8 +44,8 @@ from trioraft.node._offload import Offload
 from trioraft.node._reads import Reads
 from trioraft.node._replies import Proposal
 from trioraft.node._rpc import Rpc, RpcBridge
-from trioraft.node._snapshot_recv import SnapshotReceiver, StorageSink
-from trioraft.node._snapshot_send import SnapshotSender, StorageSnapshots
+from trioraft.node._snapshot_recv import OfferedSnapshot, SnapshotReceiver
+from trioraft.node._snapshot_send import SnapshotSender
 from trioraft.node._snapshotter import Snapshotter
 from trioraft.storage import Storage
 from trioraft.transport import Inbound, RelayAnswer, RelayCode, SnapshotOffer, Transport
@@ -90,13 +93,14 @@ class RaftNode:
         *,
         run_disk_inline: bool = False,
         loop_lag: LoopLagMonitor | None = None,
-        max_snapshot_bytes: int | None = None,
         core_options: dict[str, Any] | None = None,
     ) -> None:
         # run_disk_inline: call storage (and snapshot restore) directly on the
         # event loop instead of in a worker thread. Only for in-memory storage
         # in tests under trio's MockClock (see trioraft.node._offload).
         # core_options: extra CoreConfig fields (tests: e.g. max_entries_per_msg).
+        # The largest snapshot this node accepts from a leader is its storage's
+        # bound (MemoryStorage / SqliteStorage `max_snapshot_bytes`).
         self.config = config
         self.id = config.id
         self.members = config.members
@@ -106,24 +110,24 @@ class RaftNode:
         election_max = config.election_timeout_ms[1] / 1000
         self._offload = Offload(inline=run_disk_inline)
         self.stats: dict[str, Any] = {"proposals": 0, "batches": 0, "fsyncs": 0, "snapshots": 0}
+        # The node's Prometheus registry (trioraft.metrics): the runtime's hooks.
+        self.metrics = metrics_of(self)
         self._rpc = RpcBridge()
         self._reads = Reads()
         self._snapshotter = Snapshotter(
             config, storage, self._offload, self.stats, self._spawn, self._call_in_driver
         )
         self._snapshot_sender = SnapshotSender(
-            config.id, StorageSnapshots(storage, self._offload), transport,
-            self._report_snapshot,
+            config.id, storage, self._offload, transport, self._report_snapshot, self.metrics
         )
         self._snapshot_receiver = SnapshotReceiver(
-            StorageSink(storage, self._offload), lambda: self._c.term, self._deliver_blocking,
-            **({"max_snapshot_bytes": max_snapshot_bytes} if max_snapshot_bytes else {}),
+            storage, self._offload, lambda: self._c.term, self._offer_snapshot, self.metrics
         )
         self._driver = Driver(
             config, storage, self._offload, rng or random.Random(),
             transport=transport, rpc=self._rpc, reads=self._reads, stats=self.stats,
             snapshotter=self._snapshotter, snapshot_sender=self._snapshot_sender,
-            snapshot_receiver=self._snapshot_receiver, core_options=core_options,
+            metrics=self.metrics, core_options=core_options,
         )
         self._forwarder = Forwarder(
             config.id, config.request_timeout_s, election_max * 2, transport,
@@ -250,8 +254,8 @@ class RaftNode:
     async def _call_in_driver(self, fn: Any) -> None:
         await self._driver.call(fn)
 
-    async def _deliver_blocking(self, msgs: list[Message]) -> None:
-        await self._driver.inbox_send.send(Incoming(msgs))
+    async def _offer_snapshot(self, offered: OfferedSnapshot) -> None:
+        await self._driver.inbox_send.send(offered)
 
     async def _report_snapshot(self, peer: str, ok: bool) -> None:
         await self._driver.call(lambda: self._driver.report_snapshot(peer, ok))
@@ -287,9 +291,9 @@ class RaftNode:
         return RelayAnswer(tuple(codes), encode_results(results) if results else b"")
 
     async def snapshot_chunk(
-        self, src: str, offer: SnapshotOffer, offset: int, data: bytes, last: bool, crc: int
+        self, src: str, offer: SnapshotOffer, offset: int, data: bytes, last: bool
     ) -> None:
-        await self._snapshot_receiver.chunk(src, offer, offset, data, last, crc)
+        await self._snapshot_receiver.chunk(src, offer, offset, data, last)
 
     async def rpc(self, msg: Message, timeout: float = 1.0) -> Message | None:
         """Step a course-route request and return the core's direct answer (or None)."""

@@ -1,4 +1,5 @@
-"""Blocking work off the event loop: disk calls (one at a time) and CPU-heavy calls.
+"""Blocking work off the event loop: storage calls (one at a time), reads of an open
+snapshot (`io`, any number at once) and CPU-heavy calls.
 
 Storage calls block on fsync, so they run in a worker thread, serialised by a
 capacity limiter of one (the Storage protocol promises nothing about
@@ -45,3 +46,9 @@ class Offload:
         if self.inline:
             return await self._run_inline(fn, *args)
         return await trio.to_thread.run_sync(fn, *args)
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """A blocking read that needs no storage lock (`SnapshotReader.read`): in a
+        thread of its own, so a transfer never waits behind an fsync, nor an fsync
+        behind a transfer."""
+        return await self.cpu(fn, *args)

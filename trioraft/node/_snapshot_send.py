@@ -1,93 +1,68 @@
-"""Sending snapshots to followers: one transfer per follower, flow-controlled by the transport.
+"""Sending snapshots to followers: one transfer per follower, through a storage reader.
 
 The core asks for a transfer by emitting InstallSnapshot(meta). This module
-reads the snapshot through a narrow `SnapshotSource` (open a reader for a
-snapshot, read pieces of it, close it) and hands the pieces to
-`Transport.send_snapshot`, which sends them in chunks with at most a window
-unacknowledged. A failed transfer is reported to the core (it retries later); so is the
-end of a successful one (the follower's InstallSnapshotResponse should
-follow: if it was lost, the core retries sooner than its snapshot timeout).
+opens a `SnapshotReader` on that snapshot (`Storage.open_snapshot_reader`),
+which holds the file open for the whole transfer: newer snapshots taken
+meanwhile never pull the data from under it (issue 11 #2). The reader's size
+and CRC32 of the whole data go out with every chunk
+(`SnapshotOffer(msg, size, checksum)`): with the snapshot's (index, term)
+they name the transfer the follower stages and checks. The transport sends
+the pieces in chunks with at most a window unacknowledged.
+
+A failed transfer is reported to the core (it retries later), after a short
+backoff that grows with consecutive failures to that follower (a follower
+that refuses, e.g. because a transfer it already received still waits to be
+installed, is not sent the first chunks again in a tight loop; the core
+keeps the follower paused meanwhile). The end of a successful transfer is
+reported too (the follower's InstallSnapshotResponse should follow: if it
+was lost, the core retries sooner than its snapshot timeout).
 
 At most one transfer per follower runs at a time: a second InstallSnapshot
 for the same snapshot while one is in flight is ignored (a rejected
-heartbeat during a transfer must not start another), and one for a newer
-snapshot replaces the older transfer.
-
-`StorageSnapshots` adapts today's Storage API (which serves only the newest
-snapshot, so a newer snapshot taken meanwhile fails the transfer with
-KeyError and the core retries with it). The storage rework (readers that
-keep their file alive until closed, transfers identified by index, term,
-size and checksum) replaces only that adapter.
+heartbeat during a transfer must not start another; the core pauses the
+follower too), and one for a newer snapshot replaces the older transfer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from trioraft.core import InstallSnapshot, SnapshotMeta
+from trioraft.logs import event
+from trioraft.metrics import NodeMetrics
 from trioraft.node._offload import Offload
-from trioraft.storage import Storage
+from trioraft.storage import SnapshotReader, Storage
 from trioraft.transport import LinkError, SnapshotOffer, Transport
 
-__all__ = ["SnapshotReader", "SnapshotSender", "SnapshotSource", "StorageSnapshots"]
+__all__ = ["SnapshotSender"]
 
 log = logging.getLogger("trioraft.node")
 
-
-class SnapshotReader(Protocol):
-    size: int
-
-    async def read(self, offset: int, size: int) -> bytes: ...
-
-
-class SnapshotSource(Protocol):
-    def open(self, meta: SnapshotMeta) -> AbstractAsyncContextManager[SnapshotReader]:
-        """A reader of snapshot `meta`, kept usable until closed; KeyError if it is gone."""
-        ...
-
-
-class _StorageReader:
-    def __init__(self, storage: Storage, offload: Offload, meta: SnapshotMeta, size: int) -> None:
-        self._storage, self._offload, self._meta, self.size = storage, offload, meta, size
-
-    async def read(self, offset: int, size: int) -> bytes:
-        # KeyError if the snapshot is no longer the newest (today's Storage API).
-        return await self._offload.disk(self._storage.read_snapshot_chunk, self._meta, offset,
-                                        size)  # fmt: skip
-
-
-class StorageSnapshots:
-    """`SnapshotSource` over today's Storage protocol."""
-
-    def __init__(self, storage: Storage, offload: Offload) -> None:
-        self._storage, self._offload = storage, offload
-
-    @asynccontextmanager
-    async def open(self, meta: SnapshotMeta) -> AsyncIterator[SnapshotReader]:
-        size = await self._offload.disk(self._storage.snapshot_size)
-        reader = _StorageReader(self._storage, self._offload, meta, size)
-        await reader.read(0, 0)  # KeyError now if `meta` is not the snapshot we hold
-        yield reader
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 2.0
 
 
 class SnapshotSender:
     def __init__(
         self,
         node_id: str,
-        source: SnapshotSource,
+        storage: Storage,
+        offload: Offload,
         transport: Transport,
         report: Callable[[str, bool], Awaitable[None]],
+        metrics: NodeMetrics,
     ) -> None:
         self._id = node_id
-        self._source = source
+        self._storage = storage
+        self._offload = offload
         self._transport = transport
         self._report = report
+        self._metrics = metrics
         self._active: dict[str, tuple[SnapshotMeta, trio.CancelScope]] = {}
+        self._failures: dict[str, int] = {}  # consecutive failed transfers, per follower
         self._nursery: trio.Nursery | None = None
         self.stats = {"sent": 0, "failed": 0}
 
@@ -117,25 +92,65 @@ class SnapshotSender:
             active[1].cancel()
 
     async def _send(self, msg: InstallSnapshot, scope: trio.CancelScope) -> None:
+        peer, meta = msg.dst, msg.meta
         ok = False
+        moved = 0  # bytes read for the follower so far
+        t0 = trio.current_time()
         try:
             with scope:
-                async with self._source.open(msg.meta) as reader:
-                    await self._transport.send_snapshot(SnapshotOffer(msg, reader.size),
-                                                        reader.read)  # fmt: skip
-                ok = True
-                self.stats["sent"] += 1
-                log.info("node=%s snapshot %d sent to %s", self._id, msg.meta.index, msg.dst)
-        except (LinkError, KeyError) as exc:
-            log.info("node=%s snapshot %d to %s failed: %s", self._id, msg.meta.index, msg.dst,
-                     exc)  # fmt: skip
+                try:
+                    # KeyError: the newest snapshot is another one (the core
+                    # learns of it shortly and asks again with it).
+                    reader: SnapshotReader = await self._offload.disk(
+                        self._storage.open_snapshot_reader, meta
+                    )
+                except KeyError:
+                    error = f"snapshot {meta.index} is no longer the newest"
+                else:
+                    try:
+
+                        async def read(offset: int, size: int) -> bytes:
+                            nonlocal moved
+                            data = await self._offload.io(reader.read, offset, size)
+                            moved = max(moved, offset + len(data))
+                            return data
+
+                        offer = SnapshotOffer(msg, reader.size, reader.checksum)
+                        await self._transport.send_snapshot(offer, read)
+                        ok = True
+                    except LinkError as exc:
+                        error = str(exc)
+                    finally:
+                        reader.close()
+                if ok:
+                    self._sent(msg, moved, trio.current_time() - t0)
+                else:
+                    n = self._failures[peer] = self._failures.get(peer, 0) + 1
+                    self._failed(msg, moved, error, n)
+                    # Back off before the core may ask again (it keeps the
+                    # follower paused until we report).
+                    await trio.sleep(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (n - 1)))
         finally:
-            if self._active.get(msg.dst, (None, None))[1] is scope:
-                del self._active[msg.dst]
-        if ok:
-            # Every chunk is out: the follower's answer should follow soon
-            # (the core retries sooner if it was lost).
-            await self._report(msg.dst, True)
-        elif not scope.cancelled_caught:
-            self.stats["failed"] += 1
-            await self._report(msg.dst, False)
+            if self._active.get(peer, (None, None))[1] is scope:
+                del self._active[peer]
+        if scope.cancelled_caught:
+            return  # superseded by a newer snapshot's transfer (or the peer left)
+        # Every chunk is out: the follower's answer should follow soon (the
+        # core retries sooner if it was lost). Or it failed: retry later.
+        await self._report(peer, ok)
+
+    def _sent(self, msg: InstallSnapshot, nbytes: int, seconds: float) -> None:
+        self.stats["sent"] += 1
+        self._failures.pop(msg.dst, None)
+        self._metrics.observe_snapshot_transfer("sent", msg.dst, nbytes, True)
+        event(log, "snapshot_sent", peer=msg.dst, index=msg.meta.index, term=msg.meta.term,
+              bytes=nbytes, seconds=round(seconds, 3))  # fmt: skip
+
+    def _failed(self, msg: InstallSnapshot, nbytes: int, error: str, attempt: int) -> None:
+        self.stats["failed"] += 1
+        self._metrics.observe_snapshot_transfer("sent", msg.dst, nbytes, False)
+        if attempt & (attempt - 1) == 0:
+            # Failures in a row (a follower that stays down) are logged at
+            # attempts 1, 2, 4, 8, ...: not a line every backoff period.
+            event(log, "snapshot_send_failed", peer=msg.dst, index=msg.meta.index,
+                  term=msg.meta.term, bytes=nbytes, error=error, attempt=attempt)  # fmt: skip

@@ -1,9 +1,28 @@
-"""Taking local snapshots: when to take one, and writing it without stalling the loop."""
+"""Taking local snapshots: when to take one, and writing it without stalling the loop.
+
+The sequence (docs/storage.md, "Taking a snapshot"), each step durable
+before the next, so a crash anywhere leaves a consistent data dir:
+
+1. `meta = core.snapshot_meta(applied)` and `kv.snapshot_chunks()`: the
+   state captured in the driver task (cheap), encoded later in a worker
+   thread while entries keep being applied;
+2. `storage.save_snapshot(meta, chunks, compact_to=0)`: the snapshot file,
+   written from the encoded chunks (never joined into one copy), becomes
+   the newest snapshot; the log keeps every entry. A crash after this
+   restarts from the new snapshot with a longer tail;
+3. in the driver task, `point = core.snapshot_taken(meta)`: the core now
+   sends this snapshot to followers that need it (storage can open a
+   reader on it) and drops its in-memory entries up to the compaction
+   point it returns (the catch-up tail stays);
+4. `storage.compact(point)`: stable storage drops the same entries. A crash
+   before this just keeps more entries; restart rebuilds the core from the
+   stored compaction point, so the tail survives restarts either way.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
@@ -11,6 +30,7 @@ import trio
 from trioraft.config import NodeConfig
 from trioraft.core import RaftCore, SnapshotMeta
 from trioraft.kv import KVStateMachine
+from trioraft.logs import event
 from trioraft.node._offload import Offload
 from trioraft.storage import Storage
 
@@ -56,44 +76,50 @@ class Snapshotter:
             meta = core.snapshot_meta(kv.applied_index)
         except ValueError:
             return
-        # Copy the state now (cheap); encode and write it off the event loop,
+        # Capture the state now (cheap); encode and write it off the event loop,
         # so clients are not stalled by a large snapshot.
-        encode = kv.snapshot_later()
+        chunks = kv.snapshot_chunks()
         self.snapshotting = True
         self.bytes_since_snapshot = 0
-        self._spawn(self._write_snapshot, core, meta, encode)
+        self._spawn(self._write_snapshot, core, meta, chunks)
 
     async def _write_snapshot(
-        self, core: RaftCore, meta: SnapshotMeta, encode: Callable[[], bytes]
+        self, core: RaftCore, meta: SnapshotMeta, chunks: Iterator[bytes]
     ) -> None:
-        node_id = self._config.id
         try:
             t0 = trio.current_time()
-            data = await self._offload.cpu(encode)
+            # Encoded frame by frame in a thread; kept as a list of frames
+            # (storage writes them one after the other: no joined copy).
+            data: list[bytes] = await self._offload.cpu(list, chunks)
+            size = sum(map(len, data))
             # A snapshot installed from the leader meanwhile may have overtaken
             # this one; storage refuses an older snapshot, and that is right.
             if meta.index <= core.log.snapshot.index:
-                self.snapshotting = False
                 return
             try:
-                await self._offload.disk(self._storage.save_snapshot, meta, data)
+                await self._offload.disk(self._storage.save_snapshot, meta, data, 0)
             except ValueError as exc:  # overtaken while waiting for the disk
-                log.info("node=%s local snapshot at %d dropped: %s", node_id, meta.index, exc)
-                self.snapshotting = False
+                log.info("local snapshot at %d dropped: %s", meta.index, exc)
                 return
+            del data
+            point: list[tuple[int, int]] = []
+            done = trio.Event()
+
+            def taken() -> None:
+                # Driver task: the core records the snapshot and names the
+                # compaction point (it keeps a catch-up tail before it).
+                point.append(core.snapshot_taken(meta))
+                done.set()
+
+            await self._call_in_driver(taken)
+            await done.wait()
+            compacted = point[0][0]
+            await self._offload.disk(self._storage.compact, compacted)
+            ms = round((trio.current_time() - t0) * 1000)
             self._stats["snapshots"] += 1
-            self._stats["last_snapshot_bytes"] = len(data)
-            self._stats["last_snapshot_ms"] = round((trio.current_time() - t0) * 1000)
-            log.info("node=%s snapshot index=%d bytes=%d ms=%d", node_id, meta.index,
-                     len(data), self._stats["last_snapshot_ms"])
-
-            def compact() -> None:
-                # The core keeps a catch-up tail and names the compaction
-                # point; this storage already compacted to meta.index itself.
-                core.snapshot_taken(meta)
-                self.snapshotting = False
-
-            await self._call_in_driver(compact)
-        except BaseException:
+            self._stats["last_snapshot_bytes"] = size
+            self._stats["last_snapshot_ms"] = ms
+            event(log, "snapshot_taken", index=meta.index, term=meta.term, bytes=size, ms=ms,
+                  compacted=compacted)  # fmt: skip
+        finally:
             self.snapshotting = False
-            raise

@@ -29,6 +29,7 @@ from hypercorn.config import Config
 from trioraft.api import create_app
 from trioraft.config import NodeConfig, format_host_port
 from trioraft.fastpath import FastPath
+from trioraft.logs import event
 from trioraft.node import LoopLagMonitor, RaftNode
 from trioraft.observability import instrument
 from trioraft.server._http import BodyDeadline, HttpServer
@@ -123,7 +124,7 @@ async def serve(
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             await trio.to_thread.run_sync(storage.close)
-        log.warning("node %s stopped", config.id)
+        event(log, "node_stopped", logging.WARNING, id=config.id)
     if bind_error:
         print(f"trioraft: {bind_error}", file=sys.stderr)
         raise SystemExit(1)
@@ -177,8 +178,8 @@ async def _serve_on(
             nursery.start_soon(accept)
             nursery.start_soon(_step_down_when_saturated, node, listener, opts)
             addresses = ", ".join(format_host_port(h, p) for h, p in listener.addresses)
-            log.warning("node %s serving on %s (advertised %s)", config.id, addresses,
-                        config.advertise_url)  # fmt: skip
+            event(log, "node_started", logging.WARNING, id=config.id, listen=addresses,
+                  advertised=config.advertise_url, peers=len(config.peers))  # fmt: skip
             task_status.started(node)
             await stop.wait()
             node.stop_accepting()

@@ -146,6 +146,16 @@ def check_snapshot(meta: SnapshotMeta) -> None:
     config_bytes(meta.config)
 
 
+def snapshot_parts(data: object) -> list[bytes]:
+    """A snapshot's data as given to `save_snapshot`: bytes, or a list or tuple of
+    bytes (written one after the other, never joined); ValueError otherwise."""
+    if type(data) is bytes:
+        return [data]
+    if isinstance(data, list | tuple) and all(type(p) is bytes for p in data):
+        return list(data)
+    raise ValueError("snapshot data must be bytes or a list of bytes")
+
+
 def check_transfer(transfer: SnapshotTransfer, max_bytes: int) -> None:
     if not isinstance(transfer, SnapshotTransfer):
         raise ValueError("a transfer must be a SnapshotTransfer")

@@ -20,6 +20,7 @@ from trioraft.storage._checks import (
     check_identity_change,
     check_index,
     check_snapshot,
+    snapshot_parts,
 )
 from trioraft.storage._protocol import (
     Identity,
@@ -100,7 +101,7 @@ class MemoryStorage:
         # Contiguous, starting at self._compacted.index + 1.
         self._entries: list[Entry] = []
         self._transfers: Transfers[_Buffer] = Transfers(
-            max_snapshot_bytes, lambda meta, declared: _Buffer()
+            max_snapshot_bytes, lambda meta: _Buffer()
         )
         self._identity: Identity | None = None
         self._closed = False
@@ -181,12 +182,12 @@ class MemoryStorage:
         self._drop_through(index)
 
     # ------------------------------------------------------------- snapshots
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes, compact_to: int | None = None) -> None:
+    def save_snapshot(
+        self, meta: SnapshotMeta, data: bytes | Sequence[bytes], compact_to: int = 0
+    ) -> None:
         self._check_open()
         check_snapshot(meta)
-        if type(data) is not bytes:
-            raise ValueError("snapshot data must be bytes")
-        compact_to = meta.index if compact_to is None else compact_to
+        parts = snapshot_parts(data)
         check_index("compaction index", compact_to)
         if compact_to > meta.index:
             raise ValueError(f"cannot compact to {compact_to}, past the snapshot at {meta.index}")
@@ -197,8 +198,8 @@ class MemoryStorage:
                 f"snapshot at index {meta.index} has term {meta.term}, the log has {term}"
             )
         self._snapshot = meta
-        self._snapshot_data = bytes(data)
-        self._snapshot_crc = zlib.crc32(data)
+        self._snapshot_data = b"".join(parts)  # memory keeps one copy anyway
+        self._snapshot_crc = zlib.crc32(self._snapshot_data)
         if term is None and meta.index > self._last_index():
             # Past the end of the log: nothing here can follow it.
             self._entries = []
@@ -213,24 +214,12 @@ class MemoryStorage:
             return None
         return self._snapshot, self._snapshot_data
 
-    def snapshot_size(self) -> int:
-        self._check_open()
-        return len(self._snapshot_data)
-
     def open_snapshot_reader(self, meta: SnapshotMeta | None = None) -> _MemoryReader:
         self._check_open()
         s = self._snapshot
         if s.index == 0 or (meta is not None and (meta.index, meta.term) != (s.index, s.term)):
             raise KeyError(meta)
         return _MemoryReader(s, self._snapshot_data, self._snapshot_crc)
-
-    def read_snapshot_chunk(self, meta: SnapshotMeta, offset: int, size: int) -> bytes:
-        self._check_open()
-        if self._snapshot.index == 0 or meta != self._snapshot:
-            raise KeyError(meta)
-        check_index("offset", offset)
-        check_index("size", size)
-        return self._snapshot_data[offset : offset + size]
 
     # ---------------------------------------------------- incoming transfers
     def stage_chunk(self, transfer: SnapshotTransfer, offset: int, data: bytes) -> int:
@@ -252,17 +241,6 @@ class MemoryStorage:
         self._set_snapshot(transfer.meta, bytes(staged.data), keep_entries_after)
         self._transfers.forget(transfer)
         self._transfers.prune(transfer.meta.index)
-
-    def write_incoming_chunk(self, meta: SnapshotMeta, offset: int, data: bytes) -> int:
-        self._check_open()
-        return self._transfers.legacy_chunk(meta, offset, data)
-
-    def install_incoming(self, meta: SnapshotMeta, keep_entries_after: bool) -> bytes:
-        self._check_open()
-        self._check_not_older(meta)
-        transfer, data = self._transfers.legacy_finish(meta)
-        self.install_transfer(transfer, keep_entries_after)
-        return data
 
     # -------------------------------------------------------------- identity
     def load_identity(self) -> Identity | None:

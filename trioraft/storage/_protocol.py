@@ -185,12 +185,16 @@ class Storage(Protocol):
         ...
 
     # ------------------------------------------------------- snapshots
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes, compact_to: int | None = None) -> None:
+    def save_snapshot(
+        self, meta: SnapshotMeta, data: bytes | Sequence[bytes], compact_to: int = 0
+    ) -> None:
         """Atomically store a snapshot taken locally; it becomes the newest.
 
-        In the same transaction, compact the log to `compact_to` (0: keep every
-        entry, the catch-up tail; None, the default until the runtime passes
-        it: meta.index, which drops every entry the snapshot covers). A
+        `data` is the snapshot's bytes, or a list of pieces that are written
+        one after the other (a large snapshot is never joined into one copy).
+        The log keeps every entry (compaction is its own step: `compact`,
+        once the core names the compaction point), unless `compact_to` is
+        given: then, in the same transaction, the entries <= compact_to go. A
         snapshot past the end of the log empties it. Finished incoming
         transfers now older than the newest snapshot are dropped.
         """
@@ -200,23 +204,11 @@ class Storage(Protocol):
         """The newest snapshot, or None."""
         ...
 
-    def snapshot_size(self) -> int:
-        """Size in bytes of the newest snapshot's data (0 if none)."""
-        ...
-
     def open_snapshot_reader(self, meta: SnapshotMeta | None = None) -> SnapshotReader:
         """A reader for the newest snapshot, which must be `meta` if given.
 
         `meta` is matched on (index, term). Raises KeyError if there is no
         snapshot or the newest one is another.
-        """
-        ...
-
-    def read_snapshot_chunk(self, meta: SnapshotMeta, offset: int, size: int) -> bytes:
-        """Up to `size` bytes of the newest snapshot, which must be `meta`.
-
-        Raises KeyError if `meta` is no longer the newest snapshot. (Kept for
-        the runtime until it holds a `SnapshotReader` per transfer.)
         """
         ...
 
@@ -259,23 +251,6 @@ class Storage(Protocol):
         transfers now older than the newest snapshot are dropped (they could
         never be installed). Raises ValueError (changing nothing) if
         `transfer` is not finished or is older than the newest snapshot.
-        """
-        ...
-
-    def write_incoming_chunk(self, meta: SnapshotMeta, offset: int, data: bytes) -> int:
-        """Stage a chunk of a transfer whose size and checksum were not sent.
-
-        Transitional (the runtime before it sends `SnapshotTransfer`s): like
-        `stage_chunk`, bounded by the configured maximum size, but only the
-        staged file's own consistency can be checked at install.
-        """
-        ...
-
-    def install_incoming(self, meta: SnapshotMeta, keep_entries_after: bool) -> bytes:
-        """Finish and install the transfer of `meta` staged by `write_incoming_chunk`.
-
-        Transitional; returns the data. Raises ValueError if no transfer of
-        `meta` is staged.
         """
         ...
 

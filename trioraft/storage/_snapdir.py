@@ -71,13 +71,17 @@ class SnapshotDir:
             raise corrupt(snap.path, "snapshot data checksum mismatch")
         return data
 
-    def write(self, meta: SnapshotMeta, data: bytes) -> SnapFile:
-        """Make a local snapshot durable under its final name (not yet current)."""
-        crc = zlib.crc32(data)
-        header = encode_header(meta, len(data), crc)
+    def write(self, meta: SnapshotMeta, parts: list[bytes]) -> SnapFile:
+        """Make a local snapshot (its data in pieces) durable under its final name
+        (not yet current)."""
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        size = sum(map(len, parts))
+        header = encode_header(meta, size, crc)
         final = self.path / snapshot_name(meta)
-        write_file_atomically(final, [header, data], self.fsync)
-        return SnapFile(final, meta, len(header), len(data), crc)
+        write_file_atomically(final, [header, *parts], self.fsync)
+        return SnapFile(final, meta, len(header), size, crc)
 
     def new_staging(self, meta: SnapshotMeta) -> StagingFile:
         return StagingFile(self.path, meta, self.fsync)

@@ -40,6 +40,7 @@ from trioraft.storage._checks import (
     check_identity_change,
     check_index,
     check_snapshot,
+    snapshot_parts,
 )
 from trioraft.storage._files import (
     DataDirLock,
@@ -91,7 +92,7 @@ class SqliteStorage:
         self._mutex = threading.RLock()
         self._transfers: Transfers[StagingFile] = Transfers(
             check_index("max_snapshot_bytes", max_snapshot_bytes),
-            lambda meta, declared: self._files.new_staging(meta),
+            self._files.new_staging,
         )
         self._readers: weakref.WeakSet[FileSnapshotReader] = weakref.WeakSet()
         self._snap: SnapFile | None = None
@@ -327,12 +328,12 @@ class SqliteStorage:
             self._compacted = pos
 
     # ------------------------------------------------------------ snapshots
-    def save_snapshot(self, meta: SnapshotMeta, data: bytes, compact_to: int | None = None) -> None:
+    def save_snapshot(
+        self, meta: SnapshotMeta, data: bytes | Sequence[bytes], compact_to: int = 0
+    ) -> None:
         with self._mutex:
             check_snapshot(meta)
-            if type(data) is not bytes:
-                raise ValueError("snapshot data must be bytes")
-            compact_to = meta.index if compact_to is None else compact_to
+            parts = snapshot_parts(data)
             check_index("compaction index", compact_to)
             if compact_to > meta.index:
                 raise ValueError(
@@ -353,7 +354,7 @@ class SqliteStorage:
                 if compact_term is None:
                     raise corrupt(self._db_path, f"entry {compact_to} is missing")
                 compaction = LogPosition(compact_to, compact_term)
-            snap = self._files.write(meta, data)
+            snap = self._files.write(meta, parts)
             self._record_snapshot(snap, compaction, drop_all)
             self._transfers.prune(meta.index)
 
@@ -361,11 +362,6 @@ class SqliteStorage:
         with self._mutex:
             snap = self._current_snapshot()
             return None if snap is None else (snap.meta, self._files.read_data(snap))
-
-    def snapshot_size(self) -> int:
-        with self._mutex:
-            snap = self._current_snapshot()
-            return snap.data_len if snap else 0
 
     def open_snapshot_reader(self, meta: SnapshotMeta | None = None) -> FileSnapshotReader:
         with self._mutex:
@@ -377,19 +373,6 @@ class SqliteStorage:
             reader = FileSnapshotReader(snap.path)
             self._readers.add(reader)
             return reader
-
-    def read_snapshot_chunk(self, meta: SnapshotMeta, offset: int, size: int) -> bytes:
-        check_index("offset", offset)
-        check_index("size", size)
-        with self._mutex:
-            snap = self._current_snapshot()
-            if snap is None or snap.meta != meta:
-                raise KeyError(meta)
-            reader = FileSnapshotReader(snap.path)
-        try:
-            return reader.read(offset, size)
-        finally:
-            reader.close()
 
     # ---------------------------------------------------- incoming transfers
     def stage_chunk(self, transfer: SnapshotTransfer, offset: int, data: bytes) -> int:
@@ -425,19 +408,6 @@ class SqliteStorage:
             self._transfers.forget(transfer)
             self._record_snapshot(snap, LogPosition(meta.index, meta.term), drop_all=not keep)
             self._transfers.prune(meta.index)
-
-    def write_incoming_chunk(self, meta: SnapshotMeta, offset: int, data: bytes) -> int:
-        with self._mutex:
-            self._db()
-            return self._transfers.legacy_chunk(meta, offset, data)
-
-    def install_incoming(self, meta: SnapshotMeta, keep_entries_after: bool) -> bytes:
-        with self._mutex:
-            self._db()
-            self._check_not_older(meta)
-            transfer, data = self._transfers.legacy_finish(meta)
-            self.install_transfer(transfer, keep_entries_after)
-            return data
 
     # ------------------------------------------------------------ identity
     def load_identity(self) -> Identity | None:

@@ -18,10 +18,6 @@ of the whole data). The rules (issue 11 #3, issue 10):
   gets installed.
 - At most MAX_FINISHED transfers wait finished; while that many do, no new
   one starts. Staging thus never exceeds (1 + MAX_FINISHED) * max_bytes.
-
-Transitional "undeclared" transfers (`legacy_*`: the runtime before it sends
-size and checksum) follow the same rules with the maximum as their bound and
-their own running checksum as the declared one.
 """
 
 from __future__ import annotations
@@ -32,7 +28,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from trioraft.core import SnapshotMeta
-from trioraft.storage._checks import check_index, check_snapshot, check_transfer
+from trioraft.storage._checks import check_index, check_transfer
 from trioraft.storage._protocol import SnapshotTransfer
 
 __all__ = ["MAX_FINISHED", "Staged", "Transfers"]
@@ -57,11 +53,9 @@ S = TypeVar("S", bound=Staged)
 
 @dataclass(slots=True)
 class _InProgress(Generic[S]):
-    meta: SnapshotMeta
-    declared: SnapshotTransfer | None  # None: size and checksum were not sent
+    declared: SnapshotTransfer
     staged: S
     size: int = 0  # bytes staged so far: the next expected offset
-    crc: int = 0  # running CRC32 of those bytes
 
 
 def _bytes_like(data: object) -> bytes:
@@ -76,7 +70,7 @@ class Transfers(Generic[S]):
     def __init__(
         self,
         max_bytes: int,
-        open_staged: Callable[[SnapshotMeta, SnapshotTransfer | None], S],
+        open_staged: Callable[[SnapshotMeta], S],
     ) -> None:
         self.max_bytes = max_bytes
         self._open = open_staged
@@ -84,24 +78,11 @@ class Transfers(Generic[S]):
         self.finished: dict[SnapshotTransfer, S] = {}
 
     # ------------------------------------------------------------ chunks
-    def chunk(self, transfer: SnapshotTransfer, offset: int, data: bytes) -> int:
-        check_transfer(transfer, self.max_bytes)
-        return self._chunk(transfer.meta, transfer, offset, data)
-
-    def legacy_chunk(self, meta: SnapshotMeta, offset: int, data: bytes) -> int:
-        check_snapshot(meta)
-        return self._chunk(meta, None, offset, data)
-
-    def _chunk(
-        self,
-        meta: SnapshotMeta,
-        declared: SnapshotTransfer | None,
-        offset: int,
-        data: bytes,
-    ) -> int:
+    def chunk(self, declared: SnapshotTransfer, offset: int, data: bytes) -> int:
+        check_transfer(declared, self.max_bytes)
         check_index("offset", offset)
         data = _bytes_like(data)
-        if declared is not None and declared in self.finished:
+        if declared in self.finished:
             raise ValueError(
                 f"snapshot transfer {_name(declared)} was already received and awaits "
                 "installation; its chunks are not taken again"
@@ -114,17 +95,15 @@ class Transfers(Generic[S]):
                     "no new transfer starts until they are installed or discarded"
                 )
             self.abandon()
-            cur = self.in_progress = _InProgress(meta, declared, self._open(meta, declared))
-        elif cur is None or cur.declared != declared or cur.meta != meta:
+            cur = self.in_progress = _InProgress(declared, self._open(declared.meta))
+        elif cur is None or cur.declared != declared:
             raise ValueError(f"chunk at offset {offset} for a transfer that was not started")
         elif offset != cur.size:
             raise ValueError(f"out-of-order snapshot chunk: offset {offset}, expected {cur.size}")
-        limit = declared.size if declared is not None else self.max_bytes
-        if cur.size + len(data) > limit:
-            what = "its declared size" if declared is not None else "the maximum snapshot size"
+        if cur.size + len(data) > declared.size:
             raise ValueError(
-                f"snapshot chunk at offset {offset} ({len(data)} bytes) runs past {what} "
-                f"({limit} bytes)"
+                f"snapshot chunk at offset {offset} ({len(data)} bytes) runs past its "
+                f"declared size ({declared.size} bytes)"
             )
         try:
             cur.staged.write(data)
@@ -132,7 +111,6 @@ class Transfers(Generic[S]):
             self.abandon()  # unknown state: start over (the error itself is fatal)
             raise
         cur.size += len(data)
-        cur.crc = zlib.crc32(data, cur.crc)
         return cur.size
 
     # ------------------------------------------------------------ finishing
@@ -149,20 +127,6 @@ class Transfers(Generic[S]):
                 f"{transfer.size} bytes staged"
             )
         return self._seal(cur, transfer)
-
-    def legacy_finish(self, meta: SnapshotMeta) -> tuple[SnapshotTransfer, bytes]:
-        """Finish the undeclared transfer of `meta` (or find it finished)."""
-        cur = self.in_progress
-        if cur is not None and cur.declared is None and cur.meta == meta:
-            transfer = SnapshotTransfer(meta, cur.size, cur.crc)
-            if transfer in self.finished:  # the very same bytes already wait: keep those
-                self.abandon()
-                return transfer, self._reverify(transfer)
-            return transfer, self._seal(cur, transfer)
-        for transfer in self.finished:
-            if transfer.meta == meta:
-                return transfer, self._reverify(transfer)
-        raise ValueError(f"no staged snapshot transfer for {meta}")
 
     def _seal(self, cur: _InProgress[S], transfer: SnapshotTransfer) -> bytes:
         self.in_progress = None

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -463,7 +462,7 @@ class Connection:
         self._uploads[tid] = up
         wire = install_snapshot_to_wire(offer.msg)
         try:
-            offset, crc = 0, 0
+            offset = 0
             while True:
                 while up.inflight >= self._cfg.snapshot_window and up.error is None:
                     await up.changed.wait()
@@ -473,9 +472,8 @@ class Connection:
                 data = await read_chunk(offset, n) if n else b""
                 if len(data) != n:
                     raise LinkError(f"snapshot data ended at {offset + len(data)} of {offer.size}")
-                crc = zlib.crc32(data, crc)
                 last = offset + n >= offer.size
-                chunk = SnapChunk(tid, wire, offer.size, offset, data, last, crc if last else 0)
+                chunk = SnapChunk(tid, wire, offer.size, offset, data, last, offer.checksum)
                 if not self._push(encode(FrameType.SNAP_CHUNK, chunk)):
                     raise LinkError(f"the stream to {self.peer} is closed or full")
                 up.inflight += 1
@@ -499,7 +497,7 @@ class Connection:
                 if msg.src != self.peer or msg.dst != self.local:
                     raise FrameError(f"a snapshot from {msg.src!r} on {self.peer!r}'s stream")
                 await self._inbound.snapshot_chunk(
-                    self.peer, SnapshotOffer(msg, c.size), c.offset, c.data, c.last, c.crc
+                    self.peer, SnapshotOffer(msg, c.size, c.crc), c.offset, c.data, c.last
                 )
             except FrameError as exc:
                 await self._protocol_error(str(exc))

@@ -138,7 +138,7 @@ class RelayAnswer(msgspec.Struct, array_like=True):
 
 
 class SnapChunk(msgspec.Struct, array_like=True):
-    """A piece of a snapshot transfer; the transfer is `msg.meta` of `size` bytes."""
+    """A piece of a snapshot transfer: `msg.meta`, `size` bytes with CRC32 `crc`."""
 
     transfer: Seq  # the sender's id for this transfer, unique on the stream
     msg: WireInstallSnapshot  # the InstallSnapshot the core emitted
@@ -146,7 +146,7 @@ class SnapChunk(msgspec.Struct, array_like=True):
     offset: Annotated[int, Meta(ge=0, lt=2**62)]
     data: bytes
     last: bool
-    crc: Annotated[int, Meta(ge=0, lt=2**32)]  # crc32 of the whole data, on the last chunk
+    crc: Annotated[int, Meta(ge=0, lt=2**32)]  # CRC32 of the whole data, in every chunk
 
 
 class SnapAck(msgspec.Struct, array_like=True):

@@ -4,28 +4,34 @@
     transport = net.transport("n1", ["n2", "n3"])   # what RaftNode("n1") is given
     net.partition({"n1"}, {"n2", "n3"}); net.heal()
     net.drop_rate = 0.1; net.delay = 0.02
+    net.slow_link("n1", "n3", delay=0.03, bandwidth=500_000)  # one slow follower
 
 Faults act per direction (src, dst), as on a real network: a blocked or
 unlucky message is lost (Raft resends); a delayed one arrives `delay`
-seconds later, in order. Relayed writes and snapshot chunks keep the stream
-transport's outcomes: not delivered -> `NoLeader` / `LinkError`; delivered
-and the answer lost (a partition meanwhile, the leader crashed, a timeout)
--> `UnknownOutcome`. A node's transport is on the network only while its
-`run()` runs: a crashed node (its tasks cancelled) receives nothing, and the
-requests it was serving end with it.
+seconds later, in order. A slow link (`slow_link` / `set_link`) adds its own
+latency and a bandwidth (bytes per second): a message or snapshot chunk of n
+bytes takes n / bandwidth seconds more, and Raft messages on a link stay in
+order. Raft messages and snapshot chunks are timed separately (the stream
+transport lets Raft traffic pass a transfer), so bandwidth bounds each.
+Relayed writes and snapshot chunks keep the stream transport's outcomes:
+not delivered -> `NoLeader` / `LinkError`; delivered and the answer lost (a
+partition meanwhile, the leader crashed, a timeout) -> `UnknownOutcome`.
+A node's transport is on the network only while its `run()` runs: a crashed
+node (its tasks cancelled) receives nothing, and the requests it was serving
+end with it.
 """
 
 from __future__ import annotations
 
 import random
-import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from trioraft.core import Message
+from trioraft.core import AppendEntries, Message
 from trioraft.errors import NoLeader, UnknownOutcome
 from trioraft.transport._protocol import (
     ChunkReader,
@@ -35,9 +41,28 @@ from trioraft.transport._protocol import (
     SnapshotOffer,
 )
 
-__all__ = ["MemoryNetwork", "MemoryTransport"]
+__all__ = ["Link", "MemoryNetwork", "MemoryTransport"]
 
 SNAPSHOT_CHUNK = 256 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One direction's extra latency (seconds) and bandwidth (bytes/s, None: unlimited)."""
+
+    delay: float = 0.0
+    bandwidth: float | None = None
+
+    def transit(self, nbytes: int) -> float:
+        """Seconds this link adds to a message of `nbytes`."""
+        return self.delay + (nbytes / self.bandwidth if self.bandwidth else 0.0)
+
+
+def message_size(msg: Message) -> int:
+    """About what `msg` takes on the wire (for bandwidth limits)."""
+    if isinstance(msg, AppendEntries):
+        return 64 + sum(16 + len(e.data) for e in msg.entries)
+    return 64
 
 
 class MemoryNetwork:
@@ -51,6 +76,27 @@ class MemoryNetwork:
         self.rng = rng or random.Random(0)
         # A test's own rule: a Raft message for which it returns False is lost.
         self.filter: Callable[[Message], bool] | None = None
+        self.links: dict[tuple[str, str], Link] = {}  # slow links, per direction
+
+    def set_link(
+        self, src: str, dst: str, delay: float = 0.0, bandwidth: float | None = None
+    ) -> None:
+        """Give the direction src -> dst extra latency and a bandwidth limit."""
+        if delay < 0 or (bandwidth is not None and bandwidth <= 0):
+            raise ValueError("a link's delay must be >= 0 and its bandwidth > 0")
+        self.links[(src, dst)] = Link(delay, bandwidth)
+
+    def slow_link(self, a: str, b: str, delay: float = 0.0, bandwidth: float | None = None) -> None:
+        """`set_link` both ways between a and b."""
+        self.set_link(a, b, delay, bandwidth)
+        self.set_link(b, a, delay, bandwidth)
+
+    def link(self, src: str, dst: str) -> Link:
+        return self.links.get((src, dst), _NO_LINK)
+
+    def transit(self, src: str, dst: str, nbytes: int) -> float:
+        """Seconds a message of `nbytes` from src to dst spends on the network."""
+        return self.delay + self.link(src, dst).transit(nbytes)
 
     def transport(self, member_id: str, peers: Iterable[str]) -> MemoryTransport:
         return MemoryTransport(self, member_id, peers)
@@ -76,6 +122,9 @@ class MemoryNetwork:
 
     def lost(self) -> bool:
         return self.drop_rate > 0 and self.rng.random() < self.drop_rate
+
+
+_NO_LINK = Link()
 
 
 class MemoryTransport:
@@ -132,11 +181,14 @@ class MemoryTransport:
             return
         if self._net.filter is not None and not self._net.filter(msg):
             return
-        if not self._net.delay:
+        transit = self._net.transit(self.id, msg.dst, message_size(msg))
+        queue = self._delayed.setdefault(msg.dst, deque())
+        if not transit and not queue:
             self._deliver(msg)
             return
-        due = trio.current_time() + self._net.delay
-        queue = self._delayed.setdefault(msg.dst, deque())
+        due = trio.current_time() + transit
+        if queue:
+            due = max(due, queue[-1][0])  # in order on a link, like a stream
         queue.append((due, msg))
         if msg.dst not in self._delay_wake:
             assert self._nursery is not None
@@ -161,9 +213,11 @@ class MemoryTransport:
             self._deliver(msg)
 
     # ================================================================ requests
-    async def _hop(self) -> None:
-        if self._net.delay:
-            await trio.sleep(self._net.delay)
+    async def _hop(self, dst: str, nbytes: int = 64, back: bool = False) -> None:
+        src, dst = (dst, self.id) if back else (self.id, dst)
+        transit = self._net.transit(src, dst, nbytes)
+        if transit:
+            await trio.sleep(transit)
 
     async def _call(
         self, target: MemoryTransport, fn: Callable[[Inbound], Awaitable[Any]], timeout: float
@@ -204,7 +258,7 @@ class MemoryTransport:
         if target is None or self._net.lost():
             raise NoLeader(f"{dst} cannot be reached")
         deadline = trio.current_time() + timeout
-        await self._hop()
+        await self._hop(dst, 64 + sum(len(d) + 8 for d in datas))
         target = self._target(dst)
         if target is None:
             raise NoLeader(f"{dst} cannot be reached")
@@ -215,7 +269,7 @@ class MemoryTransport:
             max(0.0, deadline - trio.current_time()),
         )
         if answered:
-            await self._hop()
+            await self._hop(dst, 64 + len(answer.results), back=True)
         if not answered or self._net.reachable(dst, self.id) is None or self._net.lost():
             raise UnknownOutcome(f"{dst} did not answer the relayed writes")
         assert isinstance(answer, RelayAnswer)
@@ -223,23 +277,21 @@ class MemoryTransport:
 
     async def send_snapshot(self, offer: SnapshotOffer, read_chunk: ChunkReader) -> None:
         dst = offer.msg.dst
-        offset, crc = 0, 0
+        offset = 0
         while True:
             n = min(SNAPSHOT_CHUNK, offer.size - offset)
             data = await read_chunk(offset, n) if n else b""
             if len(data) != n:
                 raise LinkError(f"snapshot data ended at {offset + len(data)} of {offer.size}")
-            crc = zlib.crc32(data, crc)
             last = offset + n >= offer.size
             target = self._target(dst)
             if target is None or self._net.lost():
                 raise LinkError(f"{self.id} -> {dst}: unreachable")
-            await self._hop()
+            await self._hop(dst, 64 + len(data))
 
             def chunk(inbound: Inbound, offset: int = offset, data: bytes = data,
-                      last: bool = last, crc: int = crc) -> Awaitable[None]:  # fmt: skip
-                return inbound.snapshot_chunk(self.id, offer, offset, data, last,
-                                              crc if last else 0)  # fmt: skip
+                      last: bool = last) -> Awaitable[None]:  # fmt: skip
+                return inbound.snapshot_chunk(self.id, offer, offset, data, last)
 
             try:
                 answered, _ = await self._call(target, chunk, 60.0)

@@ -73,10 +73,17 @@ class RelayAnswer:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotOffer:
-    """A snapshot transfer: the core's InstallSnapshot and the data's total size."""
+    """A snapshot transfer: the core's InstallSnapshot, and the size and CRC32 of the
+    whole data (the sender's storage reader knows both before the first chunk).
+
+    (msg.meta, size, checksum) names the transfer: it travels with every chunk,
+    and the receiver stages each transfer apart and checks the whole staged data
+    against size and checksum before anything can install it.
+    """
 
     msg: InstallSnapshot
     size: int
+    checksum: int
 
 
 # read_chunk(offset, size) -> up to `size` bytes of the snapshot from `offset`.
@@ -95,10 +102,10 @@ class Inbound(Protocol):
         ...
 
     async def snapshot_chunk(
-        self, src: str, offer: SnapshotOffer, offset: int, data: bytes, last: bool, crc: int
+        self, src: str, offer: SnapshotOffer, offset: int, data: bytes, last: bool
     ) -> None:
-        """Stage a chunk of a transfer (in order; offset 0 (re)starts it). On the last
-        one, `crc` is the crc32 of the whole data. Raise ValueError to refuse the transfer."""
+        """Stage a chunk of the transfer `offer` names (in order; offset 0 (re)starts
+        it). Raise ValueError to refuse the transfer."""
         ...
 
 

@@ -29,6 +29,7 @@ import trio
 
 from trioraft.core import Message
 from trioraft.errors import NoLeader
+from trioraft.logs import event
 from trioraft.transport._conn import Connection, StreamConfig
 from trioraft.transport._frames import FrameError
 from trioraft.transport._handshake import HandshakeError, PeerAuth, PeerIdentity, accept, dial
@@ -256,19 +257,20 @@ class StreamTransport:
         if old is not None:
             old.close("replaced by a newer stream")
         p.connects += 1
-        if p.last_error is not None or p.connects == 1:
-            log.info("node=%s stream to %s open (%s)", self.id, p.id,
-                     "dialed" if conn.dialed else "accepted")  # fmt: skip
+        if old is None:  # the peer was down (or never up): now it is reachable
+            event(log, "peer_up", peer=p.id, stream="dialed" if conn.dialed else "accepted")
         p.last_error = None
         self._unpark(p, conn)
         p.opened.set()
         try:
             await conn.run()
         finally:
-            if p.conn is conn:
+            if p.conn is conn:  # not replaced by a newer stream: the peer is gone
                 p.conn = None
                 p.opened = trio.Event()
-            log.info("node=%s stream to %s closed: %s", self.id, p.id, conn.close_reason)
+                event(log, "peer_down", peer=p.id, reason=conn.close_reason)
+            else:
+                log.debug("node=%s stream to %s closed: %s", self.id, p.id, conn.close_reason)
 
     # ================================================================ sending
     def _conn(self, member_id: str) -> Connection | None:
