@@ -72,7 +72,9 @@ async def test_metrics_and_events_follow_writes_a_snapshot_and_a_leader_change(
         r = await cluster.client.get(f"{cluster.leader_url}/kv/k1")  # linearizable: ReadIndex
         assert r.status_code == 200
         # Operator events, nothing per request: 60 writes log only their snapshots.
-        during = events(caplog)[before:]
+        # (loop_lag is the machine's, not the requests': a loaded test host may
+        # stall the loop now and then, and that event is right to appear.)
+        during = [e for e in events(caplog)[before:] if e[0] != "loop_lag"]
         assert {name for name, _ in during} == {"snapshot_taken"}
         assert len(during) <= 2 * 60 // 20
         # The third member starts empty: the leader compacted what it lacks.
