@@ -46,7 +46,8 @@ EXIT_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130
 
 ENDPOINTS_ENV = "TRIORAFT_ENDPOINTS"
-# Client credentials (the TLS/token block): option -> environment variable.
+# Client credentials (the TLS/token block): option name -> environment variable. The
+# parsed values live under "credential_<name>" (`put KEY` has a positional "key").
 CREDENTIAL_ENVS = {
     "cacert": "TRIORAFT_CACERT",
     "cert": "TRIORAFT_CERT",
@@ -122,22 +123,22 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 def _add_credential_options(parser: argparse.ArgumentParser) -> None:
     """The TLS/token block: how the client proves itself and whom it trusts."""
     parser.add_argument(
-        "--cacert", metavar="FILE", default=argparse.SUPPRESS,
+        "--cacert", dest="credential_cacert", metavar="FILE", default=argparse.SUPPRESS,
         help="trust the nodes' certificates signed by this CA (PEM bundle) instead of the "
         "system's CAs; endpoints given as HOST:PORT then mean https:// "
         f"[env {CREDENTIAL_ENVS['cacert']}]",
     )  # fmt: skip
     parser.add_argument(
-        "--cert", metavar="FILE", default=argparse.SUPPRESS,
+        "--cert", dest="credential_cert", metavar="FILE", default=argparse.SUPPRESS,
         help="present this client certificate (PEM), for nodes that require one "
         f"(--tls-client-ca) [env {CREDENTIAL_ENVS['cert']}]",
     )  # fmt: skip
     parser.add_argument(
-        "--key", metavar="FILE", default=argparse.SUPPRESS,
+        "--key", dest="credential_key", metavar="FILE", default=argparse.SUPPRESS,
         help=f"the private key of --cert (PEM) [env {CREDENTIAL_ENVS['key']}]",
     )  # fmt: skip
     parser.add_argument(
-        "--token", metavar="TOKEN", default=argparse.SUPPRESS,
+        "--token", dest="credential_token", metavar="TOKEN", default=argparse.SUPPRESS,
         help="a client token, sent as 'Authorization: Bearer TOKEN' (nodes with "
         f"--client-token) [env {CREDENTIAL_ENVS['token']}]",
     )  # fmt: skip
@@ -395,7 +396,7 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _credentials(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str | None]:
     """--cacert/--cert/--key/--token, each from its flag, else its environment variable."""
-    return {name: getattr(args, name, None) or env.get(var) or None
+    return {name: getattr(args, f"credential_{name}", None) or env.get(var) or None
             for name, var in CREDENTIAL_ENVS.items()}  # fmt: skip
 
 

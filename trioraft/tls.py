@@ -218,6 +218,9 @@ class ServerTls:
     cluster_cas: frozenset[bytes]
     # The server's trust store holds only the cluster CA: any verified chain is one.
     cluster_ca_only: bool
+    # Every TLS connection must show a verified certificate: client certificates are
+    # required (--tls-client-ca), or TLS is for peers only (no --tls-cert).
+    client_cert_required: bool = False
 
 
 def server_tls(
@@ -249,11 +252,11 @@ def server_tls(
         trust.append((peer_ca, "--peer-tls-ca"))
     if client_ca is not None:
         trust.append((client_ca, "--tls-client-ca"))
-    # Everyone must show a certificate when client certificates are required, or
-    # when only peers use TLS (the client API is not on TLS); otherwise one is
-    # asked for (peers show theirs) and verified when shown.
-    verify = ssl.CERT_REQUIRED if client_ca is not None or client_chain is None else (
-        ssl.CERT_OPTIONAL)  # fmt: skip
+    # A certificate is asked for and verified when shown (a bad one fails the
+    # handshake); whether one *must* be shown is enforced after the handshake
+    # (`client_cert_required`), so that a client without one gets an answer that
+    # says so instead of a TLS alert it may never read (TLS 1.3).
+    verify = ssl.CERT_OPTIONAL
 
     def make(chain: tuple[Path, Path], what: str) -> ssl.SSLContext:
         ctx = _base(ssl.PROTOCOL_TLS_SERVER)
@@ -288,6 +291,7 @@ def server_tls(
         peer_tls=peer_chain is not None,
         cluster_cas=cluster_cas,
         cluster_ca_only=client_ca is None,
+        client_cert_required=client_ca is not None or client_chain is None,
     )
 
 

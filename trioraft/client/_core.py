@@ -24,6 +24,7 @@ from ._errors import (
     EndpointStatus,
     Forbidden,
     RangePage,
+    TlsError,
     TooLarge,
     TrioraftError,
     TxnResult,
@@ -366,6 +367,10 @@ class Core:
                     raise BadRequest(message, code=code, status=status)
                 if status == 413:
                     raise TooLarge(message, code=code, status=status)
+                if status == 401 and code == "client_certificate_required":
+                    raise TlsError(f"{url}: the node requires a client certificate: give one "
+                                   "(--cert/--key, env TRIORAFT_CERT/TRIORAFT_KEY)",
+                                   code="tls", status=status)  # fmt: skip
                 if status == 401:
                     raise Unauthorized(
                         f"{url}: {message} (the node requires a client token: token=..., "

@@ -42,6 +42,7 @@ import contextlib
 import errno
 import logging
 import resource
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,15 @@ _HTTPS_REQUIRED_RESPONSE = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_HTTPS_REQUIRED)
     + _HTTPS_REQUIRED
+)
+_CERT_REQUIRED = (
+    b'{"error":"this node requires a client certificate (signed by the CA it names in '
+    b'--tls-client-ca)","code":"client_certificate_required"}'
+)
+_CERT_REQUIRED_RESPONSE = (
+    b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_CERT_REQUIRED)
+    + _CERT_REQUIRED
 )
 _TLS_HANDSHAKE = 0x16  # the content type of a TLS handshake record
 
@@ -293,6 +303,14 @@ class Listener:
             self.tls_handshakes_failed += 1
             cause = exc.__cause__ or exc
             log.info("TLS handshake failed: %s", getattr(cause, "reason", None) or cause)
+            # trio drops the alert OpenSSL wrote (e.g. "unknown ca"); send it, so
+            # the client learns why (trio's private attribute; best effort).
+            outgoing = getattr(ssl_stream, "_outgoing", None)
+            alert = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+            if alert:
+                with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError,
+                                                                OSError):  # fmt: skip
+                    await raw.send_all(alert)
             return None
         # The SSLObject (trio's private attribute): the verified chain is read
         # from it. Without it the certificate cannot count as the cluster CA's
@@ -318,6 +336,14 @@ class Listener:
                 if unwrapped is None:
                     return
                 conn, peer, first = unwrapped
+                if peer is None and tls.client_cert_required and first[0] != 0:
+                    # HTTP without the certificate this node requires: say so (over
+                    # TLS), read nothing more. (A peer stream is refused by the
+                    # transport, which says so in its own protocol.)
+                    with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError,
+                                                                    OSError):  # fmt: skip
+                        await conn.send_all(_CERT_REQUIRED_RESPONSE)
+                    return
             elif tls is not None and tls.https and first[0] != 0:
                 # Plaintext HTTP to an HTTPS port: say so, read nothing more.
                 self.plaintext_refused += 1

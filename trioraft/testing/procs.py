@@ -575,6 +575,14 @@ class ProcCluster:
                                            verify=verify)  # fmt: skip
         return self._http
 
+    async def close_http(self) -> None:
+        """Close the helper's HTTP client only (a new one is made on next use): for a
+        cluster shared by several tests, each running its own Trio loop."""
+        if self._http is not None:
+            with trio.CancelScope(shield=True):
+                await self._http.aclose()
+            self._http = None
+
     async def aclose(self) -> None:
         """:meth:`close` plus closing the HTTP client."""
         self.close()
