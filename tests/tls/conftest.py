@@ -3,9 +3,10 @@ about them is committed.
 
 - the cluster CA issues node1..node3 (names: the node name, 127.0.0.1, localhost),
   an expired node1 and a bare-CN node1;
-- a separate client CA issues the client certificate ``alice`` and one that
+- a separate client CA issues the client certificate ``alice``, one that
   *names* ``node2`` (a client certificate is never a peer credential, whatever
-  it names);
+  it names), and ``public``, a server certificate for 127.0.0.1 (the
+  client-facing certificate of nodes whose peer certificate is another);
 - a foreign CA issues another ``node2``.
 """
 
@@ -34,6 +35,7 @@ class Certs:
     foreign_node2: Pair | None = None
     expired_node1: Pair | None = None
     cn_node1: Pair | None = None
+    public: Pair | None = None
 
     def pair(self, name: str) -> Pair:
         value = self.nodes.get(name) or getattr(self, name)
@@ -68,4 +70,5 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         directory, "expired-node1",
     )  # fmt: skip
     out.cn_node1 = _write(cluster_ca.issue_cert(common_name="node1"), directory, "cn-node1")
+    out.public = _write(client_ca.issue_cert("127.0.0.1", "localhost"), directory, "public")
     return out

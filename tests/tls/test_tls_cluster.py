@@ -118,12 +118,13 @@ async def test_clients_without_the_right_credentials_fail_clearly(
     # No CA: the nodes' certificates are not trusted (the system CAs do not know them).
     assert cli.run(["--endpoints", endpoints, "get", "k"], {}) == cli.EXIT_FAILURE
     err = capsys.readouterr().err
-    assert "not signed by a CA this client trusts" in err and "--cacert" in err, err
+    assert "not signed by a CA this client trusts" in err, err
+    assert "--cacert" in err, err
     # The CA but no client certificate, which these nodes require.
     assert cli.run(["--endpoints", endpoints, "--cacert", str(certs.ca), "get", "k"],
                    {}) == cli.EXIT_FAILURE  # fmt: skip
     err = capsys.readouterr().err
-    assert "requires a client certificate" in err or "refused the TLS handshake" in err, err
+    assert "requires a client certificate" in err, err
     # A client certificate from a CA the nodes do not trust.
     assert certs.foreign_node2 is not None
     foreign = [str(p) for p in certs.foreign_node2]
@@ -135,7 +136,8 @@ async def test_clients_without_the_right_credentials_fail_clearly(
     plain = endpoints.replace("https://", "http://")
     assert cli.run(["--endpoints", plain, "get", "k"], {}) == cli.EXIT_FAILURE
     err = capsys.readouterr().err
-    assert "use an https:// URL" in err and "https_required" in err, err
+    assert "use an https:// URL" in err, err
+    assert "https_required" in err, err
     # The Python client says the same, as a TlsError.
     with Client(endpoints) as client, pytest.raises(TlsError, match="--cacert"):
         client.get("k")
