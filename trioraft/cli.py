@@ -170,6 +170,12 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         help="on Ctrl-C, seconds to wait for the nodes before killing them (default 5)",
     )
+    parser.add_argument(
+        "--tls-dir", type=Path, default=None, metavar="DIR",
+        help="run the cluster on TLS with the certificates in DIR, as compose/make-certs.sh "
+        "writes them: ca.pem, nodeK.pem, nodeK-key.pem (HTTPS and peer mutual TLS; "
+        "clients need --cacert DIR/ca.pem) (default: no TLS)",
+    )  # fmt: skip
     group = parser.add_argument_group("passed to every node (see `trioraft serve --help`)")
     group.add_argument("--election-timeout-ms", metavar="MIN-MAX")
     group.add_argument("--heartbeat-ms", metavar="N")
@@ -384,6 +390,7 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         host=args.host,
         data_dir=args.data_dir,
         serve_args=tuple(serve_args),
+        tls_dir=args.tls_dir,
     )
     try:
         return cluster.main(opts, grace=args.grace)
