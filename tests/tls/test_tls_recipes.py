@@ -4,7 +4,7 @@
 statically, its healthcheck probe run against that cluster)."""
 
 # The test drives a separate process: Popen and polling are deliberate.
-# ruff: noqa: ASYNC110, ASYNC220, ASYNC221, ASYNC230
+# ruff: noqa: ASYNC110, ASYNC220, ASYNC230
 
 from __future__ import annotations
 
@@ -61,8 +61,10 @@ def test_make_certs_gives_certificates_trioraft_accepts(made_certs: Path) -> Non
 async def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIORAFT_")}
     with trio.fail_after(30):
-        return await trio.run_process([sys.executable, "-m", "trioraft", *args], check=False,
-                                      capture_stdout=True, capture_stderr=True, env=env)  # fmt: skip
+        return await trio.run_process(
+            [sys.executable, "-m", "trioraft", *args], check=False, capture_stdout=True,
+            capture_stderr=True, env=env,
+        )  # fmt: skip
 
 
 async def test_trioraft_cluster_on_tls(made_certs: Path, tmp_path: Path) -> None:
