@@ -25,9 +25,11 @@ def _check_python(session: nox.Session) -> None:
                       f"this session runs {'.'.join(map(str, found))}")
 
 
-# Debian packages the default suite drives: the /ui browser test (chromium) and
-# the side-by-side benchmark's smoke test (a 3-member etcd).
-_DEBIAN_PACKAGES = {"chromium": "chromium", "etcd": "etcd-server", "etcdctl": "etcd-client"}
+# Debian packages the default suite drives: the /ui browser test (chromium), the
+# side-by-side benchmark's smoke test (a 3-member etcd) and the TLS certificate
+# recipe (openssl, compose/make-certs.sh).
+_DEBIAN_PACKAGES = {"chromium": "chromium", "etcd": "etcd-server", "etcdctl": "etcd-client",
+                    "openssl": "openssl"}
 
 
 def _ensure_debian_packages(session: nox.Session) -> None:

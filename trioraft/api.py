@@ -48,6 +48,7 @@ from trioraft.errors import (
     UnknownOutcome,
 )
 from trioraft.node import RaftNode
+from trioraft.tls import TlsPeer, identity_error
 from trioraft.transport import (
     TOKEN_HEADER,
     CodecError,
@@ -479,6 +480,8 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
     observability.register(app, node)  # /metrics, /ui, /ui/state (docs/operations.md)
 
     # ------------------------------------------------------------ peer routes
+    peer_tls = getattr(node.config, "peer_tls_files", None) is not None
+
     def _authorize() -> None:
         authorize(token, request.headers.get(TOKEN_HEADER), request.headers.get("Authorization"))
 
@@ -494,12 +497,21 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
         unauthenticated sender costs no memory), and the body is bounded.
         """
         _authorize()
+        # Peer TLS: a cluster-CA certificate before the body, naming the sender after
+        # (trioraft.tls.identity_error, as for peer streams).
+        scoped = request.scope.get("trioraft.tls_peer")
+        tls_peer = scoped if isinstance(scoped, TlsPeer) else None
+        if peer_tls and (tls_peer is None or not tls_peer.cluster_ca):
+            raise ApiError(403, "tls_required", "this node requires peer TLS: a certificate "
+                           "from the cluster CA naming the sending member")  # fmt: skip
         if (request.content_length or 0) > MAX_RAFT_BODY_BYTES:
             raise ApiError(413, "too_large", f"request body over {MAX_RAFT_BODY_BYTES} bytes")
         try:
             msg = parse(await _raw_body(cache=False), node.id)
         except CodecError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
+        if peer_tls and (why := identity_error(tls_peer, msg.src, node.transport.peer_name)):
+            raise ApiError(403, "identity", f"may not speak as member {msg.src!r}: {why}")
         if msg.src not in node.peer_ids:
             # Nothing for a node outside the configuration (the core ignores
             # it); answer in the course's shape all the same.

@@ -46,6 +46,14 @@ EXIT_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130
 
 ENDPOINTS_ENV = "TRIORAFT_ENDPOINTS"
+# Client credentials (the TLS/token block): option name -> environment variable. The
+# parsed values live under "credential_<name>" (`put KEY` has a positional "key").
+CREDENTIAL_ENVS = {
+    "cacert": "TRIORAFT_CACERT",
+    "cert": "TRIORAFT_CERT",
+    "key": "TRIORAFT_KEY",
+    "token": "TRIORAFT_TOKEN",
+}
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_UNREACHABLE_S = 1.0
 
@@ -109,6 +117,31 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="print the result as JSON",
     )
+    _add_credential_options(parser)
+
+
+def _add_credential_options(parser: argparse.ArgumentParser) -> None:
+    """The TLS/token block: how the client proves itself and whom it trusts."""
+    parser.add_argument(
+        "--cacert", dest="credential_cacert", metavar="FILE", default=argparse.SUPPRESS,
+        help="trust the nodes' certificates signed by this CA (PEM bundle) instead of the "
+        "system's CAs; endpoints given as HOST:PORT then mean https:// "
+        f"[env {CREDENTIAL_ENVS['cacert']}]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cert", dest="credential_cert", metavar="FILE", default=argparse.SUPPRESS,
+        help="present this client certificate (PEM), for nodes that require one "
+        f"(--tls-client-ca) [env {CREDENTIAL_ENVS['cert']}]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--key", dest="credential_key", metavar="FILE", default=argparse.SUPPRESS,
+        help=f"the private key of --cert (PEM) [env {CREDENTIAL_ENVS['key']}]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--token", dest="credential_token", metavar="TOKEN", default=argparse.SUPPRESS,
+        help="a client token, sent as 'Authorization: Bearer TOKEN' (nodes with "
+        f"--client-token) [env {CREDENTIAL_ENVS['token']}]",
+    )  # fmt: skip
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +170,12 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         help="on Ctrl-C, seconds to wait for the nodes before killing them (default 5)",
     )
+    parser.add_argument(
+        "--tls-dir", type=Path, default=None, metavar="DIR",
+        help="run the cluster on TLS with the certificates in DIR, as compose/make-certs.sh "
+        "writes them: ca.pem, nodeK.pem, nodeK-key.pem (HTTPS and peer mutual TLS; "
+        "clients need --cacert DIR/ca.pem) (default: no TLS)",
+    )  # fmt: skip
     group = parser.add_argument_group("passed to every node (see `trioraft serve --help`)")
     group.add_argument("--election-timeout-ms", metavar="MIN-MAX")
     group.add_argument("--heartbeat-ms", metavar="N")
@@ -351,6 +390,7 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         host=args.host,
         data_dir=args.data_dir,
         serve_args=tuple(serve_args),
+        tls_dir=args.tls_dir,
     )
     try:
         return cluster.main(opts, grace=args.grace)
@@ -361,17 +401,29 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 # ---------------------------------------------------------------- client commands
 
 
+def _credentials(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str | None]:
+    """--cacert/--cert/--key/--token, each from its flag, else its environment variable."""
+    return {name: getattr(args, f"credential_{name}", None) or env.get(var) or None
+            for name, var in CREDENTIAL_ENVS.items()}  # fmt: skip
+
+
 def _client(args: argparse.Namespace, env: Mapping[str, str]) -> Client:
     raw = getattr(args, "endpoints", None) or env.get(ENDPOINTS_ENV) or ",".join(DEFAULT_ENDPOINTS)
+    creds = _credentials(args, env)
+    tls = creds["cacert"] is not None or creds["cert"] is not None
     try:
-        endpoints = normalize_endpoints(raw)
+        endpoints = normalize_endpoints(raw, "https" if tls else "http")
     except ValueError as exc:
         _usage(args, f"--endpoints: {exc}")
-    return Client(
-        endpoints,
-        timeout=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
-        unreachable_timeout=getattr(args, "unreachable_timeout", DEFAULT_UNREACHABLE_S),
-    )
+    try:
+        return Client(
+            endpoints,
+            timeout=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
+            unreachable_timeout=getattr(args, "unreachable_timeout", DEFAULT_UNREACHABLE_S),
+            cacert=creds["cacert"], cert=creds["cert"], key=creds["key"], token=creds["token"],
+        )
+    except ValueError as exc:  # a credential file that cannot be used, a bad token
+        _usage(args, str(exc))
 
 
 def _check_key(args: argparse.Namespace) -> None:

@@ -18,6 +18,11 @@ Lifecycle:
 
 The spawn command is a parameter (:data:`SpawnCommand`) so tests can run the whole
 lifecycle against a fake node.
+
+TLS (``--tls-dir DIR``, the layout ``compose/make-certs.sh`` writes): node K gets
+``--tls-cert DIR/nodeK.pem --tls-key DIR/nodeK-key.pem --tls-ca DIR/ca.pem``
+(HTTPS and peer mutual TLS), its URL is ``https://``, and the leader poll trusts
+``DIR/ca.pem``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -64,6 +70,15 @@ class ClusterOptions:
     data_dir: Path = Path("data")
     # Extra `serve` flags given to every node (timeouts, token, --no-fsync, ...).
     serve_args: tuple[str, ...] = ()
+    # TLS: certificates in this directory (see tls_args); None: plain HTTP.
+    tls_dir: Path | None = None
+
+
+def tls_args(tls_dir: Path, node_id: str) -> list[str]:
+    """The `serve` TLS flags of one node, from the layout of compose/make-certs.sh."""
+    return ["--tls-cert", str(tls_dir / f"{node_id}.pem"),
+            "--tls-key", str(tls_dir / f"{node_id}-key.pem"),
+            "--tls-ca", str(tls_dir / "ca.pem")]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -98,8 +113,9 @@ def plan_cluster(opts: ClusterOptions) -> list[NodeSpec]:
     # Bind where asked, but advertise an address one can connect to.
     reach = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(opts.host, opts.host)
     ids = [f"node{k}" for k in range(1, opts.nodes + 1)]
+    scheme = "https" if opts.tls_dir is not None else "http"
     urls = {
-        node_id: f"http://{format_host_port(reach, opts.base_port + i)}"
+        node_id: f"{scheme}://{format_host_port(reach, opts.base_port + i)}"
         for i, node_id in enumerate(ids)
     }
     specs = []
@@ -113,6 +129,7 @@ def plan_cluster(opts: ClusterOptions) -> list[NodeSpec]:
             *[f"--peer={peer}={url}" for peer, url in urls.items() if peer != node_id],
             "--data-dir", str(data_dir),
             *opts.serve_args,
+            *(tls_args(opts.tls_dir, node_id) if opts.tls_dir is not None else []),
         ]  # fmt: skip
         # Validate now, before any process starts (raises ConfigError with the reason).
         config_from_args(build_serve_parser().parse_args(argv), {})
@@ -187,7 +204,9 @@ class _Runner:
         out: TextIO,
         grace: float,
         poll_interval: float,
+        cafile: Path | None = None,
     ) -> None:
+        self.cafile = cafile  # TLS: the CA the leader poll trusts
         self.specs = list(specs)
         self.command = command
         self.out = out
@@ -245,7 +264,10 @@ class _Runner:
     async def poll_leader(self) -> None:
         leader: str | None = None
         self.say("waiting for a leader ...")
-        async with httpx.AsyncClient(trust_env=False, timeout=0.5) as http:
+        verify: ssl.SSLContext | bool = True
+        if self.cafile is not None:
+            verify = ssl.create_default_context(cafile=str(self.cafile))
+        async with httpx.AsyncClient(trust_env=False, timeout=0.5, verify=verify) as http:
 
             async def fetch(i: int, spec: NodeSpec, out: list[dict[str, Any] | None]) -> None:
                 try:
@@ -309,12 +331,13 @@ async def run_cluster(
     out: TextIO | None = None,
     grace: float = 5.0,
     poll_interval: float = 0.1,
+    cafile: Path | None = None,
 ) -> int:
     """Run the nodes until SIGINT/SIGTERM (exit 0) or until all of them exit (exit 1).
 
     Leaves no child process behind, whatever happens.
     """
-    runner = _Runner(specs, command, out or sys.stdout, grace, poll_interval)
+    runner = _Runner(specs, command, out or sys.stdout, grace, poll_interval, cafile)
     # Install the handlers before the first child exists: from here on a signal is
     # an orderly shutdown, never a KeyboardInterrupt traceback.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, ExitStack() as logs:
@@ -348,6 +371,7 @@ def main(
         )
         return 1
     try:
-        return trio.run(lambda: run_cluster(specs, command=command, grace=grace))
+        cafile = opts.tls_dir / "ca.pem" if opts.tls_dir is not None else None
+        return trio.run(lambda: run_cluster(specs, command=command, grace=grace, cafile=cafile))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were installed
         return 130

@@ -18,6 +18,10 @@ Rules, in the order they are applied:
   the port is a full Raft peer. Tokens are printable ASCII (`trioraft.auth.check_secret`).
 * Client tokens (``--client-token ROLE:TOKEN``, ``CLIENT_TOKENS``,
   ``--client-tokens-file``) are separate from the cluster token; see `trioraft.auth`.
+* TLS (``--tls-*``, ``--peer-tls-*``; see `trioraft.tls` and :func:`_tls_settings`):
+  HTTPS for clients, mutual TLS for peers. Peer TLS counts as peer authentication. Every
+  file is loaded and the node's own peer certificate checked (signed by the cluster CA,
+  valid, naming this node) before the node starts.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from trioraft.auth import ROLES, check_secret
+from trioraft.tls import TlsError, check_peer_certificate, server_tls
 
 __all__ = [
     "DEFAULT_ELECTION_TIMEOUT_MS",
@@ -82,6 +87,14 @@ SERVE_ENV_VARS = (
     "INSECURE",
     "CLIENT_TOKENS",
     "CLIENT_TOKENS_FILE",
+    # TLS (see _tls_settings)
+    "TLS_CERT",
+    "TLS_KEY",
+    "TLS_CLIENT_CA",
+    "TLS_CA",
+    "PEER_TLS_CERT",
+    "PEER_TLS_KEY",
+    "PEER_TLS_CA",
 )
 
 # Node ids appear in URLs, headers, file names and log lines: keep them plain.
@@ -131,11 +144,39 @@ class NodeConfig:
     insecure: bool = False
     # (role, token) pairs for the client API; empty: the client API is open.
     client_tokens: tuple[tuple[str, str], ...] = ()
+    # ---- TLS (trioraft.tls). Client API over HTTPS with this certificate and key.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Require every client to present a certificate signed by this CA.
+    tls_client_ca: Path | None = None
+    # The cluster CA: the default of peer_tls_ca.
+    tls_ca: Path | None = None
+    # Peer mutual TLS, as given (see peer_tls_files for the values in force).
+    peer_tls_cert: Path | None = None
+    peer_tls_key: Path | None = None
+    peer_tls_ca: Path | None = None
 
     @property
     def members(self) -> dict[str, str]:
         """All members including this node, id -> base URL."""
         return {self.id: self.advertise_url, **self.peers}
+
+    @property
+    def https(self) -> bool:
+        """The client API is served over TLS."""
+        return self.tls_cert is not None
+
+    @property
+    def peer_tls_files(self) -> tuple[Path, Path, Path] | None:
+        """(certificate, key, cluster CA) for peer mutual TLS, or None when peers do not
+        use TLS. The certificate and key default to --tls-cert/--tls-key, the CA to
+        --tls-ca; peer TLS is on when there is a CA."""
+        ca = self.peer_tls_ca or self.tls_ca
+        cert = self.peer_tls_cert or self.tls_cert
+        key = self.peer_tls_key or self.tls_key
+        if ca is None or cert is None or key is None:
+            return None
+        return cert, key, ca
 
 
 # ---------------------------------------------------------------- value parsers
@@ -204,9 +245,9 @@ def _parse_peer(item: str, what: str) -> tuple[str, str]:
     return _check_id(node_id.strip(), what), _check_url(url, f"{what} {node_id.strip()}")
 
 
-def _parse_course_peer(item: str) -> tuple[str, str]:
+def _parse_course_peer(item: str, scheme: str = "http") -> tuple[str, str]:
     host, port = parse_host_port(item, "PEER_IDS")
-    return _check_id(host, "PEER_IDS"), f"http://{format_host_port(host, port)}"
+    return _check_id(host, "PEER_IDS"), f"{scheme}://{format_host_port(host, port)}"
 
 
 def _parse_range(text: str, what: str) -> tuple[int, int]:
@@ -326,6 +367,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="a file of client tokens, one ROLE:TOKEN a line ('#' comments), added to "
         "--client-token [env CLIENT_TOKENS_FILE]",
     )
+    _add_tls_arguments(parser)
     parser.add_argument(
         "--snapshot-entries",
         metavar="N",
@@ -377,12 +419,96 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def peer_authentication(config: NodeConfig) -> str | None:
     """How peers authenticate to this node, or None when they do not.
 
-    The hook for every peer credential: a cluster token today; when TLS for
-    peers arrives, a configured client-certificate CA counts here too.
+    The hook for every peer credential: the cluster token, peer mutual TLS, or
+    both (defence in depth: then a peer needs both).
     """
+    ways = []
     if config.cluster_token is not None:
-        return "cluster token"
-    return None
+        ways.append("cluster token")
+    if config.peer_tls_files is not None:
+        ways.append("peer TLS")
+    return " and ".join(ways) or None
+
+
+# ---------------------------------------------------------------- TLS
+# (The TLS block: flags, their environment variables and their checks.)
+
+_TLS_FLAGS = (
+    # flag, env, metavar, help
+    ("--tls-cert", "TLS_CERT", "FILE", "serve the client API over HTTPS with this PEM "
+     "certificate (chain); advertised URLs become https://. Also the default peer "
+     "certificate"),
+    ("--tls-key", "TLS_KEY", "FILE", "the private key of --tls-cert (PEM)"),
+    ("--tls-client-ca", "TLS_CLIENT_CA", "FILE", "require every client to present a "
+     "certificate signed by this CA (PEM bundle); needs --tls-cert"),
+    ("--tls-ca", "TLS_CA", "FILE", "the cluster CA (PEM bundle): turns on peer mutual TLS "
+     "with --tls-cert/--tls-key as the peer certificate (see --peer-tls-ca)"),
+    ("--peer-tls-cert", "PEER_TLS_CERT", "FILE", "this node's peer certificate, signed by "
+     "the cluster CA and naming this node (--id) as a subjectAltName DNS name or URI (or "
+     "CN); default --tls-cert"),
+    ("--peer-tls-key", "PEER_TLS_KEY", "FILE", "its private key; default --tls-key"),
+    ("--peer-tls-ca", "PEER_TLS_CA", "FILE", "the cluster CA (PEM bundle); with it every "
+     "peer stream and /raft/* request must be TLS with a certificate from this CA naming "
+     "the member it speaks as; default --tls-ca"),
+)
+
+
+def _add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, env_name, metavar, text in _TLS_FLAGS:
+        parser.add_argument(flag, metavar=metavar, type=Path,
+                            help=f"{text} [env {env_name}; default none]")  # fmt: skip
+
+
+def _tls_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Path | None]:
+    """The TLS fields of NodeConfig from flags and environment, with their pairings checked."""
+    out: dict[str, Path | None] = {}
+    for flag, env_name, _, _ in _TLS_FLAGS:
+        field_name = flag[2:].replace("-", "_")
+        value = getattr(args, field_name, None)
+        if value is None and (text := _env(env, env_name)) is not None:
+            value = Path(text)
+        out[field_name] = value
+
+    def given(name: str) -> bool:
+        return out[name] is not None
+
+    for cert, key in (("tls_cert", "tls_key"), ("peer_tls_cert", "peer_tls_key")):
+        if given(cert) != given(key):
+            have, missing = (cert, key) if given(cert) else (key, cert)
+            raise ConfigError(f"--{have.replace('_', '-')} needs --{missing.replace('_', '-')} "
+                              "(a certificate and its key go together)")  # fmt: skip
+    if given("tls_client_ca") and not given("tls_cert"):
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key: client "
+                          "certificates are asked for on HTTPS")  # fmt: skip
+    has_ca = given("peer_tls_ca") or given("tls_ca")
+    if has_ca and not (given("peer_tls_cert") or given("tls_cert")):
+        raise ConfigError("peer TLS (--peer-tls-ca or --tls-ca) needs this node's peer "
+                          "certificate: --peer-tls-cert/--peer-tls-key or "
+                          "--tls-cert/--tls-key")  # fmt: skip
+    if given("peer_tls_cert") and not has_ca:
+        raise ConfigError("--peer-tls-cert needs the cluster CA that signed the peers' "
+                          "certificates: --peer-tls-ca or --tls-ca")  # fmt: skip
+    return out
+
+
+def _check_tls(config: NodeConfig) -> None:
+    """Load every TLS file now, and refuse a peer certificate the peers would refuse."""
+    peer = config.peer_tls_files
+    try:
+        server_tls(
+            cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca,
+            peer_cert=peer[0] if peer else None, peer_key=peer[1] if peer else None,
+            peer_ca=peer[2] if peer else None,
+        )
+        if peer is not None:
+            check_peer_certificate(*peer, name=config.id)
+    except TlsError as exc:
+        raise ConfigError(str(exc)) from None
+    if config.https and urlsplit(config.advertise_url).scheme != "https":
+        # Clients follow advertised URLs (/status, Location): a plain http:// one
+        # would lead them to a port that answers plaintext with a 400.
+        raise ConfigError(f"--advertise {config.advertise_url}: this node serves HTTPS "
+                          "(--tls-cert), so its URL is https://")  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:
@@ -433,7 +559,9 @@ def _env(env: Mapping[str, str], name: str) -> str | None:
     return value if value else None  # empty counts as unset
 
 
-def _peers(flags: Sequence[str] | None, env: Mapping[str, str]) -> dict[str, str]:
+def _peers(
+    flags: Sequence[str] | None, env: Mapping[str, str], scheme: str = "http"
+) -> dict[str, str]:
     items: list[tuple[str, str]]
     if flags:
         items = [_parse_peer(item, "--peer") for item in flags]
@@ -444,7 +572,7 @@ def _peers(flags: Sequence[str] | None, env: Mapping[str, str]) -> dict[str, str
         if peers_env:
             items = [_parse_peer(i.strip(), "PEERS") for i in peers_env.split(",") if i.strip()]
         elif course_env:
-            items = [_parse_course_peer(i) for i in course_env.split(",") if i.strip()]
+            items = [_parse_course_peer(i, scheme) for i in course_env.split(",") if i.strip()]
         else:
             items = []
     peers: dict[str, str] = {}
@@ -471,14 +599,16 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
             host = host[1:-1]
         port = _parse_port(port_env.strip(), "PORT") if port_env else DEFAULT_LISTEN[1]
 
+    tls = _tls_settings(args, env)
+    scheme = "https" if tls["tls_cert"] is not None else "http"
     if args.advertise is not None:
         advertise = _check_url(args.advertise, "--advertise")
     elif (advertise_env := _env(env, "ADVERTISE_URL")) is not None:
         advertise = _check_url(advertise_env, "ADVERTISE_URL")
     else:
-        advertise = f"http://{format_host_port(node_id, port)}"
+        advertise = f"{scheme}://{format_host_port(node_id, port)}"
 
-    peers = _peers(args.peer, env)
+    peers = _peers(args.peer, env, scheme)
     if node_id in peers:
         raise ConfigError(f"peer {node_id!r} is this node's own id; list only the other members")
     by_url: dict[str, str] = {advertise: node_id}
@@ -578,14 +708,23 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
         request_timeout_s=timeout_ms / 1000,
         insecure=insecure,
         client_tokens=_client_tokens(args, env),
+        tls_cert=tls["tls_cert"],
+        tls_key=tls["tls_key"],
+        tls_client_ca=tls["tls_client_ca"],
+        tls_ca=tls["tls_ca"],
+        peer_tls_cert=tls["peer_tls_cert"],
+        peer_tls_key=tls["peer_tls_key"],
+        peer_tls_ca=tls["peer_tls_ca"],
     )
     if not _is_loopback(host) and peer_authentication(config) is None and not insecure:
         raise ConfigError(
             f"refusing to listen on {format_host_port(host, port)} without peer "
             "authentication: anyone who reaches that address could act as a Raft peer and "
-            "rewrite the cluster's data. Set --cluster-token (env CLUSTER_TOKEN) on every "
-            "member, listen on loopback, or pass --insecure (env INSECURE=1) to accept the risk"
+            "rewrite the cluster's data. Set --cluster-token (env CLUSTER_TOKEN) or peer TLS "
+            "(--tls-ca or --peer-tls-ca, with certificates) on every member, listen on "
+            "loopback, or pass --insecure (env INSECURE=1) to accept the risk"
         )
+    _check_tls(config)
     return config
 
 

@@ -12,11 +12,9 @@ import time
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 
 from tests.api.api_helpers import assert_ok
@@ -172,19 +170,6 @@ async def test_a_leader_at_its_connection_limit_hands_over_leadership(tmp_path: 
         finally:
             for s in slow:
                 await s.aclose()
-
-
-async def test_https_peer_urls_are_refused_at_start_with_a_clear_message(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    [config] = make_configs(1, tmp_path / "data")
-    config = replace(config, peers={"node2": "https://node2.example:3000"})
-    with pytest.raises(SystemExit) as exit_:
-        await serve(config)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert "node2=https://node2.example:3000" in err
-    assert "https:// peer URLs are not supported yet" in err
 
 
 async def test_status_reports_loop_lag_and_peer_streams(tmp_path: Path) -> None:

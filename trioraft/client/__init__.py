@@ -29,7 +29,15 @@ Behaviour
   :class:`BadRequest` (400), :class:`TooLarge` (413), :class:`Unavailable` (no answer
   or no leader before the deadline: the operation did not happen),
   :class:`UnknownOutcome` (a write might have been applied: retrying it with a fresh
-  key could apply it twice).
+  key could apply it twice), :class:`Unauthorized` (401: no or an unknown client
+  token), :class:`Forbidden` (403: the token's role is too weak), :class:`TlsError`
+  (a failed TLS handshake: untrusted, expired or misnamed node certificate, or a
+  client certificate the node refused or needs). None of these took effect.
+* **Credentials.** ``cacert`` (a PEM CA bundle to trust instead of the system's),
+  ``cert``/``key`` (a client certificate, for nodes started with
+  ``--tls-client-ca``), ``token`` (sent as ``Authorization: Bearer``). With
+  ``cacert`` or ``cert``, an endpoint given as ``host:port`` means
+  ``https://host:port``.
 """
 
 from ._async import AsyncClient
@@ -37,10 +45,13 @@ from ._core import DEFAULT_ENDPOINTS, MAX_PAGE, key_path, normalize_endpoints
 from ._errors import (
     BadRequest,
     EndpointStatus,
+    Forbidden,
     RangePage,
+    TlsError,
     TooLarge,
     TrioraftError,
     TxnResult,
+    Unauthorized,
     Unavailable,
     UnknownOutcome,
 )
@@ -55,12 +66,15 @@ __all__ = [
     "BadRequest",
     "Client",
     "EndpointStatus",
+    "Forbidden",
     "RangePage",
+    "TlsError",
     "TooLarge",
     "TrioraftError",
     "Txn",
     "TxnOp",
     "TxnResult",
+    "Unauthorized",
     "Unavailable",
     "UnknownOutcome",
     "key_path",

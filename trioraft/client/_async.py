@@ -27,6 +27,7 @@ from ._core import (
 )
 from ._errors import EndpointStatus, RangePage, TxnResult
 from ._sync import http_limits, http_timeout
+from ._tls import PathLike, auth_headers, client_ssl_context
 from ._txn import AsyncTxn
 
 __all__ = ["AsyncClient"]
@@ -57,7 +58,12 @@ class AsyncClient:
         trust_env: bool = False,
         rng: random.Random | None = None,
         client_id: str | None = None,
+        cacert: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
+        token: str | None = None,
     ) -> None:
+        ssl_context = client_ssl_context(cacert, cert, key)
         self._core = Core(
             endpoints,
             timeout=timeout,
@@ -68,10 +74,13 @@ class AsyncClient:
             now=anyio.current_time,  # the running loop's clock (trio's MockClock in tests)
             rng=rng,
             client_id=client_id,
+            default_scheme="https" if ssl_context is not None else "http",
         )
         self._connect_timeout = connect_timeout
         self._http = httpx.AsyncClient(
-            transport=transport, trust_env=trust_env, limits=http_limits(max_connections)
+            transport=transport, trust_env=trust_env, limits=http_limits(max_connections),
+            verify=ssl_context if ssl_context is not None else True,
+            headers=auth_headers(token),
         )
 
     @property

@@ -22,13 +22,17 @@ import httpx
 from ._errors import (
     BadRequest,
     EndpointStatus,
+    Forbidden,
     RangePage,
+    TlsError,
     TooLarge,
     TrioraftError,
     TxnResult,
+    Unauthorized,
     Unavailable,
     UnknownOutcome,
 )
+from ._tls import tls_failure
 from ._txn import txn_result
 
 __all__ = ["DEFAULT_ENDPOINTS", "Consistency", "Core", "Send", "Sleep", "key_path",
@@ -44,8 +48,11 @@ Consistency = Literal["linearizable", "stale"]
 T = TypeVar("T")
 
 
-def normalize_endpoints(endpoints: str | Iterable[str]) -> tuple[str, ...]:
-    """``"a:1,http://b:2/"`` -> ``("http://a:1", "http://b:2")``; ValueError if empty/bad."""
+def normalize_endpoints(
+    endpoints: str | Iterable[str], default_scheme: str = "http"
+) -> tuple[str, ...]:
+    """``"a:1,http://b:2/"`` -> ``("http://a:1", "http://b:2")``; ValueError if empty/bad.
+    `default_scheme` is for endpoints given without one."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     result: list[str] = []
     for raw in items:
@@ -53,7 +60,7 @@ def normalize_endpoints(endpoints: str | Iterable[str]) -> tuple[str, ...]:
         if not url:
             continue
         if "://" not in url:
-            url = "http://" + url
+            url = f"{default_scheme}://{url}"
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"not an http(s) endpoint URL: {raw.strip()!r}")
@@ -162,10 +169,11 @@ class Core:
         now: Callable[[], float],
         rng: random.Random | None,
         client_id: str | None,
+        default_scheme: str = "http",
     ) -> None:
         if timeout <= 0 or attempt_timeout <= 0 or unreachable_timeout <= 0:
             raise ValueError("timeouts must be positive")
-        self.endpoints = normalize_endpoints(endpoints)
+        self.endpoints = normalize_endpoints(endpoints, default_scheme)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.unreachable_timeout = unreachable_timeout
@@ -312,6 +320,19 @@ class Core:
                 url, method, path, params, body, headers, min(remaining, self.attempt_timeout)
             )
             retry_after = 0.0
+            if isinstance(reply, httpx.TransportError) and (
+                tls_error := tls_failure(url, reply)
+            ) is not None:
+                # The handshake failed: the node never read a request, so nothing
+                # was applied. On an endpoint the client was given, that is a
+                # configuration problem to report now; on a learned leader URL, the
+                # endpoints are asked instead (they forward).
+                if url in self.endpoints:
+                    raise tls_error
+                self._failed(url, unreachable=True)
+                self._unreachable.add(url)
+                last_problem = str(tls_error)
+                continue
             if isinstance(reply, httpx.TransportError):
                 if write and not isinstance(reply, _NOT_SENT):
                     maybe_applied = True
@@ -346,6 +367,17 @@ class Core:
                     raise BadRequest(message, code=code, status=status)
                 if status == 413:
                     raise TooLarge(message, code=code, status=status)
+                if status == 401 and code == "client_certificate_required":
+                    raise TlsError(f"{url}: the node requires a client certificate: give one "
+                                   "(--cert/--key, env TRIORAFT_CERT/TRIORAFT_KEY)",
+                                   code="tls", status=status)  # fmt: skip
+                if status == 401:
+                    raise Unauthorized(
+                        f"{url}: {message} (the node requires a client token: token=..., "
+                        "CLI --token or TRIORAFT_TOKEN)", code=code, status=status,
+                    )  # fmt: skip
+                if status == 403:
+                    raise Forbidden(f"{url}: {message}", code=code, status=status)
                 if status not in (502, 503, 504):
                     raise TrioraftError(f"{url}: {message}", code=code, status=status)
                 last_problem, last_code = f"{url}: {message}", code

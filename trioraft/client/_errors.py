@@ -8,10 +8,13 @@ from typing import Any
 __all__ = [
     "BadRequest",
     "EndpointStatus",
+    "Forbidden",
     "RangePage",
+    "TlsError",
     "TooLarge",
     "TrioraftError",
     "TxnResult",
+    "Unauthorized",
     "Unavailable",
     "UnknownOutcome",
 ]
@@ -39,6 +42,28 @@ class TooLarge(TrioraftError):
     """413: key, value or body over the server's limit. Nothing was applied."""
 
     code = "too_large"
+
+
+class Unauthorized(TrioraftError):
+    """401: the node requires a client token and got none (or an unknown one). Nothing
+    was applied."""
+
+    code = "unauthorized"
+
+
+class Forbidden(TrioraftError):
+    """403: the token's role does not allow this (a write with a read-only token).
+    Nothing was applied."""
+
+    code = "forbidden"
+
+
+class TlsError(TrioraftError):
+    """A TLS handshake with a configured endpoint failed: the node's certificate is not
+    trusted (or expired, or for another name), or the node refused this client's
+    (missing, unknown CA, expired). Nothing was applied; retrying will not help."""
+
+    code = "tls"
 
 
 class Unavailable(TrioraftError):

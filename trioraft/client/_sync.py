@@ -22,6 +22,7 @@ from ._core import (
     check_key_value,
 )
 from ._errors import EndpointStatus, RangePage, TxnResult
+from ._tls import PathLike, auth_headers, client_ssl_context
 from ._txn import Txn
 
 __all__ = ["Client", "http_limits", "http_timeout"]
@@ -53,6 +54,11 @@ class Client:
     `timeout`. Writes carry an idempotency key, so an attempt abandoned and retried
     on another node still applies at most once. `transport` is for tests (e.g.
     ``httpx.MockTransport``).
+
+    Credentials: `cacert` (a PEM CA bundle trusted instead of the system's), `cert`
+    and `key` (a client certificate, PEM), `token` (a client token, sent as
+    ``Authorization: Bearer``). A file that cannot be used is a ValueError here; a
+    failed handshake is a :class:`TlsError` at the call.
     """
 
     def __init__(
@@ -70,7 +76,12 @@ class Client:
         trust_env: bool = False,
         rng: random.Random | None = None,
         client_id: str | None = None,
+        cacert: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
+        token: str | None = None,
     ) -> None:
+        ssl_context = client_ssl_context(cacert, cert, key)
         self._core = Core(
             endpoints,
             timeout=timeout,
@@ -81,10 +92,13 @@ class Client:
             now=time.monotonic,
             rng=rng,
             client_id=client_id,
+            default_scheme="https" if ssl_context is not None else "http",
         )
         self._connect_timeout = connect_timeout
         self._http = httpx.Client(
-            transport=transport, trust_env=trust_env, limits=http_limits(max_connections)
+            transport=transport, trust_env=trust_env, limits=http_limits(max_connections),
+            verify=ssl_context if ssl_context is not None else True,
+            headers=auth_headers(token),
         )
 
     @property

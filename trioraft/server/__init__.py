@@ -3,7 +3,8 @@ streams and the HTTP server, all on the node's one port.
 
     listener (trioraft.server._listener): accepts on --listen; the first byte
       of each connection routes it: NUL -> a peer stream (StreamTransport),
-      anything else -> HTTP (hypercorn's trio connection handler, _http.py)
+      anything else -> HTTP (hypercorn's trio connection handler, _http.py);
+      with TLS configured, a TLS handshake first, then the same rule inside
     node (trioraft.node.RaftNode): the runtime; its transport's dial loops
     loop-lag monitor; signal watcher
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,7 @@ from trioraft.observability import instrument
 from trioraft.server._http import BodyDeadline, HttpServer
 from trioraft.server._listener import Listener, ListenerLimits, PrefixedStream
 from trioraft.storage import DataDirLocked, StorageCorrupt, open_storage
+from trioraft.tls import ServerTls, TlsError, peer_client_context, server_tls
 from trioraft.transport import StreamConfig, StreamTransport, peer_address
 
 __all__ = [
@@ -91,6 +94,36 @@ def _check_peer_urls(config: NodeConfig) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- TLS
+
+
+def node_tls(config: NodeConfig) -> tuple[ServerTls | None, ssl.SSLContext | None]:
+    """(what the listener terminates TLS with, the context peers are dialled with) from
+    the node's configuration; (None, None) without TLS. TlsError if a file is unusable
+    (already checked when the configuration was parsed; files can change since)."""
+    peer = config.peer_tls_files
+    listener_tls = server_tls(
+        cert=config.tls_cert, key=config.tls_key, client_ca=config.tls_client_ca,
+        peer_cert=peer[0] if peer else None, peer_key=peer[1] if peer else None,
+        peer_ca=peer[2] if peer else None,
+    )  # fmt: skip
+    return listener_tls, peer_client_context(*peer) if peer else None
+
+
+def _describe_tls(config: NodeConfig) -> str:
+    """"; clients: HTTPS, peers: mutual TLS" for the start-up line; "" without TLS."""
+    if not config.https and config.peer_tls_files is None:
+        return ""
+    parts = ["; clients: HTTPS" if config.https else "; clients: plain HTTP"]
+    if config.tls_client_ca is not None:
+        parts[0] += " with client certificates"
+    parts.append("peers: mutual TLS" if config.peer_tls_files else "peers: no TLS")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------- serve
+
+
 async def serve(
     config: NodeConfig,
     *,
@@ -101,6 +134,11 @@ async def serve(
     if (problem := _check_peer_urls(config)) is not None:
         print(f"trioraft: {problem}", file=sys.stderr)
         raise SystemExit(2)
+    try:
+        tls = node_tls(config)
+    except TlsError as exc:
+        print(f"trioraft: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         storage = await trio.to_thread.run_sync(open_storage, config.data_dir, config.fsync)
     except (StorageCorrupt, DataDirLocked) as exc:
@@ -117,7 +155,7 @@ async def serve(
             bind_error = f"cannot listen on {bind}: {exc}"
         else:
             try:
-                await _serve_on(config, opts, storage, sockets, task_status)
+                await _serve_on(config, opts, storage, sockets, tls, task_status)
             finally:
                 for sock in sockets:
                     sock.socket.close()
@@ -135,10 +173,12 @@ async def _serve_on(
     opts: ServerOptions,
     storage: Any,
     sockets: list[trio.SocketListener],
+    tls: tuple[ServerTls | None, ssl.SSLContext | None],
     task_status: trio.TaskStatus[RaftNode],
 ) -> None:
+    listener_tls, peer_tls = tls
     transport = StreamTransport(
-        config.id, config.peers, token=config.cluster_token, config=opts.stream
+        config.id, config.peers, token=config.cluster_token, config=opts.stream, tls=peer_tls
     )
     loop_lag = LoopLagMonitor(opts.loop_lag_interval, opts.loop_lag_threshold)
     node = RaftNode(config, storage, transport, loop_lag=loop_lag)
@@ -154,7 +194,7 @@ async def _serve_on(
                              opts.keep_alive_timeout)  # fmt: skip
     http = HttpServer(app, hconf)
     listener = Listener(sockets, serve_http=http.handle, accept_peer=transport.accept,
-                        limits=opts.listener)  # fmt: skip
+                        limits=opts.listener, tls=listener_tls)  # fmt: skip
     node.health_checks.append(
         lambda: "the node is at its connection limit" if listener.saturated_since else None
     )
@@ -179,7 +219,8 @@ async def _serve_on(
             nursery.start_soon(_step_down_when_saturated, node, listener, opts)
             addresses = ", ".join(format_host_port(h, p) for h, p in listener.addresses)
             event(log, "node_started", logging.WARNING, id=config.id, listen=addresses,
-                  advertised=config.advertise_url, peers=len(config.peers))  # fmt: skip
+                  advertised=config.advertise_url, peers=len(config.peers),
+                  tls=_describe_tls(config).strip(" ,;()") or "off")  # fmt: skip
             task_status.started(node)
             await stop.wait()
             node.stop_accepting()
@@ -207,7 +248,7 @@ async def serve_asgi(
     hconf = hypercorn_config(format_host_port(host, port), keep_alive_timeout)
     http = HttpServer(app, hconf)
     sockets = await trio.open_tcp_listeners(port, host=host, backlog=1024)
-    listener = Listener(sockets, serve_http=http.handle, accept_peer=lambda _: False,
+    listener = Listener(sockets, serve_http=http.handle, accept_peer=lambda _s, _p: False,
                         limits=ListenerLimits())  # fmt: skip
     try:
         async with trio.open_nursery() as nursery:

@@ -17,6 +17,10 @@ as a client disconnect after `body_timeout`, so the handler answers and
 hypercorn closes the connection instead of holding it forever. (Slow
 *headers* are already bounded: hypercorn's keep-alive timer runs until a
 request's headers are complete.)
+
+`TLS_PEER_SCOPE_KEY`: every HTTP request of a connection carries that
+connection's verified client certificate (`trioraft.tls.TlsPeer`, or None)
+in its ASGI scope under this key; the course routes `/raft/*` check it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
-__all__ = ["BodyDeadline", "HttpServer"]
+from trioraft.tls import TlsPeer
+
+__all__ = ["TLS_PEER_SCOPE_KEY", "BodyDeadline", "HttpServer"]
+
+TLS_PEER_SCOPE_KEY = "trioraft.tls_peer"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,6 +81,19 @@ class BodyDeadline:
         await self.app(scope, bounded_receive, send)
 
 
+class _WithTlsPeer:
+    """hypercorn's app wrapper, plus the connection's certificate in each request's scope."""
+
+    def __init__(self, app: Any, peer: TlsPeer | None) -> None:
+        self.app = app
+        self.peer = peer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send,
+                       sync_spawn: Any, call_soon: Any) -> None:  # fmt: skip
+        scope[TLS_PEER_SCOPE_KEY] = self.peer
+        await self.app(scope, receive, send, sync_spawn, call_soon)
+
+
 class HttpServer:
     """Serves HTTP connections handed to `handle()`; `drain()` on shutdown."""
 
@@ -92,12 +113,13 @@ class HttpServer:
         with contextlib.suppress(trio.ClosedResourceError):
             await self._lifespan.wait_for_startup()
 
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection until it closes."""
+    async def handle(self, stream: trio.abc.Stream, peer: TlsPeer | None = None) -> None:
+        """Serve one connection until it closes; `peer`: its verified client certificate."""
         self.connections += 1
         try:
             state = ConnectionState(self._lifespan_state.copy())
-            await TCPServer(self.app, self.config, self.context, state, stream)  # type: ignore[arg-type]
+            app = _WithTlsPeer(self.app, peer)
+            await TCPServer(app, self.config, self.context, state, stream)  # type: ignore[arg-type]
         finally:
             self.connections -= 1
 

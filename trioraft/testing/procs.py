@@ -46,6 +46,13 @@ the same text on demand, and :meth:`ProcCluster.logs` just the logs.
 
 :func:`eventually` retries an async check until its assertions hold.
 
+TLS: ``ProcCluster(3, tmp, tls=ProcTls(ca, certs, ...))`` runs every node with
+``--tls-cert/--tls-key`` (HTTPS, ``https://`` URLs) and ``--tls-ca`` (peer
+mutual TLS), optionally ``--tls-client-ca``; the helper's own HTTP client
+trusts the CA and presents the client certificate, and :meth:`ProcCluster.client_args`
+gives the matching CLI flags. The certificates are the caller's (tests make
+them with ``trustme``).
+
 Ports come from :func:`free_ports` unless given: bound-checked, below the
 kernel's ephemeral range (so no outgoing connection takes a down node's port),
 never the 3001-3005 a developer's own cluster uses. Children get
@@ -69,6 +76,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -87,6 +95,7 @@ __all__ = [
     "ClusterTimeout",
     "NodeProc",
     "ProcCluster",
+    "ProcTls",
     "eventually",
     "free_port_range",
     "free_ports",
@@ -257,6 +266,43 @@ class NodeProc:
         return self.proc.poll() if self.proc is not None else None
 
 
+# ---------------------------------------------------------------- TLS
+
+
+@dataclass(frozen=True)
+class ProcTls:
+    """Certificate files for a TLS cluster (PEM)."""
+
+    #: The cluster CA: every node's --tls-ca, and what the helper's client trusts.
+    ca: Path
+    #: node id -> (certificate, key): its --tls-cert/--tls-key (also its peer one).
+    certs: Mapping[str, tuple[Path, Path]]
+    #: --tls-client-ca for every node (client certificates required), or None.
+    client_ca: Path | None = None
+    #: (certificate, key) the helper presents as a client, or None.
+    client_cert: tuple[Path, Path] | None = None
+
+    def serve_args(self, node_id: str) -> list[str]:
+        cert, key = self.certs[node_id]
+        args = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(self.ca)]
+        if self.client_ca is not None:
+            args += ["--tls-client-ca", str(self.client_ca)]
+        return args
+
+    def client_args(self) -> list[str]:
+        """`trioraft` client flags that trust the CA and present the client certificate."""
+        args = ["--cacert", str(self.ca)]
+        if self.client_cert is not None:
+            args += ["--cert", str(self.client_cert[0]), "--key", str(self.client_cert[1])]
+        return args
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None:
+            ctx.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
+        return ctx
+
+
 _LIVE: weakref.WeakSet[ProcCluster] = weakref.WeakSet()
 
 
@@ -286,6 +332,7 @@ class ProcCluster:
         http_timeout: per-request timeout of the helper's own HTTP calls.
         status_timeout: timeout of one ``/status`` poll (a node that does not answer
             in time counts as down for that poll).
+        tls: run every node on TLS with these certificates (:class:`ProcTls`).
     """
 
     def __init__(
@@ -304,6 +351,7 @@ class ProcCluster:
         env: Mapping[str, str] | None = None,
         http_timeout: float = 5.0,
         status_timeout: float = 1.0,
+        tls: ProcTls | None = None,
     ) -> None:
         ids = list(ids) if ids is not None else [f"node{k}" for k in range(1, n + 1)]
         ports = list(ports) if ports is not None else free_ports(len(ids))
@@ -314,7 +362,9 @@ class ProcCluster:
         self.cluster_token = cluster_token
         self.http_timeout = http_timeout
         self.status_timeout = status_timeout
-        urls = {i: f"http://127.0.0.1:{p}" for i, p in zip(ids, ports, strict=True)}
+        self.tls = tls
+        scheme = "https" if tls is not None else "http"
+        urls = {i: f"{scheme}://127.0.0.1:{p}" for i, p in zip(ids, ports, strict=True)}
         common = ["--fsync" if fsync else "--no-fsync", f"--log-level={log_level}"]
         if election_timeout_ms is not None:
             common.append(f"--election-timeout-ms={election_timeout_ms}")
@@ -334,6 +384,7 @@ class ProcCluster:
                 *[f"--peer={p}={u}" for p, u in urls.items() if p != node_id],
                 "--data-dir", str(data_dir),
                 *common,
+                *(tls.serve_args(node_id) if tls is not None else []),
             ]  # fmt: skip
             self.nodes[node_id] = NodeProc(
                 node_id, port, urls[node_id], data_dir, self.base_dir / f"{node_id}.log", argv
@@ -371,6 +422,12 @@ class ProcCluster:
     def endpoints(self, ids: Iterable[str] | None = None) -> str:
         """Comma-separated URLs, for ``--endpoints`` (all nodes by default)."""
         return ",".join(self.nodes[i].url for i in (ids if ids is not None else self.nodes))
+
+    def client_args(self, ids: Iterable[str] | None = None) -> list[str]:
+        """`trioraft` client flags for this cluster: ``--endpoints`` and, on TLS, the CA
+        and client certificate."""
+        tls_args = self.tls.client_args() if self.tls is not None else []
+        return ["--endpoints", self.endpoints(ids), *tls_args]
 
     def running(self) -> list[str]:
         return [i for i, n in self.nodes.items() if n.running]
@@ -511,8 +568,20 @@ class ProcCluster:
     def http(self) -> httpx.AsyncClient:
         """The helper's HTTP client (created on first use, closed by :meth:`aclose`)."""
         if self._http is None:
-            self._http = httpx.AsyncClient(trust_env=False, timeout=self.http_timeout)
+            verify: ssl.SSLContext | bool = True
+            if self.tls is not None:
+                verify = self.tls.ssl_context()
+            self._http = httpx.AsyncClient(trust_env=False, timeout=self.http_timeout,
+                                           verify=verify)  # fmt: skip
         return self._http
+
+    async def close_http(self) -> None:
+        """Close the helper's HTTP client only (a new one is made on next use): for a
+        cluster shared by several tests, each running its own Trio loop."""
+        if self._http is not None:
+            with trio.CancelScope(shield=True):
+                await self._http.aclose()
+            self._http = None
 
     async def aclose(self) -> None:
         """:meth:`close` plus closing the HTTP client."""

@@ -19,10 +19,21 @@ without. The acceptor reads nothing but these two small frames (bounded in
 size and time) before the dialer is authenticated.
 
 The stream is bound to the peer's member id: every message arriving on it
-must carry that `src` (checked per message by the connection). A mutual-TLS
-identity (a later phase) binds the same way: `PeerAuth.tls_identity` will
-return the certificate's member id and the handshake will require it to equal
-the claimed `src`, in place of (or besides) the token proof.
+must carry that `src` (checked per message by the connection).
+
+With peer TLS (`PeerAuth.tls`, the context this node dials with), the stream
+runs inside mutual TLS with certificates of the cluster CA, and the TLS
+identity is bound to the member ids of the handshake
+(`trioraft.tls.identity_error`, the one function that decides it):
+
+- the acceptor refuses, before reading anything, a connection without a
+  verified certificate (`tls_required`: plaintext, or no certificate), and
+  after HELLO one whose certificate is not the cluster CA's or does not name
+  the member the dialer claims to be (`identity`);
+- the dialer refuses an acceptor whose certificate does not name the member it
+  meant to reach (`identity`), before sending anything.
+
+The token proof runs as well when both are configured (defence in depth).
 """
 
 from __future__ import annotations
@@ -31,12 +42,14 @@ import contextlib
 import hashlib
 import hmac
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
 import trio
 
+from trioraft.tls import NameOf, TlsPeer, identity_error, static_name_of
 from trioraft.transport._frames import (
     PREAMBLE,
     PROTOCOL_VERSIONS,
@@ -72,18 +85,29 @@ class PeerIdentity:
     member_id: str
     cluster_id: str
     version: int
-    authenticated_by: str  # "token" or "none" (later: "tls")
+    authenticated_by: str  # "tls+token", "tls", "token" or "none"
 
 
 class PeerAuth:
-    """How peers prove themselves: the shared cluster token (or nothing, insecure)."""
+    """How peers prove themselves: the shared cluster token, peer TLS (the context this
+    node dials with: certificates of the cluster CA both ways), both, or nothing
+    (insecure)."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, tls: ssl.SSLContext | None = None) -> None:
         self._key = token.encode("utf-8") if token else None
+        self.tls = tls
 
     @property
     def method(self) -> str:
+        """The token part: "token" or "none"."""
         return "token" if self._key is not None else "none"
+
+    @property
+    def methods(self) -> str:
+        """Everything a peer proved: "tls+token", "tls", "token" or "none"."""
+        if self.tls is None:
+            return self.method
+        return "tls+token" if self._key is not None else "tls"
 
     def proof(self, role: str, transcript: bytes) -> bytes:
         if self._key is None:
@@ -134,8 +158,16 @@ async def dial(
     cluster: str,
     local: str,
     peer: str,
+    tls_peer: TlsPeer | None = None,
+    name_of: NameOf = static_name_of,
 ) -> PeerIdentity:
-    """The dialer's half: we are `local`, we expect to reach `peer` in `cluster`."""
+    """The dialer's half: we are `local`, we expect to reach `peer` in `cluster`.
+
+    With peer TLS, `tls_peer` is the acceptor's verified certificate: it must name
+    `peer`, or nothing is sent.
+    """
+    if auth.tls is not None and (why := identity_error(tls_peer, peer, name_of)) is not None:
+        raise HandshakeError("identity", f"the node reached is not member {peer!r}: {why}")
     nonce_d = os.urandom(NONCE_BYTES)
     hello = Hello(list(PROTOCOL_VERSIONS), cluster, local, peer, nonce_d)
     await stream.send_all(PREAMBLE + encode(FrameType.HELLO, hello))
@@ -157,7 +189,7 @@ async def dial(
             why = "the peer's proof of the cluster token is wrong (a different token?)"
         raise await _refuse(stream, "unauthorized", why)
     await stream.send_all(encode(FrameType.AUTH, Auth(auth.proof("dialer", transcript))))
-    return PeerIdentity(peer, cluster, w.version, auth.method)
+    return PeerIdentity(peer, cluster, w.version, auth.methods)
 
 
 async def accept(
@@ -168,8 +200,20 @@ async def accept(
     cluster: str,
     local: str,
     is_peer: Callable[[str], bool],
+    tls_peer: TlsPeer | None = None,
+    name_of: NameOf = static_name_of,
 ) -> PeerIdentity:
-    """The acceptor's half; the preamble has been consumed by `reader` already."""
+    """The acceptor's half; the preamble has been consumed by `reader` already.
+
+    `tls_peer`: the dialer's verified certificate (None: plaintext, or none shown).
+    """
+    if auth.tls is not None and tls_peer is None:
+        # Nothing is read from a peer that did not prove itself with TLS.
+        raise await _refuse(
+            stream, "tls_required",
+            f"member {local!r} requires peer TLS: connect with TLS and a certificate from "
+            "the cluster CA (--peer-tls-ca or --tls-ca, and a peer certificate)",
+        )
     h = decode(FrameType.HELLO, await _next(reader, FrameType.HELLO), Hello)
     common = [v for v in h.versions if v in PROTOCOL_VERSIONS]
     if not common:
@@ -187,6 +231,8 @@ async def accept(
         raise await _refuse(
             stream, "unknown_member", f"{h.src!r} is not a member this node talks to"
         )
+    if auth.tls is not None and (why := identity_error(tls_peer, h.src, name_of)) is not None:
+        raise await _refuse(stream, "identity", f"may not speak as member {h.src!r}: {why}")
     version = max(common)
     nonce_a = os.urandom(NONCE_BYTES)
     transcript = _transcript(version, cluster, h.src, local, h.nonce, nonce_a)
@@ -195,4 +241,4 @@ async def accept(
     a = decode(FrameType.AUTH, await _next(reader, FrameType.AUTH), Auth)
     if not auth.verify("dialer", transcript, a.proof):
         raise await _refuse(stream, "unauthorized", "missing or wrong cluster token")
-    return PeerIdentity(h.src, cluster, version, auth.method)
+    return PeerIdentity(h.src, cluster, version, auth.methods)

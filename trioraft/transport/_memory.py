@@ -167,6 +167,9 @@ class MemoryTransport:
         return {p: {"connected": self._net.reachable(self.id, p) is not None}
                 for p in sorted(self.peers)}  # fmt: skip
 
+    def peer_name(self, member_id: str) -> str | None:
+        return member_id if member_id in self.peers else None  # in-process: id == name
+
     # ================================================================ messages
     def _target(self, dst: str) -> MemoryTransport | None:
         if dst not in self.peers or self._nursery is None:

@@ -141,3 +141,8 @@ class Transport(Protocol):
     def status(self) -> dict[str, Any]:
         """Per-peer link state, for /status."""
         ...
+
+    def peer_name(self, member_id: str) -> str | None:
+        """The operator's name of member `member_id` (None: not a member we know): what
+        its TLS certificate must name (`trioraft.tls.identity_error`)."""
+        ...

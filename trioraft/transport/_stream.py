@@ -14,12 +14,19 @@ preamble to `accept()` (see `trioraft.server`).
 
 Peers can be added and removed while running (`add_peer`, `remove_peer`):
 membership changes need no restart.
+
+Peer TLS (`tls`, the context to dial with; `trioraft.tls.peer_client_context`):
+every stream dialled is TLS (whatever the peer URL's scheme, which is for
+clients), verified against the cluster CA and bound to the member's name
+(`name_of`) by the handshake; streams accepted without a verified
+certificate naming the claimed member are refused there.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import ssl
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,6 +37,7 @@ import trio
 from trioraft.core import Message
 from trioraft.errors import NoLeader
 from trioraft.logs import event
+from trioraft.tls import PEER_SNI, NameOf, TlsPeer, certificate_names, static_name_of
 from trioraft.transport._conn import Connection, StreamConfig
 from trioraft.transport._frames import FrameError
 from trioraft.transport._handshake import HandshakeError, PeerAuth, PeerIdentity, accept, dial
@@ -42,16 +50,32 @@ log = logging.getLogger("trioraft.transport")
 
 
 def peer_address(url: str) -> tuple[str, int]:
-    """(host, port) of a peer URL; ValueError for anything but http:// (TLS comes later)."""
+    """(host, port) of a peer URL, http:// or https:// (ValueError otherwise).
+
+    The scheme says how *clients* reach the member; peer streams use TLS exactly
+    when this node has peer TLS configured.
+    """
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https":
-        raise ValueError(
-            f"{url}: https:// peer URLs are not supported yet (TLS between peers is "
-            "planned); use http:// and a cluster token"
-        )
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"{url}: a peer URL is http://HOST:PORT")
-    return parts.hostname, parts.port or 80
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url}: a peer URL is http://HOST:PORT or https://HOST:PORT")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url}: bad port") from None
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+async def open_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext
+) -> tuple[trio.SSLStream[trio.abc.Stream], TlsPeer]:
+    """A dialled stream inside TLS (handshake done) and the acceptor's certificate.
+
+    The context trusts only the cluster CA, so a verified certificate is the
+    cluster CA's; its names are checked by the peer handshake.
+    """
+    tls = trio.SSLStream(stream, context, server_hostname=PEER_SNI, https_compatible=True)
+    await tls.do_handshake()
+    return tls, TlsPeer(certificate_names(tls.getpeercert()), cluster_ca=True)
 
 
 class _Peer:
@@ -86,6 +110,8 @@ class StreamTransport:
         config: StreamConfig | None = None,
         rng: random.Random | None = None,
         open_stream: Callable[[str, int], Awaitable[trio.abc.Stream]] | None = None,
+        tls: ssl.SSLContext | None = None,
+        name_of: NameOf | None = None,
     ) -> None:
         # open_stream(host, port): how to reach a peer; trio.open_tcp_stream
         # unless a test wires transports together in memory.
@@ -93,7 +119,11 @@ class StreamTransport:
         self.id = member_id
         self.cluster_id = cluster_id
         self.config = config or StreamConfig()
-        self._auth = PeerAuth(token)
+        self._auth = PeerAuth(token, tls)
+        # member id -> name, which a peer's TLS certificate must hold
+        # (trioraft.tls.identity_error). Static clusters: the id is the name, for
+        # the members we know; the membership runtime may set its own mapping.
+        self.name_of: NameOf = name_of or self._static_name_of
         self._rng = rng or random.Random()
         self._peers: dict[str, _Peer] = {}
         for pid, url in peers.items():
@@ -143,6 +173,13 @@ class StreamTransport:
     def peer_ids(self) -> frozenset[str]:
         return frozenset(self._peers)
 
+    def _static_name_of(self, member_id: str) -> str | None:
+        return static_name_of(member_id) if member_id in self._peers else None
+
+    def peer_name(self, member_id: str) -> str | None:
+        """The name a peer's TLS certificate must hold to speak as `member_id`."""
+        return self.name_of(member_id)
+
     def connected(self, member_id: str) -> bool:
         p = self._peers.get(member_id)
         return p is not None and p.conn is not None and p.conn.is_open
@@ -179,10 +216,14 @@ class StreamTransport:
         try:
             with trio.fail_after(cfg.connect_timeout):
                 stream = await self._open_stream(host, port)
-            reader = FrameReader(stream, cfg.max_frame)
             with trio.fail_after(cfg.handshake_timeout):
+                tls_peer = None
+                if self._auth.tls is not None:
+                    stream, tls_peer = await open_tls(stream, self._auth.tls)
+                reader = FrameReader(stream, cfg.max_frame)
                 identity = await dial(stream, reader, auth=self._auth, cluster=self.cluster_id,
-                                      local=self.id, peer=p.id)  # fmt: skip
+                                      local=self.id, peer=p.id, tls_peer=tls_peer,
+                                      name_of=self.name_of)  # fmt: skip
             ok = True
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
                 HandshakeError, FrameError) as exc:  # fmt: skip
@@ -203,8 +244,10 @@ class StreamTransport:
         p.last_error = message
 
     # ================================================================ accepting
-    def accept(self, stream: trio.abc.Stream) -> bool:
+    def accept(self, stream: trio.abc.Stream, tls_peer: TlsPeer | None = None) -> bool:
         """Take over a connection that arrived on our port starting with the peer preamble.
+
+        `tls_peer`: the verified certificate it came with (None: plaintext or none).
 
         The stream is served in the transport's own tasks (so it lives and
         dies with the node, not with the HTTP server's connection handling);
@@ -216,10 +259,10 @@ class StreamTransport:
             self.refused += 1
             return False
         self._handshaking += 1
-        self._nursery.start_soon(self._accept, stream)
+        self._nursery.start_soon(self._accept, stream, tls_peer)
         return True
 
-    async def _accept(self, stream: trio.abc.Stream) -> None:
+    async def _accept(self, stream: trio.abc.Stream, tls_peer: TlsPeer | None) -> None:
         """Anything but a well-formed, authenticated handshake from a known peer is
         refused (and logged) without crashing anything."""
         cfg = self.config
@@ -232,7 +275,7 @@ class StreamTransport:
                 await reader.preamble()
                 identity = await accept(
                     stream, reader, auth=self._auth, cluster=self.cluster_id, local=self.id,
-                    is_peer=self._peers.__contains__,
+                    is_peer=self._peers.__contains__, tls_peer=tls_peer, name_of=self.name_of,
                 )
             ok = True
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
@@ -328,6 +371,7 @@ class StreamTransport:
             entry: dict[str, Any] = {"url": p.url, "streams_opened": p.connects}
             if conn is not None and conn.is_open:
                 entry.update(conn.status())
+                entry["authenticated_by"] = conn.identity.authenticated_by
             else:
                 entry["connected"] = False
                 if p.last_error:
@@ -341,6 +385,12 @@ class StreamTransport:
 def _why(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
+    cause = exc.__cause__
+    if isinstance(exc, trio.BrokenResourceError) and isinstance(cause, ssl.SSLError):
+        # A TLS failure: say what the handshake said (unknown CA, expired, ...).
+        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
+            return f"TLS: the peer's certificate: {cause.verify_message}"
+        return f"TLS: {cause.reason or cause}"
     return str(exc) or type(exc).__name__
 
 
@@ -352,16 +402,22 @@ async def probe_peer(
     peer: str,
     cluster_id: str = "legacy",
     timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
 ) -> PeerIdentity:
     """Open a peer stream to `url` as member `local`, then close it: who answered.
 
     Raises HandshakeError with the refusal's code (e.g. "unauthorized",
-    "unknown_member", "cluster_mismatch"). For tests and diagnostics.
+    "unknown_member", "cluster_mismatch", "tls_required", "identity"). With `tls`
+    (a `trioraft.tls.peer_client_context`) the stream runs inside TLS. For tests
+    and diagnostics.
     """
     host, port = peer_address(url)
     with trio.fail_after(timeout):
-        stream = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
         async with stream:
+            tls_peer = None
+            if tls is not None:
+                stream, tls_peer = await open_tls(stream, tls)
             reader = FrameReader(stream, 1 << 16)
-            return await dial(stream, reader, auth=PeerAuth(token), cluster=cluster_id,
-                              local=local, peer=peer)  # fmt: skip
+            return await dial(stream, reader, auth=PeerAuth(token, tls), cluster=cluster_id,
+                              local=local, peer=peer, tls_peer=tls_peer)  # fmt: skip
