@@ -37,13 +37,15 @@ def _send(urls: list[str], session: requests.Session, turn: list[int],
         # A valid key reused for another request is rightly a 400 (tests/kv
         # covers it); fresh ones keep valid data valid.
         case.headers["Idempotency-Key"] = f"fuzz-{turn[0]}:0"
-    for _ in range(20):
+    give_up = time.monotonic() + 30
+    while True:
         response = case.call(base_url=base, session=session, timeout=20)
         # A 503 (no leader, no quorum) is a definite "did not take effect,
         # retry" (API.md): an election the loaded test machine caused while
         # the fuzzer hogs the GIL of the cluster's process. Retry it rather
         # than count it as a server error.
-        if response.status_code != 503 or "Retry-After" not in response.headers:
+        if (response.status_code != 503 or "Retry-After" not in response.headers
+                or time.monotonic() > give_up):
             break
         time.sleep(0.25)
     # Every check but positive_data_acceptance ("valid data gets a 2xx"): a

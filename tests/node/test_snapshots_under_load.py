@@ -265,7 +265,16 @@ async def test_a_restart_keeps_the_catch_up_tail(autojump_clock: trio.testing.Mo
         victim = cluster.followers()[0].id
         await cluster.wait_applied(leader.kv.applied_index)
         await cluster.crash(victim)
+        victim_last = cluster.storages[victim].load().entries[-1].index
         await _write_bulk(cluster, seq, 100)  # the others snapshot past the victim
+        # A snapshot is encoded and written off the event loop: wait until the
+        # others' newest one is on disk before everyone crashes.
+        with trio.fail_after(30):
+            while not all(
+                cluster.storages[i].load().snapshot.index > victim_last
+                for i in cluster.ids if i != victim
+            ):
+                await trio.sleep(0.05)
         await cluster.crash_all()
         for node_id in cluster.ids:
             stored = cluster.storages[node_id].load()
