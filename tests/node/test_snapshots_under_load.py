@@ -269,12 +269,13 @@ async def test_a_restart_keeps_the_catch_up_tail(autojump_clock: trio.testing.Mo
         await _write_bulk(cluster, seq, 100)  # the others snapshot past the victim
         # A snapshot is encoded and written off the event loop: wait until the
         # others' newest one is on disk before everyone crashes.
-        with trio.fail_after(30):
-            while not all(
+        await cluster.wait_until(
+            lambda: all(
                 cluster.storages[i].load().snapshot.index > victim_last
                 for i in cluster.ids if i != victim
-            ):
-                await trio.sleep(0.05)
+            ),
+            timeout_s=30,
+        )
         await cluster.crash_all()
         for node_id in cluster.ids:
             stored = cluster.storages[node_id].load()
