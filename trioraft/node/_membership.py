@@ -1,0 +1,480 @@
+"""Membership in the runtime: who is who, where they are, and changing it safely.
+
+The core knows only **member ids** (one id per *incarnation* of a node, see
+PLAN.md "Member ids and identity"); operators, API.md's `/status` keys,
+`X-Raft-Leader` and the course routes use **names** (`node1`). This module
+is the one place that maps between them, always through a configuration
+(the log's, never a flag): `name_of(member_id)`, `id_of(name)`,
+`url_of(member_id)`, and `may_speak_as(name, member_id)` (what a peer
+certificate naming node N may claim to be).
+
+It also makes the runtime follow the configuration:
+
+- the transport's peers are the members of the latest configuration in the
+  log (it takes effect when appended, thesis §4.1), plus, for a node being
+  admitted, the members of the cluster configuration that names it
+  (`seed`); `sync()` runs after every Ready;
+- a configuration that *commits* without this node's member id, after one
+  that had it, means the node was removed: `removed` is set, with a log line
+  that says what to do, and the server stops the node (a removed leader has
+  stepped down already: the core does that when its removal commits);
+- changes are proposed one at a time through the driver and answered
+  definitely (`MembershipOps.change`): refused (a `MembershipError`,
+  `NotLeader`: nothing changed), committed (the entry applied with our
+  term), dropped (another leader's entry took its index: it never applies),
+  or unknown (504) when it did not commit in time.
+
+**Re-admission** (a node whose disk was wiped comes back empty under its old
+name and a fresh member id; `readmit`) is three single-server changes, each
+committed by the quorum of the configuration it changes: remove the old
+member id, add the new one as a learner, promote it once it is caught up.
+The wiped node never votes or counts before its promotion commits, and by
+then it holds every committed entry (`caught_up`), so the cluster never
+depends on an incarnation that forgot what it promised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from trioraft.core import (
+    ConfChange,
+    Configuration,
+    InvalidChange,
+    Member,
+    MemberExists,
+    NotLeader,
+    RaftCore,
+    Role,
+    UnknownMember,
+)
+from trioraft.storage import LEGACY_CLUSTER_ID
+from trioraft.transport import Transport
+
+__all__ = [
+    "MembershipOps",
+    "NameTaken",
+    "NodeIdentity",
+    "Removed",
+    "Roster",
+    "configuration_history_has",
+]
+
+log = logging.getLogger("trioraft.membership")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """Who this node is in its cluster (decided at start-up, see trioraft.bootstrap).
+
+    `static_voters` is the configuration used when the stored log holds
+    none at all: a legacy data dir (written before identities; its voters
+    are the --peer set, member id = name). Empty for everyone else: a
+    bootstrapped member's log starts with a CONFIG entry, and a joiner must
+    never think itself a voter before a committed change makes it one.
+    """
+
+    member_id: str
+    name: str
+    cluster_id: str = LEGACY_CLUSTER_ID
+    static_voters: frozenset[str] = frozenset()
+    # A node being admitted: the configuration of the cluster it joins, as
+    # a member reported it (whom to accept streams from before our own log
+    # names them). Empty for members.
+    seed: Configuration = field(default_factory=Configuration)
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """This node's member id left the committed configuration."""
+
+    member_id: str
+    name: str
+    cluster_id: str
+    index: int  # of the committed configuration without us
+
+    def message(self) -> str:
+        return (
+            f"member {self.member_id} ({self.name}) was removed from cluster "
+            f"{self.cluster_id} (the configuration committed at index {self.index} no "
+            "longer has it); this node stops. Its data dir can no longer be used: to bring "
+            f"{self.name} back, empty its data dir and start it again (it is re-admitted "
+            f"automatically while the name {self.name} is a member, otherwise add it with "
+            f"`trioraft member add {self.name} URL`)"
+        )
+
+
+class NameTaken(MemberExists):
+    """Another member already has that name (names are unique in a configuration)."""
+
+
+def configuration_history_has(
+    member_id: str, snapshot_config: Configuration, log_configs: list[Configuration]
+) -> bool:
+    """Whether `member_id` appears in any configuration the stored state holds."""
+    return member_id in snapshot_config.ids or any(member_id in c.ids for c in log_configs)
+
+
+class Roster:
+    """Names <-> member ids <-> URLs, through the configurations this node knows.
+
+    `flag_urls` (name -> URL, from --peer and --advertise) override a
+    configuration's URL for *dialing* from this node: an operator may reach
+    a member under another address than the one it advertised (a proxy, a
+    container network). Authentication never depends on the URL: the
+    stream handshake binds (cluster id, member id).
+    """
+
+    def __init__(self, identity: NodeIdentity, flag_urls: dict[str, str]) -> None:
+        self.identity = identity
+        self.flag_urls = dict(flag_urls)
+        self.latest = Configuration()  # the latest in our log (in force)
+        self.seed = identity.seed
+        self.committed = Configuration()  # the latest committed (applied) one
+        self.committed_index = 0
+        # Some *committed* configuration had our member id (then one without it
+        # means we were removed; an appended, uncommitted one proves nothing).
+        self.was_member = False
+
+    @property
+    def member_id(self) -> str:
+        return self.identity.member_id
+
+    def _members(self) -> list[Member]:
+        seen = {m.id for m in self.latest.members}
+        return [*self.latest.members, *(m for m in self.seed.members if m.id not in seen)]
+
+    def member(self, member_id: str) -> Member | None:
+        for m in self._members():
+            if m.id == member_id:
+                return m
+        return None
+
+    def name_of(self, member_id: str | None) -> str | None:
+        if member_id is None:
+            return None
+        m = self.member(member_id)
+        return m.display_name if m is not None else member_id
+
+    def id_of(self, name: str) -> str | None:
+        """The member id of the member named `name` in the latest configuration."""
+        for m in self.latest.members:
+            if m.display_name == name:
+                return m.id
+        for m in self.seed.members:
+            if m.display_name == name:
+                return m.id
+        return None
+
+    def url_of(self, member_id: str | None) -> str | None:
+        if member_id is None:
+            return None
+        m = self.member(member_id)
+        name = m.display_name if m is not None else member_id
+        if name in self.flag_urls:
+            return self.flag_urls[name]
+        if m is not None and m.url:
+            return m.url
+        return None
+
+    def may_speak_as(self, name: str, member_id: str) -> bool:
+        """May a peer authenticated as node `name` (a certificate) act as `member_id`?
+
+        Yes if a configuration we know gives `member_id` that name; a member
+        id no configuration names yet only under its own name (initial and
+        legacy members, whose ids are their names).
+        """
+        m = self.member(member_id)
+        if m is not None:
+            return m.display_name == name
+        return member_id == name
+
+    def peers(self) -> dict[str, str]:
+        """member id -> URL of every member we must talk to (not us)."""
+        if self.member_id in self.latest.ids:
+            members = list(self.latest.members)
+        else:
+            # Being admitted: the seed (a configuration naming us) says who
+            # will replicate to us before our own log does.
+            members = self._members() if self.member_id in self.seed.ids else list(
+                self.latest.members
+            )
+        out: dict[str, str] = {}
+        for m in members:
+            if m.id == self.member_id:
+                continue
+            url = self.url_of(m.id)
+            if url is not None:
+                out[m.id] = url
+        return out
+
+
+class _Ops(Protocol):
+    """What MembershipOps needs of the node (RaftNode provides it)."""
+
+    @property
+    def core(self) -> RaftCore | None: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    async def propose_change(self, change: ConfChange, timeout: float) -> int: ...
+
+    async def transfer_to(self, member_id: str | None, timeout: float) -> str | None: ...
+
+
+class MembershipOps:
+    """The node's membership: the roster, the transport's peers, removal, and changes."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        flag_urls: dict[str, str],
+        transport: Transport,
+        ops: _Ops,
+        *,
+        election_max: float,
+    ) -> None:
+        self.roster = Roster(identity, flag_urls)
+        self._transport = transport
+        self._ops = ops
+        self._election_max = election_max
+        self._peers: dict[str, str] = {}
+        self.removed: Removed | None = None
+        self.removed_event = trio.Event()
+        self._readmitting: str | None = None  # name being re-admitted by this leader
+        self.readmissions = 0
+        self.last_change: dict[str, Any] | None = None  # for /status
+        self._dirty = True  # re-sync the transport's peers on the next Ready
+
+    @property
+    def identity(self) -> NodeIdentity:
+        return self.roster.identity
+
+    def set_identity(self, identity: NodeIdentity) -> None:
+        self.roster.identity = identity
+        self.roster.seed = identity.seed
+
+    # ================================================ following the configuration
+    def sync(self, core: RaftCore) -> None:
+        """After each Ready (driver task): the transport's peers follow the latest
+        configuration in the log. Cheap when nothing changed (an identity check)."""
+        cfg = core.configuration
+        r = self.roster
+        if cfg is r.latest and not self._dirty:
+            return
+        self._dirty = False
+        r.latest = cfg
+        if r.member_id in cfg.ids and r.seed.members:
+            r.seed = Configuration()  # our own log names us now
+        want = r.peers()
+        for pid in sorted(set(self._peers) - set(want)):
+            self._transport.remove_peer(pid)
+            log.info("node=%s no longer a peer: %s", r.member_id, pid)
+        for pid, url in sorted(want.items()):
+            if self._peers.get(pid) != url:
+                self._transport.add_peer(pid, url)
+                log.info("node=%s peer %s (%s) at %s", r.member_id, pid, r.name_of(pid), url)
+        self._peers = want
+
+    def learn_seed(self, seed: Configuration) -> None:
+        """A node being admitted: a member reported a configuration naming us."""
+        r = self.roster
+        if r.member_id in seed.ids and r.member_id not in r.latest.ids and seed != r.seed:
+            r.seed = seed
+            self._dirty = True
+
+    def applied(self, index: int, cfg: Configuration) -> None:
+        """A configuration committed (its entry applied, or a snapshot installed)."""
+        r = self.roster
+        if index < r.committed_index:
+            return
+        r.committed, r.committed_index = cfg, index
+        me = r.member_id
+        if me in cfg.ids:
+            r.was_member = True
+        elif r.was_member and self.removed is None:
+            self.mark_removed(index)
+
+    def mark_removed(self, index: int) -> None:
+        if self.removed is not None:
+            return
+        ident = self.identity
+        self.removed = Removed(ident.member_id, ident.name, ident.cluster_id, index)
+        log.warning("node=%s %s", ident.member_id, self.removed.message())
+        self.removed_event.set()
+
+    # ======================================================== operator changes
+    def _leader_core(self) -> RaftCore:
+        core = self._ops.core
+        if core is None or core.role is not Role.LEADER:
+            raise NotLeader(core.leader_id if core is not None else None)
+        return core
+
+    async def add_learner(self, name: str, member_id: str, url: str, timeout: float) -> int:
+        """Propose a new learner (leader only). Names are unique: a name in use is refused."""
+        core = self._leader_core()
+        cfg = core.configuration
+        if not member_id or not name:
+            raise InvalidChange("a member needs a name and a member id")
+        existing = self.roster.id_of(name)
+        if existing is not None and existing != member_id and existing in cfg.ids:
+            raise NameTaken(
+                f"{name!r} is already a member (member id {existing}); remove it first, or "
+                "start the node with an empty data dir to have it re-admitted"
+            )
+        member = Member(member_id, False, name, url)
+        index = await self._ops.propose_change(ConfChange.add_learner(member), timeout)
+        self._note("add_learner", name, member_id, index)
+        return index
+
+    async def promote(self, name: str, timeout: float) -> int:
+        member_id = self._id_or_raise(name)
+        index = await self._ops.propose_change(ConfChange.promote(member_id), timeout)
+        self._note("promote", name, member_id, index)
+        return index
+
+    async def remove(self, name: str, timeout: float) -> int:
+        """Remove a member. Removing ourselves while we lead hands leadership to a
+        caught-up voter first and raises NotLeader(new leader): the caller relays
+        the removal to it, so the cluster never waits out an election timeout."""
+        member_id = self._id_or_raise(name)
+        core = self._leader_core()
+        if member_id == core.id and len(core.voters - {core.id}) > 0:
+            new = await self._ops.transfer_to(None, timeout)
+            if new is not None and new != core.id:
+                raise NotLeader(new)
+        index = await self._ops.propose_change(ConfChange.remove(member_id), timeout)
+        self._note("remove", name, member_id, index)
+        return index
+
+    def _id_or_raise(self, name: str) -> str:
+        member_id = self.roster.id_of(name)
+        if member_id is None or member_id not in self.roster.latest.ids:
+            raise UnknownMember(f"no member is named {name!r}")
+        return member_id
+
+    def _note(self, kind: str, name: str, member_id: str, index: int) -> None:
+        self.last_change = {"kind": kind, "name": name, "member_id": member_id, "index": index}
+        log.info("node=%s membership change committed: %s %s (member id %s) at index %d",
+                 self.roster.member_id, kind, name, member_id, index)  # fmt: skip
+
+    async def wait_caught_up(self, member_id: str, timeout: float) -> bool:
+        """Leader only: wait until `member_id` holds every committed entry."""
+        with trio.move_on_after(timeout):
+            while True:
+                core = self._leader_core()
+                if core.caught_up(member_id):
+                    return True
+                await trio.sleep(min(0.05, self._election_max / 4))
+        return False
+
+    # ============================================================ re-admission
+    async def readmit(
+        self, name: str, member_id: str, url: str, timeout: float, spawn: Callable[..., None]
+    ) -> str:
+        """A node that lost its disk asks to come back under `member_id` (leader only).
+
+        Returns what happens now: "started" (the steps run in the background),
+        "in_progress", "learner" (added, waiting to be caught up), or "voter"
+        (done). Refuses (MembershipError, nothing changed) when `name` is no
+        member's name (a new name needs the operator) or when the member under
+        that name is alive (two processes claim one name: a misconfiguration,
+        never a wiped disk) or is this leader.
+        """
+        core = self._leader_core()
+        cfg = core.configuration
+        current = cfg.get(member_id)
+        if current is not None and current.voter:
+            return "voter"
+        old = self.roster.id_of(name)
+        if current is None:
+            if old is None or old not in cfg.ids:
+                raise UnknownMember(
+                    f"{name!r} is not a member: a new node is added by the operator "
+                    f"(`trioraft member add {name} URL`)"
+                )
+            if old == core.id:
+                raise InvalidChange(f"{name!r} is this leader: it cannot have lost its disk")
+            pr = core.progress.get(old)
+            if pr is not None and pr.recent_active:
+                raise InvalidChange(
+                    f"the member {old} named {name!r} is alive (it answered within the last "
+                    "election timeout): two nodes claim that name; refusing to replace it"
+                )
+        if self._readmitting is not None:
+            return "in_progress"
+        self._readmitting = name
+        spawn(self._readmit_steps, name, member_id, url, old, timeout)
+        return "started" if current is None else "learner"
+
+    async def _readmit_steps(
+        self, name: str, member_id: str, url: str, old: str | None, timeout: float
+    ) -> None:
+        """remove old -> add learner -> promote once caught up; each step committed.
+
+        Stops (leaving the configuration as the last committed step made it)
+        if we lose leadership or a step is refused; the node asks again, and
+        the next leader carries on from where the configuration stands.
+        """
+        try:
+            core = self._leader_core()
+            if old is not None and old in core.configuration.ids and old != member_id:
+                log.info("node=%s re-admitting %s: removing its old member id %s",
+                         core.id, name, old)  # fmt: skip
+                await self._with_retry(lambda: self.remove_by_id(name, old, timeout))
+            core = self._leader_core()
+            if core.configuration.get(member_id) is None:
+                log.info("node=%s re-admitting %s: adding member id %s as a learner",
+                         core.id, name, member_id)  # fmt: skip
+                await self._with_retry(lambda: self.add_learner(name, member_id, url, timeout))
+            log.info("node=%s re-admitting %s: waiting until %s is caught up", core.id, name,
+                     member_id)  # fmt: skip
+            deadline = trio.current_time() + max(timeout, 600.0)
+            while not await self.wait_caught_up(member_id, 1.0):
+                if trio.current_time() > deadline:
+                    log.warning("node=%s re-admitting %s: %s did not catch up; it will ask "
+                                "again", core.id, name, member_id)  # fmt: skip
+                    return
+            m = self._leader_core().configuration.get(member_id)
+            if m is not None and not m.voter:
+                await self._with_retry(lambda: self.promote(name, timeout))
+            self.readmissions += 1
+            log.info("node=%s re-admitted %s as member id %s (voter)", core.id, name, member_id)
+        except (NotLeader, Exception) as exc:  # a refused or interrupted step: it asks again
+            log.info("node=%s re-admission of %s stopped: %s", self.roster.member_id, name, exc)
+        finally:
+            self._readmitting = None
+
+    async def remove_by_id(self, name: str, member_id: str, timeout: float) -> int:
+        index = await self._ops.propose_change(ConfChange.remove(member_id), timeout)
+        self._note("remove", name, member_id, index)
+        return index
+
+    async def _with_retry(self, step: Callable[[], Any]) -> None:
+        """Run a change; a ChangeInProgress (the previous change or our no-op is
+        not committed yet) is retried shortly, anything else propagates."""
+        from trioraft.core import ChangeInProgress
+
+        for _ in range(200):
+            try:
+                await step()
+                return
+            except ChangeInProgress:
+                await trio.sleep(0.05)
+        raise TimeoutError("a membership change stayed in progress for too long")
+
+    # ================================================================ status
+    def members_json(self, core: RaftCore | None) -> dict[str, dict[str, Any]]:
+        """/status "members": keyed by name, API.md's url and voter, plus member_id."""
+        out: dict[str, dict[str, Any]] = {}
+        cfg = core.configuration if core is not None else self.roster.latest
+        for m in cfg.members:
+            out[m.display_name] = {"url": self.roster.url_of(m.id) or m.url, "voter": m.voter,
+                                   "member_id": m.id}  # fmt: skip
+        return dict(sorted(out.items()))
