@@ -51,6 +51,7 @@ from trioraft.core import Configuration, Member
 from trioraft.transport import TOKEN_HEADER
 
 __all__ = [
+    "CHECK_PATH",
     "IDENTITY_PATH",
     "READMIT_PATH",
     "RECORD_FILE",
@@ -71,6 +72,7 @@ __all__ = [
 
 IDENTITY_PATH = "/raft/identity"
 READMIT_PATH = "/raft/readmit"
+CHECK_PATH = "/raft/check-membership"
 RECORD_FILE = "BOOTSTRAP"
 _FORMAT = 1
 _MAX_ANSWER = 256 * 1024  # an identity answer: 64 members at most, small strings
@@ -362,7 +364,7 @@ async def ask_identity(http: httpx.AsyncClient, url: str) -> PeerAnswer | str:
     try:
         r = await http.get(url.rstrip("/") + IDENTITY_PATH)
     except httpx.HTTPError as exc:
-        return f"unreachable ({type(exc).__name__})"
+        return f"is unreachable ({type(exc).__name__})"
     if r.status_code == 401:
         return "refused our cluster token (401): every node needs the same --cluster-token"
     if r.status_code != 200:

@@ -316,6 +316,14 @@ def register(app: QuartTrio, node: RaftNode) -> None:
 
         return await _on_leader(node, default_timeout, op)
 
+    @app.route(bootstrap.CHECK_PATH, methods=["POST"])
+    async def raft_check_membership() -> Response:
+        # A hint from a leader that removed us: check now (by asking the
+        # members, as the periodic check does); the hint itself changes nothing.
+        _peer_authorized(token)
+        node.membership.check_now.set()
+        return _json({"ok": True})
+
     @app.route("/cluster/members", methods=["GET"])
     async def list_members() -> Response:
         if not node.is_leader and node.leader_id is not None and not request.headers.get(

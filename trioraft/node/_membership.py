@@ -250,6 +250,12 @@ class MembershipOps:
         self._readmitting: str | None = None  # name being re-admitted by this leader
         self.readmissions = 0
         self.last_change: dict[str, Any] | None = None  # for /status
+        # Called (member id, url) when this leader's removal of a member
+        # committed: the server tells that node to check its membership now.
+        self.on_removed: Callable[[str, str], None] = lambda member_id, url: None
+        # Set when a peer hints that our membership may have changed: the
+        # server's watcher checks it at once (the hint itself proves nothing).
+        self.check_now = trio.Event()
         self._dirty = True  # re-sync the transport's peers on the next Ready
 
     @property
@@ -349,9 +355,7 @@ class MembershipOps:
             new = await self._ops.transfer_to(None, timeout)
             if new is not None and new != core.id:
                 raise NotLeader(new)
-        index = await self._ops.propose_change(ConfChange.remove(member_id), timeout)
-        self._note("remove", name, member_id, index)
-        return index
+        return await self.remove_by_id(name, member_id, timeout)
 
     def _id_or_raise(self, name: str) -> str:
         member_id = self.roster.id_of(name)
@@ -452,8 +456,11 @@ class MembershipOps:
             self._readmitting = None
 
     async def remove_by_id(self, name: str, member_id: str, timeout: float) -> int:
+        url = self.roster.url_of(member_id)
         index = await self._ops.propose_change(ConfChange.remove(member_id), timeout)
         self._note("remove", name, member_id, index)
+        if url is not None and member_id != self.roster.member_id:
+            self.on_removed(member_id, url)
         return index
 
     async def _with_retry(self, step: Callable[[], Any]) -> None:

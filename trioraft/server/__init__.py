@@ -164,6 +164,7 @@ async def _serve_on(
                     wait_for_identity=ident is None)  # fmt: skip
     node.startup_facts.update(_startup.facts(config, plan, "empty" if ident is None else
                                              "member"))  # fmt: skip
+    node.membership.on_removed = _startup.removal_notifier(config, node)
     quart_app = create_app(node)
     # Quart times out a body it waits for with a 408 (then drains for up to
     # 1 s, see api._drain_body); the middleware is the backstop for the fast

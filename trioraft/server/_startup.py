@@ -56,6 +56,9 @@ from trioraft.transport import StreamTransport
 __all__ = ["Plan", "Refused", "decide_and_start", "plan", "watch"]
 
 log = logging.getLogger("trioraft.server")
+# Node-to-node HTTP (identity polls, re-admission, relays) would otherwise log
+# every request at INFO: keep the node's log about the node.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 POLL_S = 0.2  # between bootstrap polls
 WATCH_S = 0.5  # between admission / removal checks
@@ -264,7 +267,10 @@ async def watch(
             me = node.id
             admitting = node.cluster_id != LEGACY_CLUSTER_ID and me not in core.voters
             leaderless = leaderless + 1 if node.leader_id is None else 0
-            if admitting or leaderless >= 4:
+            hinted = node.membership.check_now.is_set()
+            if hinted:
+                node.membership.check_now = trio.Event()
+            if admitting or leaderless >= 4 or hinted:
                 answers = await _poll(http, _targets(config, node))
                 foreign = _foreign(node, answers)
                 if foreign is not None:
@@ -295,7 +301,26 @@ async def watch(
                         )
                 if node.membership.roster.was_member:
                     _check_removed(node, members)
-            await trio.sleep(WATCH_S)
+            with trio.move_on_after(WATCH_S):
+                await node.membership.check_now.wait()
+
+
+def removal_notifier(config: NodeConfig, node: RaftNode) -> Callable[[str, str], None]:
+    """What a leader does once its removal of a member committed: tell that node
+    to check its membership (`POST /raft/check-membership`) so it stops within a
+    moment rather than after its next leaderless poll."""
+
+    async def notify(member_id: str, url: str) -> None:
+        async with bootstrap.peer_http_client(config.cluster_token, timeout=2.0) as http:
+            for _ in range(3):
+                try:
+                    await http.post(url.rstrip("/") + bootstrap.CHECK_PATH,
+                                    json={"member_id": member_id})  # fmt: skip
+                    return
+                except httpx.HTTPError:
+                    await trio.sleep(0.5)
+
+    return lambda member_id, url: node.spawn(notify, member_id, url)
 
 
 def _targets(config: NodeConfig, node: RaftNode) -> dict[str, str]:
