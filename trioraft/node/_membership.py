@@ -307,6 +307,18 @@ class MembershipOps:
         elif r.was_member and self.removed is None:
             self.mark_removed(index)
 
+    def peer_committed(self, index: int, cfg: Configuration) -> None:
+        """A member of our cluster reported its committed configuration (the
+        server's watcher asks when we have no leader, or a leader hints). Newer
+        than ours and without our member id, after one that had it: we were
+        removed (a committed configuration is final), though the leader no
+        longer replicates to us to tell us so."""
+        r = self.roster
+        if r.was_member and index > r.committed_index and cfg.members and (
+            r.member_id not in cfg.ids
+        ):
+            self.mark_removed(index)
+
     def mark_removed(self, index: int) -> None:
         if self.removed is not None:
             return

@@ -354,13 +354,8 @@ def _foreign(node: RaftNode, answers: dict[str, PeerAnswer | str]) -> str | None
 
 def _check_removed(node: RaftNode, members: list[PeerAnswer]) -> None:
     """A member's committed configuration, newer than ours, without our member id."""
-    roster = node.membership.roster
     for a in members:
-        if a.committed_index > roster.committed_index and node.id not in a.committed.ids and (
-            a.committed.members
-        ):
-            node.membership.mark_removed(a.committed_index)
-            return
+        node.membership.peer_committed(a.committed_index, a.committed)
 
 
 async def _ask_readmit(
