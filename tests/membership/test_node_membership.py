@@ -47,7 +47,8 @@ async def test_grow_three_to_five_and_shrink_back_under_writes(
             await trio.sleep(1)
             n4 = await cluster.add("n4")
             n5 = await cluster.add("n5")
-            assert n4.id != "n4" and n5.id != "n5"  # fresh member ids
+            assert n4.id != "n4"
+            assert n5.id != "n5"
             leader = cluster.leader()
             assert leader is not None
             assert names(leader) == (["n1", "n2", "n3", "n4", "n5"], [])
@@ -82,7 +83,8 @@ async def test_removing_the_leader_hands_over_first_and_the_old_leader_stops(
         with pytest.raises(NotLeader) as exc:
             await old.membership.remove(old.name, 5.0)
         new_id = exc.value.leader_hint
-        assert new_id is not None and new_id != old.id
+        assert new_id is not None
+        assert new_id != old.id
         await cluster.remove(old.name)
         await cluster.wait_until(lambda: old.membership.removed is not None)
         assert old.membership.removed is not None
@@ -120,15 +122,18 @@ async def test_a_wiped_node_is_readmitted_under_a_fresh_member_id_while_writes_c
             await trio.sleep(1)
             await cluster.crash(victim)
             fresh = await cluster.start(victim, wipe=True)
-            assert fresh.id != victim and fresh.name == victim
+            assert fresh.id != victim
+            assert fresh.name == victim
             # Before admission it is nobody: no voter, not in any configuration.
-            assert fresh.core is not None and fresh.id not in fresh.core.voters
+            assert fresh.core is not None
+            assert fresh.id not in fresh.core.voters
             await cluster.readmit(victim)
             await trio.sleep(1)
             stop.set()
         leader = await cluster.wait_for_leader()
         cfg = leader.core.configuration  # type: ignore[union-attr]
-        assert victim not in cfg.ids and fresh.id in cfg.voters
+        assert victim not in cfg.ids
+        assert fresh.id in cfg.voters
         assert names(leader) == (sorted(cluster.ids), [])
         await cluster.wait_converged()
         assert_all_present(cluster, w)
@@ -153,7 +158,8 @@ async def test_the_issue_scenario_waits_for_the_old_leader_and_loses_nothing(
         cluster.network.heal()
         await trio.sleep(5)  # many election timeouts
         assert cluster.leaders() == []
-        assert fresh.core is not None and fresh.core.term == 0  # asked for nothing, promised nothing
+        assert fresh.core is not None
+        assert fresh.core.term == 0
         with pytest.raises((NoLeader, NoQuorum, UnknownOutcome)):
             await cluster.nodes[c].read_barrier(timeout=1.0)
         await cluster.restart(lname)
@@ -178,7 +184,8 @@ async def test_a_joiner_and_a_learner_never_count(autojump_clock: trio.testing.M
             await put(leader, "x", "1")
         await trio.sleep(3)
         assert not any(n.is_leader for n in cluster.running())
-        assert learner.core is not None and learner.core.role.value == "learner"
+        assert learner.core is not None
+        assert learner.core.role.value == "learner"
 
 
 async def test_one_change_at_a_time_and_a_refused_change_changes_nothing(
@@ -258,5 +265,6 @@ async def test_a_new_member_catches_up_by_snapshot_and_restarts_with_its_configu
         assert n4.kv.get("k0") == "0"
         await cluster.crash("n4")
         again = await cluster.restart("n4")
-        assert again.core is not None and again.id in again.core.voters
+        assert again.core is not None
+        assert again.id in again.core.voters
         await cluster.wait_converged()
