@@ -168,14 +168,41 @@ def read_record(data_dir: Path) -> BootstrapRecord | None:
     try:
         obj = json.loads(raw)
         crc = obj.pop("crc32")
-        if obj.pop("format") != _FORMAT or zlib.crc32(_canonical(obj)) != crc:
+        if obj.get("format") != _FORMAT or zlib.crc32(_canonical(obj)) != crc:
             raise ValueError("bad checksum or format")
+        del obj["format"]
         record = BootstrapRecord.from_json(obj)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"{path}: the bootstrap record is damaged ({exc})") from None
     if not record.consistent():
         raise ValueError(f"{path}: the bootstrap record does not match its cluster id")
     return record
+
+
+REMOVED_FILE = "REMOVED"
+
+
+def write_removed(data_dir: Path, message: str, fsync: bool = True) -> None:
+    """Remember, durably, that this data dir's member was removed (the node found
+    out at run time, from a committed configuration without it): it never starts
+    on this data dir again, and says why."""
+    path = Path(data_dir) / REMOVED_FILE
+    tmp = path.with_name(REMOVED_FILE + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(message + "\n")
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_removed(data_dir: Path) -> str | None:
+    try:
+        return (Path(data_dir) / REMOVED_FILE).read_text(encoding="utf-8", errors="replace")[
+            :4096
+        ].strip()
+    except FileNotFoundError:
+        return None
 
 
 def fresh_member_id(name: str) -> str:

@@ -51,6 +51,7 @@ from trioraft.core import (
     NotLeader,
     RaftCore,
     Role,
+    TransferRefused,
     UnknownMember,
 )
 from trioraft.storage import LEGACY_CLUSTER_ID
@@ -364,9 +365,14 @@ class MembershipOps:
         member_id = self._id_or_raise(name)
         core = self._leader_core()
         if member_id == core.id and len(core.voters - {core.id}) > 0:
-            new = await self._ops.transfer_to(None, timeout)
+            try:
+                new = await self._ops.transfer_to(None, timeout)
+            except TransferRefused:
+                new = None  # nobody caught up right now: the core's own way, below
             if new is not None and new != core.id:
                 raise NotLeader(new)
+        # (If we still lead: the core commits our removal without counting us,
+        # then steps down, thesis §4.2.2.)
         return await self.remove_by_id(name, member_id, timeout)
 
     def _id_or_raise(self, name: str) -> str:

@@ -99,6 +99,8 @@ def plan(config: NodeConfig, storage: Storage) -> Plan:
                       "node be re-admitted") from None  # fmt: skip
     kind = classify(state, ident)
     name = config.id
+    if (removed := bootstrap.read_removed(config.data_dir)) is not None:
+        raise Refused(removed)
     if ident is not None and ident.name != name:
         raise Refused(
             f"the data dir {config.data_dir} belongs to {ident.name!r} (member id "
@@ -203,7 +205,7 @@ async def decide_and_start(
     join = bool(config.join)
     targets = {u: u for u in config.join} if join else dict(config.peers)
     expected = frozenset({config.id, *config.peers})
-    last_reason = ""
+    logged: tuple[str, bool] = ("", False)
     since = trio.current_time()
     async with bootstrap.peer_http_client(config.cluster_token, timeout=1.0) as http:
         while True:
@@ -213,10 +215,11 @@ async def decide_and_start(
             if not isinstance(d, Wait):
                 break
             node.starting = d.reason
+            # Each reason once at INFO, and once more as a WARNING after 10 s.
             loud = trio.current_time() - since > 10
-            if d.reason != last_reason or (loud and last_reason != "loud:" + d.reason):
+            if (d.reason, loud) != logged and not (logged == (d.reason, True)):
                 (log.warning if loud else log.info)("node %s: %s", config.id, d.reason)
-                last_reason = ("loud:" if loud else "") + d.reason
+                logged = (d.reason, loud)
             await trio.sleep(POLL_S)
     if isinstance(d, Bootstrap):
         if d.finishing:
@@ -260,7 +263,10 @@ async def watch(
     async with bootstrap.peer_http_client(config.cluster_token, timeout=1.0) as http:
         while True:
             if node.membership.removed is not None:
-                stop_with(0, node.membership.removed.message())
+                message = node.membership.removed.message()
+                await trio.to_thread.run_sync(bootstrap.write_removed, config.data_dir,
+                                              message, config.fsync)  # fmt: skip
+                stop_with(0, message)
                 return
             core = node.core
             assert core is not None
