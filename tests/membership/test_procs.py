@@ -8,7 +8,6 @@ issue's amnesia scenario; a removed member and a foreign data dir refused.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -63,7 +62,7 @@ async def test_grow_to_five_then_shrink_to_three_with_the_leader_under_load(
                 assert out["removed"] is True
                 # The removed node stops by itself, cleanly.
                 with trio.fail_after(20):
-                    while cluster[name].running:
+                    while cluster[name].running:  # noqa: ASYNC110 - a process exiting
                         await trio.sleep(0.1)
                 assert cluster[name].returncode == 0
             await trio.sleep(1)
@@ -76,10 +75,11 @@ async def test_grow_to_five_then_shrink_to_three_with_the_leader_under_load(
         for key, value in load.acked.items():
             assert state[key] == value
         # The removed leader's data dir refuses to start again, saying what to do.
-        proc = subprocess.run(cluster[leader].argv, capture_output=True, text=True, timeout=60)
+        with trio.fail_after(60):
+            proc = await trio.run_process(cluster[leader].argv, capture_stderr=True, check=False)
         assert proc.returncode == 1
-        assert "was removed from cluster" in proc.stderr
-        assert "re-admitted" in proc.stderr
+        assert "was removed from cluster" in proc.stderr.decode()
+        assert "re-admitted" in proc.stderr.decode()
 
 
 async def test_a_wiped_node_comes_back_by_itself_while_writes_continue(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ async def test_the_issue_scenario_waits_for_the_old_leader_and_loses_nothing(
         await cluster.wait_serving(f)
         cluster.kill(leader)
         cluster.resume(c)
-        with trio.move_on_after(8):
+        with trio.move_on_after(5):  # ~25 election timeouts
             while True:
                 assert await cluster.leader() is None, "an amnesiac quorum elected a leader"
                 await trio.sleep(0.1)

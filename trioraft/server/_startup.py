@@ -217,7 +217,7 @@ async def decide_and_start(
             node.starting = d.reason
             # Each reason once at INFO, and once more as a WARNING after 10 s.
             loud = trio.current_time() - since > 10
-            if (d.reason, loud) != logged and not (logged == (d.reason, True)):
+            if (d.reason, loud) != logged and logged != (d.reason, True):
                 (log.warning if loud else log.info)("node %s: %s", config.id, d.reason)
                 logged = (d.reason, loud)
             await trio.sleep(POLL_S)

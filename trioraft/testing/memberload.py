@@ -112,9 +112,9 @@ async def run_clients(
     """Run `clients` clients until `stop` (each finishes its current operation)."""
     names = [f"m{i}" for i in range(keys)]
     t0 = time.monotonic()
-    async with httpx.AsyncClient(trust_env=False,
-                                 limits=httpx.Limits(max_connections=4 * clients)) as http:
-        async with trio.open_nursery() as nursery:
-            for cid in range(clients):
-                nursery.start_soon(_client, cid, load, targets, names, http, stop,
-                                   random.Random(f"{seed}-{cid}"), budget, attempt_timeout, t0)
+    limits = httpx.Limits(max_connections=4 * clients)
+    async with httpx.AsyncClient(trust_env=False, limits=limits) as http, \
+            trio.open_nursery() as nursery:  # fmt: skip
+        for cid in range(clients):
+            nursery.start_soon(_client, cid, load, targets, names, http, stop,
+                               random.Random(f"{seed}-{cid}"), budget, attempt_timeout, t0)
