@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Membership, leadership, backup and restore (issue 12): trioraft/cli_membership.py.
     from . import cli_membership
 
-    cli_membership.add_commands(sub, client_command, _add_client_options)
+    cli_membership.add_commands(sub, client_command)
 
     _add_bench(sub)
     return parser

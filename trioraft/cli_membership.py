@@ -245,55 +245,51 @@ def _restore(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 # ------------------------------------------------------------------- parser
 
 
+def _member(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    need = {"list": 0, "add": 2, "promote": 1, "remove": 1}[args.action]
+    given = [a for a in (args.name, args.url) if a is not None]
+    if len(given) != need:
+        usage = {"list": "member list", "add": "member add NAME URL",
+                 "promote": "member promote NAME", "remove": "member remove NAME"}
+        args.parser.error(f"usage: trioraft {usage[args.action]}")
+    handler = {"list": _member_list, "add": _member_add, "promote": _member_promote,
+               "remove": _member_remove}[args.action]  # fmt: skip
+    return _guard(handler)(args, env)
+
+
 def add_commands(
-    sub: Any,
-    client_command: Callable[[str, str], argparse.ArgumentParser],
-    client_options: Callable[[argparse.ArgumentParser], None],
+    sub: Any, client_command: Callable[[str, str], argparse.ArgumentParser],
 ) -> None:
     """Register the commands on `trioraft`'s subparsers (`client_command` makes a
-    command with the shared client options --endpoints, --timeout, --json;
-    `client_options` adds them to a parser)."""
-    member = client_command("member", "list, add, promote or remove cluster members")
-    msub = member.add_subparsers(dest="member_command", metavar="ACTION", required=True)
-
-    def action(name: str, help: str, fn: Handler) -> argparse.ArgumentParser:
-        p = msub.add_parser(name, help=help, description=help)
-        client_options(p)
-        p.set_defaults(handler=_guard(fn), parser=p)
-        return p
-
-    action("list", "every member: name, member id, URL, voter/learner, lag (from the leader)",
-           _member_list)  # fmt: skip
-    p = action("add", "add the node at URL (started empty with --join) as NAME: a learner, "
-               "promoted to voter once caught up", _member_add)  # fmt: skip
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("url", metavar="URL")
-    p.add_argument("--learner", action="store_true", help="leave it a learner (no promotion)")
-    p = action("promote", "make a caught-up learner a voter", _member_promote)
-    p.add_argument("name", metavar="NAME")
+    command with the shared client options --endpoints, --timeout, --json)."""
+    p = client_command(
+        "member",
+        "list, add, promote or remove cluster members: member list | member add NAME URL "
+        "[--learner] | member promote NAME [--wait S] | member remove NAME",
+    )
+    p.add_argument("action", choices=("list", "add", "promote", "remove"), metavar="ACTION",
+                   help="list, add, promote or remove")  # fmt: skip
+    p.add_argument("name", nargs="?", metavar="NAME", help="the member's name (its --id)")
+    p.add_argument("url", nargs="?", metavar="URL",
+                   help="add: where the new node (running, empty, --join) listens")  # fmt: skip
+    p.add_argument("--learner", action="store_true",
+                   help="add: leave it a learner (no promotion)")  # fmt: skip
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait up to this long for it to catch up first")  # fmt: skip
-    p = action("remove", "remove a member (the leader too); the removed node stops",
-               _member_remove)  # fmt: skip
-    p.add_argument("name", metavar="NAME")
+                   help="promote: wait up to this long for it to catch up first")  # fmt: skip
+    p.set_defaults(handler=_member, parser=p)
 
-    leader = client_command("leader", "leadership operations")
-    lsub = leader.add_subparsers(dest="leader_command", metavar="ACTION", required=True)
-    p = lsub.add_parser("transfer", help="hand leadership to a caught-up voter",
-                        description="hand leadership to a caught-up voter (by default the "
-                        "most caught-up one); exit 1 if refused, 3 on timeout")  # fmt: skip
-    client_options(p)
-    p.add_argument("--to", metavar="NAME", default=None)
+    p = client_command("leader", "leader transfer [--to NAME]: hand leadership to a "
+                       "caught-up voter (exit 1 if refused, 3 on timeout)")  # fmt: skip
+    p.add_argument("action", choices=("transfer",), metavar="ACTION", help="transfer")
+    p.add_argument("--to", metavar="NAME", default=None,
+                   help="the new leader [the most caught-up voter]")  # fmt: skip
     p.add_argument("--transfer-timeout", type=float, default=None, metavar="SECONDS",
                    help="how long the leader waits for the hand-over [4 election timeouts]")
     p.set_defaults(handler=_guard(_leader_transfer), parser=p)
 
-    snap = client_command("snapshot", "online backups")
-    ssub = snap.add_subparsers(dest="snapshot_command", metavar="ACTION", required=True)
-    p = ssub.add_parser("save", help="save a consistent backup of the cluster to FILE",
-                        description="save a consistent backup (every write acknowledged "
-                        "before the command started is in it) to FILE")  # fmt: skip
-    client_options(p)
+    p = client_command("snapshot", "snapshot save FILE: a consistent online backup (every "
+                       "write acknowledged before the command started is in it)")  # fmt: skip
+    p.add_argument("action", choices=("save",), metavar="ACTION", help="save")
     p.add_argument("file", metavar="FILE", type=Path)
     p.set_defaults(handler=_guard(_snapshot_save), parser=p)
 

@@ -59,7 +59,8 @@ __all__ = ["identity_answer", "members_view", "register"]
 
 log = logging.getLogger("trioraft.api")
 
-RELAYED_HEADER = "X-Trioraft-Relayed"
+RELAYED_HEADER = "X-Trioraft-Relayed"  # how many times this request was relayed
+MAX_HOPS = 2
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_TIMEOUT_MS = 3_600_000
 
@@ -70,7 +71,8 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 async def _body() -> dict[str, Any]:
-    raw = await request.get_data(False, False, False)
+    # Cached: a follower relays the same body to the leader.
+    raw = await request.get_data(True, False, False)
     if not raw:
         return {}
     body = decode_json(raw)
@@ -223,8 +225,16 @@ def _member(node: RaftNode, member_id: str) -> dict[str, Any] | None:
 
 
 async def _relay(node: RaftNode, timeout: float, *, peer: bool = False) -> Response:
-    """Send this request on to the leader and pass its answer back (once)."""
-    if request.headers.get(RELAYED_HEADER):
+    """Send this request on to the leader and pass its answer back.
+
+    At most two hops (a follower to the leader, and that leader on to its
+    successor when it handed leadership over to remove itself): a request
+    that would travel further answers 503 (definite: nothing was done)."""
+    try:
+        hops = int(request.headers.get(RELAYED_HEADER, "0"))
+    except ValueError:
+        hops = MAX_HOPS
+    if hops >= MAX_HOPS:
         raise ApiError(503, "no_leader", "relayed to a node that does not lead (any more); "
                        "retry shortly")  # fmt: skip
     wait = node.config.election_timeout_ms[1] / 1000 * 2
@@ -233,7 +243,7 @@ async def _relay(node: RaftNode, timeout: float, *, peer: bool = False) -> Respo
     url = node.leader_url
     if url is None or node.leader_id == node.id:
         raise ApiError(503, "no_leader", "no leader is known; retry shortly")
-    headers = {RELAYED_HEADER: "1", "Content-Type": "application/json"}
+    headers = {RELAYED_HEADER: str(hops + 1), "Content-Type": "application/json"}
     for h in ("Authorization", TOKEN_HEADER):
         if (v := request.headers.get(h)) is not None:
             headers[h] = v
@@ -354,7 +364,8 @@ def register(app: QuartTrio, node: RaftNode) -> None:
                 index = await node.membership.add_learner(name, joiner.member_id, url,
                                                           min(timeout, default_timeout))
             promoted = current is not None and current.voter
-            note = None
+            # Adding again what is already there (a retry after a 504) is a no-op.
+            note = "already a member: nothing changed" if current is not None else None
             if promote and not promoted:
                 if await node.membership.wait_caught_up(joiner.member_id, timeout):
                     index = await node.membership.promote(name, default_timeout)

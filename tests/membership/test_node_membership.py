@@ -268,3 +268,28 @@ async def test_a_new_member_catches_up_by_snapshot_and_restarts_with_its_configu
         assert again.core is not None
         assert again.id in again.core.voters
         await cluster.wait_converged()
+
+
+async def test_a_node_still_hears_a_leader_its_uncommitted_change_removed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Regression (found by the membership chaos run): a leader appends the removal
+    of B, cannot commit it, and B becomes leader. The old leader's latest
+    configuration lacks B, but it must still accept B's stream (B is in the
+    committed configuration), or it never receives the entries that overwrite
+    its uncommitted change and stays behind for good."""
+    async with open_cluster(3, seed=21, membership=True) as cluster:
+        a = await cluster.wait_for_leader()
+        b_name = next(n for n in cluster.ids if n != a.name)
+        b = cluster.nodes[b_name]
+        cluster.network.isolate(a.id)
+        with pytest.raises((UnknownOutcome, NotLeader)):
+            await a.propose_change(ConfChange.remove(b.id), 0.05)
+        assert b.id not in a.core.configuration.ids  # type: ignore[union-attr]
+        new = await cluster.wait_for_leader(among=set(cluster.ids) - {a.name})
+        await put(new, "after", "1")
+        cluster.network.heal()
+        await cluster.wait_converged()
+        assert a.core is not None
+        assert b.id in a.core.configuration.ids  # the uncommitted removal was overwritten
+        assert a.kv.get("after") == "1"

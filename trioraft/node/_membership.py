@@ -45,6 +45,7 @@ import trio
 from trioraft.core import (
     ConfChange,
     Configuration,
+    EntryKind,
     InvalidChange,
     Member,
     MemberExists,
@@ -147,8 +148,14 @@ class Roster:
         return self.identity.member_id
 
     def _members(self) -> list[Member]:
-        seen = {m.id for m in self.latest.members}
-        return [*self.latest.members, *(m for m in self.seed.members if m.id not in seen)]
+        """Latest first, then the seed's and the committed configuration's others."""
+        out = list(self.latest.members)
+        seen = {m.id for m in out}
+        for m in (*self.seed.members, *self.committed.members):
+            if m.id not in seen:
+                seen.add(m.id)
+                out.append(m)
+        return out
 
     def member(self, member_id: str) -> Member | None:
         for m in self._members():
@@ -195,22 +202,31 @@ class Roster:
             return m.display_name == name
         return member_id == name
 
-    def peers(self) -> dict[str, str]:
-        """member id -> URL of every member we must talk to (not us)."""
-        if self.member_id in self.latest.ids:
-            members = list(self.latest.members)
-        else:
+    def peers(self, pending: list[Configuration] | None = None) -> dict[str, str]:
+        """member id -> URL of every member we must talk to (not us).
+
+        The members of the latest configuration, and of every configuration
+        between the committed one and it (`pending`): an uncommitted change
+        may yet be overwritten by a leader it removed, and we must accept that
+        leader's stream to receive the entries that overwrite it. A node being
+        admitted also talks to the members of the seed that names it. Never
+        our own old incarnation (a member with our name and another id: it is
+        the one we replace, and its URL is ours).
+        """
+        members = list(self.latest.members)
+        for cfg in pending or ():
+            members += cfg.members
+        if self.member_id not in self.latest.ids and self.member_id in self.seed.ids:
             # Being admitted: the seed (a configuration naming us) says who
             # will replicate to us before our own log does.
-            members = self._members() if self.member_id in self.seed.ids else list(
-                self.latest.members
-            )
+            members += self.seed.members
+        me = self.identity.name
         out: dict[str, str] = {}
         for m in members:
-            if m.id == self.member_id:
+            if m.id == self.member_id or m.id in out or m.display_name == me:
                 continue
-            url = self.url_of(m.id)
-            if url is not None:
+            url = self.flag_urls.get(m.display_name) or m.url
+            if url:
                 out[m.id] = url
         return out
 
@@ -279,7 +295,7 @@ class MembershipOps:
         r.latest = cfg
         if r.member_id in cfg.ids and r.seed.members:
             r.seed = Configuration()  # our own log names us now
-        want = r.peers()
+        want = r.peers([r.committed, *self._configs_after(core, r.committed_index)])
         for pid in sorted(set(self._peers) - set(want)):
             self._transport.remove_peer(pid)
             log.info("node=%s no longer a peer: %s", r.member_id, pid)
@@ -288,6 +304,20 @@ class MembershipOps:
                 self._transport.add_peer(pid, url)
                 log.info("node=%s peer %s (%s) at %s", r.member_id, pid, r.name_of(pid), url)
         self._peers = want
+
+    @staticmethod
+    def _configs_after(core: RaftCore, index: int) -> list[Configuration]:
+        """The configurations of the CONFIG entries after `index` in the log (at
+        most one change is uncommitted at a time, so these are few)."""
+        out = []
+        lo = max(index, core.log.snapshot.index) + 1
+        for e in core.log.slice(lo, core.log.last_index() + 1):
+            if e.kind is EntryKind.CONFIG:
+                try:
+                    out.append(Configuration.decode(e.data))
+                except ValueError:
+                    continue
+        return out
 
     def learn_seed(self, seed: Configuration) -> None:
         """A node being admitted: a member reported a configuration naming us."""
@@ -301,6 +331,8 @@ class MembershipOps:
         r = self.roster
         if index < r.committed_index:
             return
+        if cfg != r.committed:
+            self._dirty = True  # peers() covers the committed configuration too
         r.committed, r.committed_index = cfg, index
         me = r.member_id
         if me in cfg.ids:

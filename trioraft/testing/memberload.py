@@ -24,7 +24,7 @@ import trio
 
 from trioraft.testing.linearizability import Operation
 
-__all__ = ["Load", "run_clients"]
+__all__ = ["KEYS", "Load", "final_reads", "run_clients"]
 
 
 @dataclass
@@ -35,7 +35,10 @@ class Load:
     attempts: int = 0
     refused_attempts: int = 0  # 503 / 409 / connection refused: retried
     unknown_attempts: int = 0  # 504 / timeout: retried with the same key
-    acked: dict[str, str] = field(default_factory=dict)  # key -> last acknowledged value
+    # key -> the last value acknowledged (in completion order: with concurrent
+    # writers that need not be the final value; the history decides).
+    acked: dict[str, str] = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)  # the history's clock origin
 
     def p99_ms(self) -> float:
         lat = sorted(self.write_latencies)
@@ -111,10 +114,39 @@ async def run_clients(
 ) -> None:
     """Run `clients` clients until `stop` (each finishes its current operation)."""
     names = [f"m{i}" for i in range(keys)]
-    t0 = time.monotonic()
+    t0 = load.t0
     limits = httpx.Limits(max_connections=4 * clients)
     async with httpx.AsyncClient(trust_env=False, limits=limits) as http, \
             trio.open_nursery() as nursery:  # fmt: skip
         for cid in range(clients):
             nursery.start_soon(_client, cid, load, targets, names, http, stop,
                                random.Random(f"{seed}-{cid}"), budget, attempt_timeout, t0)
+
+
+def KEYS(n: int = 8) -> list[str]:
+    return [f"m{i}" for i in range(n)]
+
+
+async def final_reads(load: Load, url: str, keys: int = 8, timeout: float = 30.0) -> dict[str, str]:
+    """After the load: a linearizable read of every key (through `url`), each added
+    to the history, so a lost acknowledged write is a linearizability violation.
+    Returns the values read (absent keys left out)."""
+    out: dict[str, str] = {}
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as http:
+        for key in KEYS(keys):
+            with trio.fail_after(timeout):
+                while True:
+                    call = time.monotonic() - load.t0
+                    try:
+                        r = await http.get(url + "/kv/" + quote(key, safe=""))
+                    except httpx.HTTPError:
+                        r = None
+                    if r is not None and r.status_code in (200, 404):
+                        value = r.json()["value"] if r.status_code == 200 else None
+                        load.history.append(Operation.get("final", key, value, call,
+                                                          time.monotonic() - load.t0))
+                        if value is not None:
+                            out[key] = value
+                        break
+                    await trio.sleep(0.1)
+    return out
