@@ -49,6 +49,8 @@ class MembershipNemesis:
         self.interval = interval
         self.busy: set[str] = set()  # nodes we are working on (also in nemesis.down)
         self.to_readd: set[str] = set()  # removed, emptied, to be added back
+        # Wiped and restarted, not yet seen re-admitted: node -> its old member id.
+        self.readmitting: dict[str, str | None] = {}
         self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.errors: list[str] = []
 
@@ -88,6 +90,21 @@ class MembershipNemesis:
                 await trio.sleep(0.2)
         return None
 
+    async def _gone(self, node: str, timeout: float) -> bool:
+        """Whether the leader's configuration no longer has `node` (within timeout)."""
+        with trio.move_on_after(timeout):
+            while True:
+                up = [i for i in self.cluster.ids if i not in self.nemesis.down]
+                try:
+                    body = await self.cluster.members(await self.cluster.leader(up))
+                except Exception:
+                    body = None
+                if body is not None and body.get("from_leader") and not body.get(
+                        "change_in_progress"):
+                    return node not in {m["name"] for m in body["members"]}
+                await trio.sleep(0.3)
+        return False
+
     def _wipe(self, node: str) -> None:
         shutil.rmtree(self.cluster[node].data_dir, ignore_errors=True)
 
@@ -95,7 +112,7 @@ class MembershipNemesis:
     async def run(self, stop: trio.Event) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_marks, stop)
-            await _sleep(stop, self.rng.uniform(*self.interval) + 2.0)
+            await _sleep(stop, 1.0)
             while not stop.is_set():
                 try:
                     if not await self._step(stop):
@@ -143,7 +160,8 @@ class MembershipNemesis:
     async def _remove_add(self, node: str, stop: trio.Event) -> None:
         self.nemesis.log("start", "membership", f"remove {node}")
         r = await self._request("DELETE", f"/cluster/members/{node}", None, 20.0)
-        if r is None or r.status_code != 200:
+        # On a 504 (or no answer) the removal may still commit: find out.
+        if (r is None or r.status_code != 200) and not await self._gone(node, 15.0):
             self.nemesis.log("stop", "membership", f"remove {node} not done: {_brief(r)}")
             return
         # It stops by itself once it learns of its removal.
@@ -172,11 +190,31 @@ class MembershipNemesis:
 
     async def _wipe_readmit(self, node: str) -> None:
         self.nemesis.log("start", "membership", f"wipe-readmit {node}")
+        old = await self._member_id(node)
         self.cluster.kill(node)
         self._wipe(node)
         self.cluster.start(node)
+        self.readmitting[node] = old
+        await self._await_readmission(node, old, 40.0)
+
+    async def _member_id(self, node: str) -> str | None:
+        with trio.move_on_after(5):
+            while True:
+                try:
+                    body = await self.cluster.members(
+                        await self.cluster.leader([i for i in self.cluster.ids if i != node])
+                    )
+                    for m in body["members"]:
+                        if m["name"] == node:
+                            return str(m["member_id"])
+                    return None
+                except Exception:
+                    await trio.sleep(0.3)
+        return None
+
+    async def _await_readmission(self, node: str, old: str | None, timeout: float) -> bool:
         ok = False
-        with trio.move_on_after(40):
+        with trio.move_on_after(timeout):
             while not ok:
                 await trio.sleep(0.3)
                 try:
@@ -186,12 +224,13 @@ class MembershipNemesis:
                 except Exception:
                     continue
                 m = {x["name"]: x for x in body["members"]}
-                ok = (node in m and m[node]["voter"] and m[node]["member_id"] != node
+                ok = (node in m and m[node]["voter"] and m[node]["member_id"] != old
                       and not body["change_in_progress"])  # fmt: skip
         self.nemesis.log("stop", "membership", f"wipe-readmit {node}: "
-                         f"{'re-admitted' if ok else 'not re-admitted in 40 s'}")  # fmt: skip
-        if not ok:
-            self.errors.append(f"{node} was not re-admitted within 40 s")
+                         f"{'re-admitted' if ok else f'not re-admitted in {timeout:g} s'}")
+        if ok:
+            self.readmitting.pop(node, None)
+        return ok
 
     # ------------------------------------------------------------ the end
     def before_heal(self) -> None:
@@ -202,6 +241,9 @@ class MembershipNemesis:
                 self._wipe(node)
 
     async def after_heal(self) -> None:
+        for node, old in sorted(self.readmitting.items()):  # cut short by the load's end
+            if not await self._await_readmission(node, old, 60.0):
+                self.errors.append(f"{node} could not be added back at the end (re-admission)")
         for node in sorted(self.to_readd):
             await self._readd(node)
             if node in self.to_readd:
