@@ -210,6 +210,12 @@ class RaftNode:
     def leader_url(self) -> str | None:
         return self.membership.roster.url_of(self.leader_id)
 
+    def may_speak_as(self, name: str, member_id: str) -> bool:
+        """May a peer authenticated as node `name` (e.g. by its TLS certificate) act as
+        member `member_id`? Through the configurations this node knows (see
+        `Roster.may_speak_as`): the hook for binding peer certificates to member ids."""
+        return self.membership.roster.may_speak_as(name, member_id)
+
     @property
     def cluster_id(self) -> str:
         return self.membership.identity.cluster_id

@@ -40,8 +40,7 @@ from trioraft import bootstrap
 from trioraft.bootstrap import Bootstrap, BootstrapRecord, Join, PeerAnswer, Wait
 from trioraft.config import NodeConfig
 from trioraft.core import Configuration, Entry, EntryKind, Member
-from trioraft.node import RaftNode
-from trioraft.node._membership import NodeIdentity
+from trioraft.node import NodeIdentity, RaftNode
 from trioraft.storage import (
     LEGACY_CLUSTER_ID,
     DataDirKind,
@@ -271,7 +270,12 @@ async def watch(
             core = node.core
             assert core is not None
             me = node.id
-            admitting = node.cluster_id != LEGACY_CLUSTER_ID and me not in core.voters
+            # Not a voter of our own configuration: a joiner (or a learner) that
+            # still has to be admitted or promoted. (A legacy member's static
+            # voters include it.)
+            admitting = me not in core.voters and (
+                me not in core.configuration.ids or asked_readmit
+            )  # (a learner the operator added and keeps a learner: nothing to ask)
             leaderless = leaderless + 1 if node.leader_id is None else 0
             hinted = node.membership.check_now.is_set()
             if hinted:

@@ -53,8 +53,7 @@ from trioraft.bootstrap import BootstrapRecord, fresh_member_id
 from trioraft.config import NodeConfig
 from trioraft.core import ChangeInProgress, Configuration, InvalidChange, Member, NotLeader
 from trioraft.errors import NoLeader, RaftError
-from trioraft.node import RaftNode
-from trioraft.node._membership import NodeIdentity
+from trioraft.node import NodeIdentity, RaftNode
 from trioraft.storage import Identity, MemoryStorage, Storage
 from trioraft.testing.streamnet import StreamNetwork
 from trioraft.transport import MemoryNetwork, StreamConfig, Transport
