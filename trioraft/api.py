@@ -6,6 +6,7 @@ hypercorn inside the node's nursery.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from trioraft import kv, observability, openapi
+from trioraft import cluster_api, kv, observability, openapi
 from trioraft.auth import ClientAuth
 from trioraft.boundary import (
     MAX_BODY_BYTES,
@@ -318,7 +319,7 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
 
     @app.after_request
     async def _leader_header(resp: Response) -> Response:
-        lid = node.leader_id
+        lid = node.leader_name  # a name, not a member id (issue 12)
         if lid is not None:
             resp.headers[LEADER_HEADER] = lid
         return resp
@@ -464,13 +465,13 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
 
     @app.route("/health", methods=["GET"])
     async def health() -> Response:
-        return _json({"ok": True, "id": node.id})
+        return _json({"ok": True, "id": node.name})
 
     @app.route("/ready", methods=["GET"])
     async def ready() -> Response:
         if node.is_ready():
-            return _json({"ready": True, "leader": node.leader_id})
-        return _json({"ready": False, "leader": node.leader_id, "error": "not ready",
+            return _json({"ready": True, "leader": node.leader_name})
+        return _json({"ready": False, "leader": node.leader_name, "error": "not ready",
                       "code": "no_leader"}, 503, {"Retry-After": "1"})
 
     @app.route("/openapi.json", methods=["GET"])
@@ -478,6 +479,7 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
         return _json(openapi.spec())
 
     observability.register(app, node)  # /metrics, /ui, /ui/state (docs/operations.md)
+    cluster_api.register(app, node)  # /cluster/* and the membership peer routes (issue 12)
 
     # ------------------------------------------------------------ peer routes
     peer_tls = getattr(node.config, "peer_tls_files", None) is not None
@@ -510,6 +512,10 @@ def create_app(node: RaftNode, auth: ClientAuth | None = None) -> QuartTrio:
             msg = parse(await _raw_body(cache=False), node.id)
         except CodecError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
+        # The course's candidateId/leaderId are names; the core speaks member ids.
+        src = node.membership.roster.id_of(msg.src)
+        if src is not None and src != msg.src:
+            msg = dataclasses.replace(msg, src=src)
         if peer_tls and (why := identity_error(tls_peer, msg.src, node.transport.peer_name)):
             raise ApiError(403, "identity", f"may not speak as member {msg.src!r}: {why}")
         if msg.src not in node.peer_ids:

@@ -54,6 +54,7 @@ MAX_RAFT_BODY_BYTES = 8 << 20  # the course JSON routes (peers use streams)
 SMALL_BODY_BYTES = 64 * 1024  # routes that take no body: a stray one is not read past this
 OPEN_ROUTES = frozenset({"/status", "/health", "/ready", "/openapi.json"})
 _WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
+WRITE_ROLE_GETS = frozenset({"/cluster/snapshot"})
 
 
 def body_limit(method: str, path: str) -> int:
@@ -87,7 +88,9 @@ def precheck(
     if path.startswith("/raft/"):
         return  # the peer routes check the cluster token themselves
     if path not in OPEN_ROUTES:
-        auth.check(method in _WRITE_METHODS, header_values(headers, b"authorization"))
+        # A backup is the whole store and an operator's act: the write role (issue 12).
+        needs_write = method in _WRITE_METHODS or path in WRITE_ROLE_GETS
+        auth.check(needs_write, header_values(headers, b"authorization"))
     lengths = header_values(headers, b"content-length")
     if lengths:
         text = lengths[0].strip()

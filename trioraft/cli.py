@@ -223,7 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a local cluster of N nodes (separate processes) until Ctrl-C",
         description="Start node1..nodeN on HOST, ports base-port.., print their URLs and "
         "the leader once elected (and whenever it changes), and stop them all on Ctrl-C "
-        "or SIGTERM.",
+        "or SIGTERM. `trioraft cluster grow` (another terminal, same --base-port and "
+        "--data-dir) adds the next node (nodeN+1) to the running cluster and runs it "
+        "until Ctrl-C; `trioraft member remove nodeK` takes a node out for good.",
+    )
+    cluster.add_argument(
+        "action", nargs="?", choices=("run", "grow"), default="run",
+        help="run (default): start the cluster; grow: add one node to the running one",
     )
     _add_cluster_arguments(cluster)
     cluster.set_defaults(handler=_cmd_cluster, parser=cluster)
@@ -296,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
         "leader and event-loop lag",
     )
     p.set_defaults(handler=_cmd_status, parser=p)
+
+    # Membership, leadership, backup and restore (issue 12): trioraft/cli_membership.py.
+    from . import cli_membership
+
+    cli_membership.add_commands(sub, client_command)
 
     _add_bench(sub)
     return parser
@@ -393,6 +404,8 @@ def _cmd_cluster(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         tls_dir=args.tls_dir,
     )
     try:
+        if args.action == "grow":
+            return cluster.grow(opts, grace=args.grace, token=env.get("TRIORAFT_TOKEN"))
         return cluster.main(opts, grace=args.grace)
     except ConfigError as exc:
         _usage(args, str(exc))

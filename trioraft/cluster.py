@@ -57,7 +57,9 @@ __all__ = [
     "check_ports_free",
     "default_command",
     "exit_line",
+    "grow",
     "plan_cluster",
+    "plan_joiner",
     "run_cluster",
 ]
 
@@ -332,6 +334,7 @@ async def run_cluster(
     grace: float = 5.0,
     poll_interval: float = 0.1,
     cafile: Path | None = None,
+    after_start: Callable[[Callable[[str], None]], Any] | None = None,
 ) -> int:
     """Run the nodes until SIGINT/SIGTERM (exit 0) or until all of them exit (exit 1).
 
@@ -348,6 +351,8 @@ async def run_cluster(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(runner.watch_signals, signals, nursery.cancel_scope)
                 nursery.start_soon(runner.poll_leader)
+                if after_start is not None:
+                    nursery.start_soon(after_start, runner.say)
                 for spec in specs:
                     nursery.start_soon(
                         runner.watch_child, spec, runner.procs[spec.id], nursery.cancel_scope
@@ -356,6 +361,100 @@ async def run_cluster(
             with trio.CancelScope(shield=True):
                 await runner.shutdown(signals)
     return runner.exit_code
+
+
+# ----------------------------------------------------------------- grow (issue 12)
+
+
+def _member_names(opts: ClusterOptions, timeout: float = 3.0) -> tuple[list[str], list[str]]:
+    """(names, URLs) of the running local cluster's members, from any node that answers
+    GET /cluster/members on the usual ports (base-port and up)."""
+    reach = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(opts.host, opts.host)
+    with httpx.Client(trust_env=False, timeout=timeout) as http:
+        for k in range(64):
+            url = f"http://{format_host_port(reach, opts.base_port + k)}"
+            try:
+                r = http.get(url + "/cluster/members")
+            except httpx.HTTPError:
+                continue
+            if r.status_code == 200:
+                members = r.json()["members"]
+                return [m["name"] for m in members], [m["url"] for m in members]
+    raise ConfigError(
+        f"no running cluster answers on {reach} ports {opts.base_port}..: start one with "
+        "`trioraft cluster` first (same --base-port)"
+    )
+
+
+def plan_joiner(opts: ClusterOptions, names: Sequence[str], urls: Sequence[str]) -> NodeSpec:
+    """The next node (nodeK, K one past the highest nodeK, on base-port+K-1) as a joiner."""
+    numbers = [int(n[4:]) for n in names if n.startswith("node") and n[4:].isdigit()]
+    k = max(numbers, default=0) + 1
+    node_id, port = f"node{k}", opts.base_port + k - 1
+    reach = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(opts.host, opts.host)
+    url = f"http://{format_host_port(reach, port)}"
+    data_dir = opts.data_dir / node_id
+    argv = ["--id", node_id, "--listen", format_host_port(opts.host, port), "--advertise", url,
+            f"--join={','.join(urls)}", "--data-dir", str(data_dir), *opts.serve_args]
+    config_from_args(build_serve_parser().parse_args(argv), {})
+    return NodeSpec(node_id, opts.host, port, url, data_dir, opts.data_dir / f"{node_id}.log",
+                    tuple(argv))  # fmt: skip
+
+
+def grow(
+    opts: ClusterOptions, *, command: SpawnCommand = default_command, grace: float = 5.0,
+    token: str | None = None,
+) -> int:
+    """`trioraft cluster grow`: start the next node as a joiner, add it to the running
+    local cluster (learner, then voter once caught up), and run it until Ctrl-C."""
+    names, urls = _member_names(opts)
+    spec = plan_joiner(opts, names, urls)
+    if spec.data_dir.exists() and any(spec.data_dir.iterdir()):
+        print(f"trioraft cluster: {spec.data_dir} is not empty: {spec.id} was a member "
+              "before; start it with `trioraft serve` or empty that directory", file=sys.stderr)
+        return 1
+    if problems := check_ports_free([spec]):
+        print(f"trioraft cluster: {problems[0]}", file=sys.stderr)
+        return 1
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def add(say: Callable[[str], None]) -> None:
+        say(f"adding {spec.id} to the cluster ({', '.join(names)}) ...")
+        async with httpx.AsyncClient(trust_env=False, timeout=130.0, headers=headers) as http:
+            for _ in range(600):  # until the new node answers (its process starts)
+                try:
+                    if (await http.get(spec.url + "/health")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await trio.sleep(0.1)
+            body = {"name": spec.id, "url": spec.url, "promote": True, "timeout_ms": 120_000}
+            for attempt in range(100):
+                target = urls[attempt % len(urls)]
+                try:
+                    r = await http.post(target + "/cluster/members", json=body)
+                except httpx.HTTPError as exc:
+                    say(f"  {target}: {exc!r}; retrying")
+                    await trio.sleep(0.5)
+                    continue
+                if r.status_code in (503,) or (r.status_code == 409 and
+                                               r.json().get("code") == "change_in_progress"):
+                    await trio.sleep(0.3)
+                    continue
+                if r.status_code == 200:
+                    b = r.json()
+                    role = "voter" if b["voter"] else "learner"
+                    say(f"{spec.id} is a {role} (member id {b['member_id']})"
+                        + (f": {b['note']}" if b.get("note") else ""))
+                else:
+                    say(f"adding {spec.id} failed ({r.status_code}): {r.text[:300]}")
+                return
+
+    try:
+        return trio.run(lambda: run_cluster([spec], command=command, grace=grace,
+                                            after_start=add))  # fmt: skip
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(

@@ -95,6 +95,7 @@ SERVE_ENV_VARS = (
     "PEER_TLS_CERT",
     "PEER_TLS_KEY",
     "PEER_TLS_CA",
+    "JOIN",
 )
 
 # Node ids appear in URLs, headers, file names and log lines: keep them plain.
@@ -155,6 +156,9 @@ class NodeConfig:
     peer_tls_cert: Path | None = None
     peer_tls_key: Path | None = None
     peer_tls_ca: Path | None = None
+    # Membership (issue 12): URLs of members of an existing cluster to join
+    # (an empty data dir then never bootstraps a new cluster).
+    join: tuple[str, ...] = ()
 
     @property
     def members(self) -> dict[str, str]:
@@ -368,6 +372,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-token [env CLIENT_TOKENS_FILE]",
     )
     _add_tls_arguments(parser)
+    parser.add_argument(
+        "--join",
+        metavar="URL[,URL]",
+        action="append",
+        help="join the existing cluster these members belong to: with an empty data dir the "
+        "node never bootstraps a new cluster; it waits to be added (`trioraft member add`), "
+        "or is re-admitted automatically if its --id is a member whose node lost its data. "
+        "Ignored once the data dir belongs to a cluster [env JOIN=url,url; default none]",
+    )
     parser.add_argument(
         "--snapshot-entries",
         metavar="N",
@@ -689,6 +702,14 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
     text, what = pick(args.request_timeout_ms, "--request-timeout-ms", "REQUEST_TIMEOUT_MS")
     timeout_ms = _parse_int(text, what, 1) if text is not None else DEFAULT_REQUEST_TIMEOUT_MS
 
+    join_items = list(getattr(args, "join", None) or [])
+    join_what = "--join"
+    if not join_items and (join_env := _env(env, "JOIN")) is not None:
+        join_items, join_what = [join_env], "JOIN"
+    join = tuple(
+        _check_url(u, join_what) for item in join_items for u in item.split(",") if u.strip()
+    )
+
     config = NodeConfig(
         id=node_id,
         listen_host=host,
@@ -715,6 +736,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
         peer_tls_cert=tls["peer_tls_cert"],
         peer_tls_key=tls["peer_tls_key"],
         peer_tls_ca=tls["peer_tls_ca"],
+        join=join,
     )
     if not _is_loopback(host) and peer_authentication(config) is None and not insecure:
         raise ConfigError(

@@ -176,7 +176,7 @@ class FastPath:
     async def _respond(self, send: Send, status: int, payload: bytes, ctype: bytes) -> None:
         """Send one whole response, with the headers every answer of a node carries."""
         headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(payload))]
-        lid = self.node.leader_id
+        lid = self.node.leader_name  # a name, not a member id (issue 12)
         if lid is not None:
             headers.append((_LEADER, lid.encode()))
         headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(status).items()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from trioraft import kv
+from trioraft import kv, openapi_cluster
 
 __all__ = ["spec"]
 
@@ -102,6 +102,7 @@ _ERROR_CODES = [
     "unknown_outcome",
     "request_expired",
     "internal",
+    *openapi_cluster.ERROR_CODES,  # the membership routes (issue 12)
 ]
 
 _SCHEMAS: dict[str, Any] = {
@@ -330,9 +331,11 @@ _SCHEMAS: dict[str, Any] = {
                 "additionalProperties": {
                     "type": "object",
                     "required": ["url", "voter"],
-                    "properties": {"url": {"type": "string"}, "voter": {"type": "boolean"}},
+                    "properties": {"url": {"type": "string"}, "voter": {"type": "boolean"},
+                                   "member_id": {"type": "string"}},
                 },
             },
+            **openapi_cluster.STATUS_FIELDS,
         },
     },
     "Debug": {
@@ -585,6 +588,9 @@ _PATHS: dict[str, Any] = {
         }
     },
 }
+
+_PATHS.update(openapi_cluster.PATHS)
+_SCHEMAS.update(openapi_cluster.SCHEMAS)
 
 _SPEC: dict[str, Any] = {
     "openapi": "3.1.0",

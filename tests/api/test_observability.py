@@ -27,9 +27,11 @@ async def test_status_has_the_api_md_fields_on_every_node(trio3: Cluster) -> Non
             assert body[f] >= 0
         assert body["term"] >= 1
         assert body["applied_index"] <= body["commit_index"] <= body["last_log_index"]
-        assert body["members"] == {
+        assert {n: {"url": m["url"], "voter": m["voter"]} for n, m in body["members"].items()} == {
             n: {"url": url, "voter": True} for n, url in trio3.urls.items()
         }
+        # Issue 12: each member also names its member id (initial members: the name).
+        assert all(m["member_id"] == n for n, m in body["members"].items())
 
 
 async def test_status_indexes_follow_writes(single: Cluster) -> None:

@@ -26,6 +26,12 @@ from schemathesis import GenerationMode
 from tests.api.conftest import Cluster
 
 EXAMPLES = int(os.environ.get("FUZZ_API_EXAMPLES", "12"))
+# Operations that would change the cluster under test rather than probe it:
+# a leadership transfer (elections mid-fuzz; a 504 "timeout" for a transfer
+# that did not finish in timeout_ms=0) and adding a member (the leader then
+# dials whatever URL was generated). tests/membership/test_cluster_api.py
+# checks their answers against the spec instead.
+NOT_FUZZED = {("POST", "/cluster/leader/transfer"), ("POST", "/cluster/members")}
 BUDGET_S = float(os.environ.get("FUZZ_API_BUDGET_S", "20"))
 
 
@@ -81,6 +87,8 @@ def _fuzz(urls: list[str], examples: int, budget_s: float) -> list[str]:
 
     for result in schema.get_all_operations():
         operation = result.ok()
+        if (operation.method.upper(), operation.path) in NOT_FUZZED:
+            continue
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             if time.monotonic() > deadline:
                 return failures

@@ -244,9 +244,11 @@ async def test_cluster_token_is_required_on_raft_routes(make_cluster):
             assert resp.status_code == 401, (path, headers, resp.text)
             assert resp.json()["code"] == "unauthorized"
     # The peer stream on the same port refuses a wrong token, or none.
+    # (Streams are bound to the cluster id too, issue 12: use the right one.)
     for token in ("wrong", None):
         with pytest.raises(HandshakeError) as refused:
-            await probe_peer(cluster.url(follower), token=token, local=leader, peer=follower)
+            await probe_peer(cluster.url(follower), token=token, local=leader, peer=follower,
+                             cluster_id=before["cluster_id"])  # fmt: skip
         assert refused.value.code == "unauthorized"
 
     await check_early_401_keeps_connection_usable(cluster[follower].port)

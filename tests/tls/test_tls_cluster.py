@@ -152,8 +152,15 @@ async def test_a_peer_cannot_speak_as_a_member_its_certificate_does_not_name(
         assert pair is not None
         return peer_client_context(pair[0], pair[1], certs.ca)
 
+    # The cluster speaks member ids (one per incarnation) under its cluster id.
+    status = await cluster.status("node1")
+    assert status is not None
+    ids = {name: m["member_id"] for name, m in status["members"].items()}
+
     async def probe(local: str, tls: ssl.SSLContext | None, peer: str = "node1") -> str:
-        return (await probe_peer(url, token=None, local=local, peer=peer, tls=tls)).authenticated_by
+        answer = await probe_peer(url, token=None, local=ids[local], peer=ids[peer], tls=tls,
+                                  cluster_id=status["cluster_id"])  # fmt: skip
+        return answer.authenticated_by
 
     # node3's certificate, claiming to be node2: refused by the handshake.
     with pytest.raises(HandshakeError) as refused:

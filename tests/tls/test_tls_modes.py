@@ -109,14 +109,22 @@ async def test_peer_tls_only_with_a_token_as_well(tmp_path: Path, certs: Certs) 
         resp = await http.post(f"{url}/raft/request-vote", json=vote,
                                headers={"X-Cluster-Token": TOKEN})  # fmt: skip
         assert (resp.status_code, resp.json()["code"]) == (403, "tls_required")
+        # So are the membership peer routes (who a node is; re-admission).
+        for method, path in (("GET", "/raft/identity"), ("POST", "/raft/readmit"),
+                             ("POST", "/raft/check-membership")):
+            resp = await http.request(method, f"{url}{path}", json={},
+                                      headers={"X-Cluster-Token": TOKEN})  # fmt: skip
+            assert (resp.status_code, resp.json()["code"]) == (403, "tls_required"), path
         # A plaintext peer stream, even with the token: refused.
         with pytest.raises(HandshakeError) as refused:
             await probe_peer(url, token=TOKEN, local="node2", peer="node1")
         assert refused.value.code == "tls_required"
         # The right certificate without the token: refused (both are required).
         node2 = peer_client_context(*certs.nodes["node2"], certs.ca)
+        ids = {n.name: n.id for n in nodes}  # member ids (one per incarnation)
         with pytest.raises(HandshakeError) as refused:
-            await probe_peer(url, token=None, local="node2", peer="node1", tls=node2)
+            await probe_peer(url, token=None, local=ids["node2"], peer=ids["node1"], tls=node2,
+                             cluster_id=nodes[0].cluster_id)  # fmt: skip
         assert refused.value.code == "unauthorized"
         # Garbage after a TLS record header: the handshake fails, the node does not care.
         host, port = configs[0].listen_host, configs[0].listen_port

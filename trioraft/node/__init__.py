@@ -7,5 +7,6 @@
 
 from trioraft.node._looplag import LoopLagMonitor
 from trioraft.node._node import RaftNode, open_node
+from trioraft.node._roster import NodeIdentity
 
-__all__ = ["LoopLagMonitor", "RaftNode", "open_node"]
+__all__ = ["LoopLagMonitor", "NodeIdentity", "RaftNode", "open_node"]

@@ -40,6 +40,8 @@ import trio
 
 from trioraft.config import NodeConfig
 from trioraft.core import (
+    ConfChange,
+    Configuration,
     CoreConfig,
     EntryKind,
     InstallSnapshot,
@@ -109,15 +111,11 @@ class Driver:
         self._storage = storage
         self._offload = offload
         self._rng = rng
-        lo, hi = config.election_timeout_ms
-        self._core_config = CoreConfig(
-            id=config.id,
-            voters=frozenset(config.members),
-            election_timeout=(lo / 1000, hi / 1000),
-            heartbeat_interval=config.heartbeat_ms / 1000,
-            snapshot_catchup_entries=config.snapshot_catchup_entries,
-            **(core_options or {}),
-        )
+        self._node_config = config
+        self._core_options = core_options or {}
+        # Until set_identity: a static cluster of the configured members, ids
+        # = names (in-process tests; legacy data dirs).
+        self.set_identity(config.id, frozenset(config.members))
         self._transport = transport
         self._snapshot_sender = snapshot_sender
         self._observe = Observer(metrics)  # metrics hooks and log events
@@ -140,6 +138,44 @@ class Driver:
         assert self.core is not None, "node not started"
         return self.core
 
+    # ------------------------------------------------ membership hooks (issue 12)
+    # Kept apart from the recovery/persist paths: `trioraft.node._membership`
+    # plugs in here, the driver knows nothing of names, URLs or removal.
+    def set_identity(self, member_id: str, voters: frozenset[str]) -> None:
+        """Before `recover`: this node's member id, and the voters to use when
+        the stored log holds no configuration (legacy dirs; empty otherwise)."""
+        config = self._node_config
+        lo, hi = config.election_timeout_ms
+        self.id = member_id
+        self._core_config = CoreConfig(
+            id=member_id,
+            voters=voters,
+            election_timeout=(lo / 1000, hi / 1000),
+            heartbeat_interval=config.heartbeat_ms / 1000,
+            snapshot_catchup_entries=config.snapshot_catchup_entries,
+            **self._core_options,
+        )
+
+    # After every Ready (the core's latest configuration may have changed).
+    on_ready: Callable[[RaftCore], None] = staticmethod(lambda core: None)
+    # A configuration committed: (index, configuration).
+    on_config_committed: Callable[[int, Configuration], None] = staticmethod(
+        lambda index, cfg: None
+    )
+
+    def propose_change(self, change: ConfChange, p: Proposal) -> None:
+        """Driver task only: append a membership change, settled like a write by
+        its own entry (committed: None; overwritten: ProposalDropped). A refusal
+        (NotLeader, a MembershipError) settles it at once: nothing changed."""
+        if p.abandoned:
+            return  # the proposer gave up before we got here: never propose it
+        try:
+            index, term = self.c.propose_change(change)
+        except RaftError as exc:
+            p.settle_all(exc)
+            return
+        self.pending.appended([p], index, term)
+
     # ================================================================ startup
     async def recover(self) -> None:
         state = await self._offload.disk(self._storage.load)
@@ -159,6 +195,12 @@ class Driver:
             compacted=(compacted.index, compacted.term),
         )
         self._observe.role = self.core.role
+        # The configuration in force at the snapshot is committed (the core's
+        # base: the snapshot's, else the static voters); later CONFIG entries
+        # report themselves as they are applied again.
+        snap_cfg = state.snapshot.config
+        self.on_config_committed(state.snapshot.index, snap_cfg if snap_cfg.members
+                                 else Configuration.of_voters(self._core_config.voters))
         event(log, "recovered", term=state.hard_state.term, commit=state.hard_state.commit,
               snapshot=state.snapshot.index, compacted=compacted.index,
               last_index=self.core.log.last_index(), keys=len(self.kv))  # fmt: skip
@@ -166,6 +208,7 @@ class Driver:
     # ================================================================= loop
     async def run(self) -> None:
         core = self.c
+        self.on_ready(core)  # the transport's peers, from the recovered configuration
         await self._process_ready()
         while True:
             self._turn += 1
@@ -247,6 +290,7 @@ class Driver:
                 self._route(m)
             self._apply(rd)
             core.advance(rd)
+            self.on_ready(core)
             self._reads.wake_applied(self.kv.applied_index)
             self._snapshotter.maybe_snapshot(core, self.kv)
         if self._offered:
@@ -279,6 +323,7 @@ class Driver:
         self._stats["snapshots_installed"] = self._stats.get("snapshots_installed", 0) + 1
         event(log, "snapshot_installed", index=meta.index, term=meta.term, source=offered.src,
               bytes=offered.transfer.size, keys=len(self.kv))  # fmt: skip
+        self.on_config_committed(meta.index, meta.config)
 
     async def _discard_offered(self) -> None:
         """Snapshots stepped this turn that the core declined: drop their staging."""
@@ -313,6 +358,9 @@ class Driver:
                 self._snapshotter.bytes_since_snapshot += len(e.data)
             else:
                 self.kv.apply_noop(e.index)
+                if e.kind is EntryKind.CONFIG:
+                    with contextlib.suppress(ValueError):  # the core checked it on append
+                        self.on_config_committed(e.index, Configuration.decode(e.data))
             self.pending.applied(e, result)
             applied += 1
         if applied:

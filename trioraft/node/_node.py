@@ -16,6 +16,8 @@ The roles, one module each:
                      through a storage reader that keeps its snapshot alive)
     _snapshot_recv   staging, checking and decoding a transfer from the leader
     _snapshotter     taking local snapshots without stalling the loop
+    _membership      names <-> member ids, peers following the configuration,
+                     membership changes, removal
     _rpc             the course routes' synchronous bridge into the core
     _looplag         the loop-lag monitor
     _observer        the driver's metrics hooks and log events
@@ -33,13 +35,23 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from trioraft.config import NodeConfig
-from trioraft.core import Message, NotLeader, ProposalDropped, RaftCore, RaftError, Role
+from trioraft.core import (
+    ConfChange,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    RaftCore,
+    RaftError,
+    Role,
+    TransferRefused,
+)
 from trioraft.errors import NoLeader, NoQuorum, Overloaded, ShuttingDown, UnknownOutcome
 from trioraft.kv import InvalidCommand, KVStateMachine, TooLarge, decode_command, encode_results
 from trioraft.metrics import metrics_of
-from trioraft.node._driver import Driver, Incoming
+from trioraft.node._driver import Call, Driver, Incoming
 from trioraft.node._forward import Forwarder
 from trioraft.node._looplag import LoopLagMonitor
+from trioraft.node._membership import MembershipOps, NodeIdentity
 from trioraft.node._offload import Offload
 from trioraft.node._reads import Reads
 from trioraft.node._replies import Proposal
@@ -78,10 +90,18 @@ def _relay_code(exc: BaseException) -> RelayCode:
 class RaftNode:
     """One member of a cluster: give it a config, its storage and its transport.
 
-    The transport's peers must be the other members (their member ids);
-    `trioraft.server` builds a `StreamTransport`, tests a `MemoryNetwork`
-    transport. Membership changes add and remove peers on the transport
-    (`transport.add_peer(member_id, url)`, `transport.remove_peer(member_id)`).
+    The transport's peers follow the configuration (`_membership`): the node
+    adds and removes them (`transport.add_peer(member_id, url)`,
+    `remove_peer`) as configurations are appended. `trioraft.server` builds a
+    `StreamTransport`, tests a `MemoryNetwork` transport.
+
+    `id` is the **member id** (the core's); `name` the operator's name (the
+    `--id` flag), which /status, X-Raft-Leader and the course routes use.
+    Without `identity` the node is a member of a static cluster of the
+    configured members, member id = name (in-process tests, legacy dirs).
+    With `wait_for_identity`, `run()` waits for `set_identity()` (the
+    server decides it at start-up: bootstrap, join, or resume) before it
+    recovers: meanwhile the node answers client requests with 503.
     """
 
     def __init__(
@@ -94,6 +114,8 @@ class RaftNode:
         run_disk_inline: bool = False,
         loop_lag: LoopLagMonitor | None = None,
         core_options: dict[str, Any] | None = None,
+        identity: NodeIdentity | None = None,
+        wait_for_identity: bool = False,
     ) -> None:
         # run_disk_inline: call storage (and snapshot restore) directly on the
         # event loop instead of in a worker thread. Only for in-memory storage
@@ -102,8 +124,8 @@ class RaftNode:
         # The largest snapshot this node accepts from a leader is its storage's
         # bound (MemoryStorage / SqliteStorage `max_snapshot_bytes`).
         self.config = config
-        self.id = config.id
-        self.members = config.members
+        self.id = config.id  # the member id, once set_identity has run
+        self.name = config.id
         self.storage = storage
         self.transport = transport
         self.loop_lag = loop_lag
@@ -133,6 +155,23 @@ class RaftNode:
             config.id, config.request_timeout_s, election_max * 2, transport,
             lambda: self.leader_id, self.wait_for_leader, self.propose_each,
         )
+        self.membership = MembershipOps(
+            identity or NodeIdentity(config.id, config.id,
+                                     static_voters=frozenset(config.members)),
+            config.members, transport, self, election_max=election_max,
+        )  # fmt: skip
+        self._driver.on_ready = self.membership.sync
+        self._driver.on_config_committed = self.membership.applied
+        self._identity_set = trio.Event()
+        if identity is not None:
+            self.set_identity(identity)
+        elif not wait_for_identity:
+            self._identity_set.set()
+        # Why the node is not running its core yet (None once it is).
+        self.starting: str | None = "recovering" if wait_for_identity else None
+        # What the start-up decided or is deciding (trioraft.bootstrap): the
+        # nonce, expected names, state, bootstrap record; GET /raft/identity.
+        self.startup_facts: dict[str, Any] = {}
         self._stopping = False
         self._nursery: trio.Nursery | None = None
         self.started = trio.Event()
@@ -167,9 +206,34 @@ class RaftNode:
         return self.core.leader_id if self.core else None
 
     @property
+    def leader_name(self) -> str | None:
+        """The leader's name (X-Raft-Leader, /status), None when unknown."""
+        return self.membership.roster.name_of(self.leader_id)
+
+    @property
     def leader_url(self) -> str | None:
-        lid = self.leader_id
-        return self.members.get(lid) if lid else None
+        return self.membership.roster.url_of(self.leader_id)
+
+    def may_speak_as(self, name: str, member_id: str) -> bool:
+        """May a peer authenticated as node `name` (e.g. by its TLS certificate) act as
+        member `member_id`? Through the configurations this node knows (see
+        `Roster.may_speak_as`): the hook for binding peer certificates to member ids."""
+        return self.membership.roster.may_speak_as(name, member_id)
+
+    @property
+    def cluster_id(self) -> str:
+        return self.membership.identity.cluster_id
+
+    def set_identity(self, identity: NodeIdentity) -> None:
+        """Who this node is (before `run` recovers; see the class docstring)."""
+        if self.core is not None:
+            raise RuntimeError("the identity is set before the node starts")
+        self.id = identity.member_id
+        self.membership.set_identity(identity)
+        self._driver.set_identity(identity.member_id, identity.static_voters)
+        self._forwarder._id = identity.member_id
+        self._snapshot_sender._id = identity.member_id
+        self._identity_set.set()
 
     @property
     def role(self) -> str:
@@ -181,21 +245,35 @@ class RaftNode:
 
     @property
     def peer_ids(self) -> frozenset[str]:
-        """The other members of the configuration."""
-        return frozenset(self.members) - {self.id}
+        """The member ids of the other members of the latest configuration."""
+        core = self.core
+        if core is None:
+            return frozenset()
+        return core.configuration.ids - {self.id}
 
     @property
     def is_leader(self) -> bool:
         return self.core is not None and self.core.role is Role.LEADER
 
     def status(self) -> dict[str, Any]:
-        c = self._c
+        c = self.core
+        if c is None:
+            return self._starting_status()
+        raft = self._driver.raft_status()
+        raft["leader"] = self.leader_name
+        if "progress" in raft:  # keyed by name, like "members"
+            raft["progress"] = {self.membership.roster.name_of(p): v
+                                for p, v in raft["progress"].items()}  # fmt: skip
+        members = self.membership.members_json(c)
         out: dict[str, Any] = {
-            "id": self.id,
-            **self._driver.raft_status(),
-            "members": {
-                m: {"url": url, "voter": m in c.voters} for m, url in sorted(self.members.items())
-            },
+            "id": self.name,
+            **raft,
+            "members": members,
+            "member_id": self.id,
+            "cluster_id": self.cluster_id,
+            "learners": sorted(n for n, m in members.items() if not m["voter"]),
+            "change_in_progress": not c.change_committed(),
+            "last_change": self.membership.last_change,
             "keys": len(self.kv),
             "stats": {**self.stats, "snapshots_sent": self._snapshot_sender.stats["sent"],
                       "snapshots_send_failed": self._snapshot_sender.stats["failed"]},
@@ -210,16 +288,26 @@ class RaftNode:
             out["progress"] = out.pop("progress")
         return out
 
+    def _starting_status(self) -> dict[str, Any]:
+        """/status before the core runs (waiting for the start-up decision)."""
+        return {
+            "id": self.name, "role": "follower", "term": 0, "leader": None,
+            "commit_index": 0, "applied_index": 0, "last_log_index": 0,
+            "snapshot_index": 0, "members": {}, "member_id": self.id,
+            "cluster_id": self.cluster_id, "learners": [], "change_in_progress": False,
+            "starting": self.starting or "starting", "keys": len(self.kv),
+        }  # fmt: skip
+
     def debug(self) -> dict[str, Any]:
         """The course design's /debug fields."""
-        c = self._c
+        c = self.core
         return {
-            "nodeId": self.id,
-            "state": c.role.value,
-            "term": c.term,
-            "leaderId": c.leader_id,
-            "logLength": c.log.last_index(),
-            "commitIndex": c.commit_index,
+            "nodeId": self.name,
+            "state": c.role.value if c else "follower",
+            "term": c.term if c else 0,
+            "leaderId": self.leader_name,
+            "logLength": c.log.last_index() if c else 0,
+            "commitIndex": c.commit_index if c else 0,
             "stateMachine": dict(self.kv.items()),
         }
 
@@ -237,7 +325,9 @@ class RaftNode:
     # ================================================================ running
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: the transport, the driver, snapshot and forwarding tasks."""
+        await self._identity_set.wait()
         await self._driver.recover()
+        self.starting = None
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.transport.run, self)
@@ -250,6 +340,10 @@ class RaftNode:
     def _spawn(self, fn: Any, *args: Any) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(fn, *args)
+
+    def spawn(self, fn: Any, *args: Any) -> None:
+        """Run a task for as long as the node runs (e.g. a re-admission's steps)."""
+        self._spawn(fn, *args)
 
     async def _call_in_driver(self, fn: Any) -> None:
         await self._driver.call(fn)
@@ -308,6 +402,8 @@ class RaftNode:
     def _enqueue(self, item: object) -> None:
         if self._stopping:
             raise ShuttingDown("the node is shutting down")
+        if self.core is None:
+            raise NoLeader(f"this node is starting ({self.starting or 'recovering'})")
         try:
             self._driver.post(item)
         except trio.WouldBlock:
@@ -394,6 +490,71 @@ class RaftNode:
             while self.is_leader:
                 await self._leader_changed.wait()
         return not self.is_leader
+
+    # ======================================================== membership (issue 12)
+    async def propose_change(self, change: ConfChange, timeout: float | None = None) -> int:
+        """Propose a membership change (leader only) and wait until it commits.
+
+        Returns the index of its entry. Raises NotLeader or a MembershipError
+        (refused: nothing changed), ProposalDropped (another leader's entry
+        took its index: it never applies), or UnknownOutcome (not committed
+        within `timeout`: it may yet).
+        """
+        if self.core is None:
+            raise NoLeader(f"this node is starting ({self.starting or 'recovering'})")
+        p = Proposal([b""])
+        await self._driver.call(lambda: self._driver.propose_change(change, p))
+        with trio.move_on_after(timeout or self.config.request_timeout_s):
+            await p.slot.done.wait()
+        if not p.slot.done.is_set():
+            self._driver.pending.forget(p)
+            p.give_up()
+        outcome = p.outcomes[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return p.index
+
+    async def transfer_to(self, member_id: str | None, timeout: float) -> str | None:
+        """Hand leadership to `member_id` (None: the most caught-up voter) and wait
+        until someone else leads; returns the new leader's member id, or None if
+        the transfer did not complete in `timeout`. Raises NotLeader, or
+        TransferRefused (not another voter, not caught up, a transfer under
+        way: nothing changed)."""
+        target = member_id if member_id is not None else self._driver.best_transfer_target()
+        if target is None:
+            raise TransferRefused("no other voter is caught up")
+        await self._in_driver(lambda: self._c.transfer_leadership(target))
+        with trio.move_on_after(timeout):
+            while self.is_leader or self.leader_id in (None, self.id):
+                await self._leader_changed.wait()
+        return self.leader_id if not self.is_leader else None
+
+    def learn_seed(self, seed: Any) -> None:
+        """Being admitted: a member reported a configuration that names us (the
+        transport then accepts streams from its members). Any task."""
+        self.membership.learn_seed(seed)
+        core = self.core
+        if core is not None:
+            with contextlib.suppress(trio.WouldBlock):
+                self._driver.post(Call(lambda: self.membership.sync(core)))
+
+    async def _in_driver(self, fn: Callable[[], None]) -> None:
+        """Run `fn` in the driver task and wait for it; a RaftError it raises is re-raised."""
+        done = trio.Event()
+        failed: list[RaftError] = []
+
+        def run() -> None:
+            try:
+                fn()
+            except RaftError as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        await self._driver.call(run)
+        await done.wait()
+        if failed:
+            raise failed[0]
 
     def stop_accepting(self) -> None:
         """Shutdown has begun: refuse new requests, and never campaign again

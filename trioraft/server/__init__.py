@@ -34,6 +34,7 @@ from trioraft.fastpath import FastPath
 from trioraft.logs import event
 from trioraft.node import LoopLagMonitor, RaftNode
 from trioraft.observability import instrument
+from trioraft.server import _startup
 from trioraft.server._http import BodyDeadline, HttpServer
 from trioraft.server._listener import Listener, ListenerLimits, PrefixedStream
 from trioraft.storage import DataDirLocked, StorageCorrupt, open_storage
@@ -146,7 +147,19 @@ async def serve(
         raise SystemExit(1) from None
     bind = format_host_port(config.listen_host, config.listen_port)
     bind_error = ""
+    exit_code = 0
     try:
+        # Identity first (issue 12): a data dir that belongs to another node,
+        # or to a removed member, never gets as far as listening.
+        try:
+            plan = await trio.to_thread.run_sync(_startup.plan, config, storage)
+        except (_startup.Refused, StorageCorrupt) as exc:
+            print(f"trioraft: {exc}", file=sys.stderr)
+            log.error("node %s refuses to start: %s", config.id, exc)
+            exit_code = 1
+            return
+        if plan.warning:
+            log.warning("node %s: %s", config.id, plan.warning)
         try:
             sockets = await trio.open_tcp_listeners(
                 config.listen_port, host=config.listen_host, backlog=1024
@@ -155,7 +168,8 @@ async def serve(
             bind_error = f"cannot listen on {bind}: {exc}"
         else:
             try:
-                await _serve_on(config, opts, storage, sockets, tls, task_status)
+                exit_code = await _serve_on(config, opts, storage, sockets, plan, tls,
+                                            task_status)  # fmt: skip
             finally:
                 for sock in sockets:
                     sock.socket.close()
@@ -163,6 +177,8 @@ async def serve(
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             await trio.to_thread.run_sync(storage.close)
         event(log, "node_stopped", logging.WARNING, id=config.id)
+        if exit_code:
+            raise SystemExit(exit_code)
     if bind_error:
         print(f"trioraft: {bind_error}", file=sys.stderr)
         raise SystemExit(1)
@@ -173,15 +189,25 @@ async def _serve_on(
     opts: ServerOptions,
     storage: Any,
     sockets: list[trio.SocketListener],
+    plan: _startup.Plan,
     tls: tuple[ServerTls | None, ssl.SSLContext | None],
     task_status: trio.TaskStatus[RaftNode],
-) -> None:
+) -> int:
     listener_tls, peer_tls = tls
+    ident = plan.identity
+    # The transport's peers follow the configuration (trioraft.node._membership);
+    # its member id and cluster id are known now, or once the start-up decides.
     transport = StreamTransport(
-        config.id, config.peers, token=config.cluster_token, config=opts.stream, tls=peer_tls
-    )
+        ident.member_id if ident else config.id, {}, token=config.cluster_token,
+        cluster_id=ident.cluster_id if ident else "pending", config=opts.stream,
+        tls=peer_tls, name_of=lambda member_id: node.membership.peer_name(member_id),
+    )  # fmt: skip
     loop_lag = LoopLagMonitor(opts.loop_lag_interval, opts.loop_lag_threshold)
-    node = RaftNode(config, storage, transport, loop_lag=loop_lag)
+    node = RaftNode(config, storage, transport, loop_lag=loop_lag, identity=ident,
+                    wait_for_identity=ident is None)  # fmt: skip
+    node.startup_facts.update(_startup.facts(config, plan, "empty" if ident is None else
+                                             "member"))  # fmt: skip
+    node.membership.on_removed = _startup.removal_notifier(config, node)
     quart_app = create_app(node)
     # Quart times out a body it waits for with a 408 (then drains for up to
     # 1 s, see api._drain_body); the middleware is the backstop for the fast
@@ -203,10 +229,29 @@ async def _serve_on(
         "peer_streams_refused": transport.refused,
     }
     stop = trio.Event()
+    exit_code = 0
+
+    def stop_with(code: int, message: str) -> None:
+        """The node stops itself (removed, or its data dir is foreign): say why."""
+        nonlocal exit_code
+        exit_code = code
+        (log.warning if code == 0 else log.error)("node %s stops: %s", config.id, message)
+        if code:
+            print(f"trioraft: {message}", file=sys.stderr)
+        stop.set()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, stop)
         nursery.start_soon(loop_lag.run)
-        await nursery.start(node.run)
+        if ident is not None:
+            await nursery.start(node.run)
+        else:
+            # Serve HTTP (503s, and GET /raft/identity for the peers deciding
+            # with us) while deciding; the node recovers once it is decided.
+            nursery.start_soon(node.run)
+            nursery.start_soon(_startup.decide_and_start, config, storage, node, transport,
+                               plan)  # fmt: skip
+        nursery.start_soon(_startup.watch, config, node, stop_with)
         await http.start(nursery)
         async with trio.open_nursery() as connections:
             accepting = trio.CancelScope()
@@ -232,6 +277,7 @@ async def _serve_on(
         with trio.move_on_after(1):
             await http.stop()
         nursery.cancel_scope.cancel()
+    return exit_code
 
 
 async def serve_asgi(

@@ -48,6 +48,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
+from trioraft.testing import nemesis_membership
 from trioraft.testing.linearizability import (
     CheckResult,
     Operation,
@@ -94,6 +95,9 @@ class ChaosConfig:
     read_consistency: str = "linearizable"
     """The clients' ``?consistency=``; ``stale`` is the harness's own sanity check: it
     must end in VIOLATION (the final reads stay linearizable)."""
+    membership: bool = False
+    """Also change the membership (remove/add, wipe-and-readmit, transfer):
+    trioraft.testing.nemesis_membership."""
 
 
 @dataclass
@@ -604,9 +608,14 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
                 rec.t0, rec.wall_t0 = trio.current_time(), time.time()
                 _save_run_info(out, cfg, cluster, mesh, rec.wall_t0)
                 nemesis = _Nemesis(cfg, cluster, mesh, rec)
+                # Membership nemesis (issue 12): a hook, the module holds the rest.
+                members = nemesis_membership.attach(cfg, cluster, nemesis, rec) \
+                    if cfg.membership else None
                 urls = [cluster.url(i) for i in ids]
                 async with trio.open_nursery() as load:
                     load.start_soon(nemesis.run, rec.stop)
+                    if members is not None:
+                        load.start_soon(members.run, rec.stop)
                     for cid in range(cfg.clients):
                         load.start_soon(_client, cid, cfg, rec, http, urls, keys)
                     with trio.move_on_after(cfg.duration):
@@ -614,7 +623,14 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
                     rec.stop.set()
                     # Clients finish their current attempt (bounded by their timeout).
                     load.cancel_scope.deadline = trio.current_time() + 3 * cfg.client_timeout + 2
+                if members is not None:
+                    members.before_heal()
                 nemesis.heal_all()
+                if members is not None:
+                    await members.after_heal()
+                    problems += [f"membership: {e}" for e in members.errors
+                                 if "could not be added back" in e]  # fmt: skip
+                    nemesis.log("start", "membership", members.summary())
                 converged, final_state = await _settle(rec, http, cluster, keys, cfg, problems)
                 nemesis.check_crashes(restart=False)
                 problems += [f"node crashed: {what}" for what in nemesis.crashes]
@@ -768,6 +784,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosConfig:
         metavar="MIN-MAX",
         help="seconds between nemesis steps [1-4]",
     )
+    parser.add_argument("--membership", action="store_true",
+                        help="also change the membership: remove and re-add, wipe and "
+                        "re-admit, transfer leadership (trioraft.testing.nemesis_membership)")
     parser.add_argument("--stale-reads", action="store_true",
                         help="clients read with ?consistency=stale: a sanity check of the "
                         "harness itself, which must then report VIOLATION")  # fmt: skip
@@ -793,6 +812,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosConfig:
         log_level=args.log_level,
         read_consistency="stale" if args.stale_reads else "linearizable",
         snapshot_entries=args.snapshot_entries or None, fault_interval=interval,
+        membership=args.membership,
     )  # fmt: skip
 
 

@@ -23,6 +23,15 @@ call their storage inline on the event loop (`RaftNode(run_disk_inline=True)`),
 because waiting on a worker thread lets the mock clock jump mid-write; pass
 `run_disk_inline=False` to exercise the threaded path (e.g. with SQLite).
 
+With `membership=True` the cluster starts as production does (issue 12):
+each node's storage holds an identity and the bootstrap CONFIG entry (member
+id = name, one cluster id), the nodes run with no static voters, and their
+transports' peers follow the configuration. `add(name)` starts a joiner
+under a fresh member id and admits it (learner, then voter once caught up);
+`remove(name)`; `start(name, wipe=True)` brings a node back on an empty disk
+under a fresh member id, and `readmit(name)` runs the leader's automatic
+re-admission. `cluster.nodes` is keyed by name; `node.id` is the member id.
+
 Randomness is seeded: each incarnation of each node gets
 `random.Random(f"{seed}:{id}:{incarnation}")` and the network gets
 `random.Random(seed)`. (Trio's scheduler itself is not seeded, so runs are
@@ -40,10 +49,12 @@ from typing import Any
 
 import trio
 
+from trioraft.bootstrap import BootstrapRecord, fresh_member_id
 from trioraft.config import NodeConfig
-from trioraft.errors import RaftError
-from trioraft.node import RaftNode
-from trioraft.storage import MemoryStorage, Storage
+from trioraft.core import ChangeInProgress, Configuration, InvalidChange, Member, NotLeader
+from trioraft.errors import NoLeader, RaftError
+from trioraft.node import NodeIdentity, RaftNode
+from trioraft.storage import Identity, MemoryStorage, Storage
 from trioraft.testing.streamnet import StreamNetwork
 from trioraft.transport import MemoryNetwork, StreamConfig, Transport
 
@@ -91,9 +102,11 @@ class Cluster:
         config_overrides: dict[str, Any],
         transport: str = "memory",
         core_options: dict[str, Any] | None = None,
+        membership: bool = False,
     ) -> None:
         self.core_options = core_options
         self.ids = node_ids(n)
+        self.membership = membership
         self.seed = seed
         self.network: Any  # MemoryNetwork or StreamNetwork: partition/isolate/heal either way
         if transport == "memory":
@@ -104,7 +117,19 @@ class Cluster:
             raise ValueError(f"transport must be 'memory' or 'stream', not {transport!r}")
         self.storage_factory = storage_factory
         self.storages: dict[str, Storage] = {i: storage_factory(i) for i in self.ids}
-        self.configs = {i: make_config(i, self.ids, **config_overrides) for i in self.ids}
+        self._overrides = config_overrides
+        self.configs = {i: self._make_config(i) for i in self.ids}
+        self.identities: dict[str, NodeIdentity] = {}
+        self.cluster_id = "legacy"
+        if membership:
+            config = Configuration.of(Member(i, True, i, self.url(i)) for i in self.ids)
+            record = BootstrapRecord.new(config, [f"nonce-{seed}-{i}" for i in self.ids])
+            self.cluster_id = record.cluster_id
+            for i in self.ids:
+                st = self.storages[i]
+                st.save_identity(Identity(record.cluster_id, i, i, f"nonce-{seed}-{i}"))
+                st.bootstrap(config)
+                self.identities[i] = NodeIdentity(i, i, record.cluster_id)
         # The current (or last, if crashed) incarnation of each node.
         self.nodes: dict[str, RaftNode] = {}
         self.incarnation = dict.fromkeys(self.ids, 0)
@@ -145,8 +170,12 @@ class Cluster:
         return {n.id: n.kv.state_digest() for n in self.running()}
 
     # ------------------------------------------------------------- lifecycle
-    def _transport(self, node_id: str) -> Transport:
-        t: Transport = self.network.transport(node_id, [p for p in self.ids if p != node_id])
+    def _transport(self, node_id: str, member_id: str) -> Transport:
+        if self.membership:
+            # Its peers follow the configuration (the node adds them).
+            t: Transport = self.network.transport(member_id, [])
+        else:
+            t = self.network.transport(node_id, [p for p in self.ids if p != node_id])
         return t
 
     def _changed_now(self) -> None:
@@ -159,15 +188,20 @@ class Cluster:
             raise RuntimeError(f"{node_id} is already running")
         if wipe:
             self.storages[node_id] = self.storage_factory(node_id)
+            if self.membership:
+                # A lost disk: the node comes back as a new incarnation.
+                self._new_incarnation(node_id)
         self.incarnation[node_id] += 1
         rng = random.Random(f"{self.seed}:{node_id}:{self.incarnation[node_id]}")
+        ident = self.identities.get(node_id)
         node = RaftNode(
             self.configs[node_id],
             self.storages[node_id],
-            self._transport(node_id),
+            self._transport(node_id, ident.member_id if ident else node_id),
             rng,
             run_disk_inline=self._run_disk_inline,
             core_options=self.core_options,
+            identity=ident,
         )
         self.nodes[node_id] = node
         scope = trio.CancelScope()
@@ -188,9 +222,125 @@ class Cluster:
         # leaves it when the node's tasks end.
         await self._nursery.start(run)
         self._changed_now()
+        if self.membership:
+            self._nursery.start_soon(self._seed, node_id, node)
         return node
 
     restart = start
+
+    # ------------------------------------------------------ membership (issue 12)
+    def _make_config(self, name: str) -> NodeConfig:
+        if not self.membership:
+            return make_config(name, self.ids, **self._overrides)
+        # No --peer flags: every URL comes from the configuration, as for a
+        # joiner; a member's URL names its member id (what StreamNetwork dials).
+        return make_config(name, [name], **{"advertise_url": self.url(name), **self._overrides})
+
+    @staticmethod
+    def url(member_id: str) -> str:
+        return f"http://{member_id}.invalid:1"
+
+    def _new_incarnation(self, name: str) -> str:
+        member_id = fresh_member_id(name)
+        self.storages[name].save_identity(Identity(self.cluster_id, member_id, name, ""))
+        self.identities[name] = NodeIdentity(member_id, name, self.cluster_id)
+        return member_id
+
+    async def _seed(self, name: str, node: RaftNode) -> None:
+        """What the server's watcher does for a node being admitted: learn the
+        leader's configuration once it names us (then our transport accepts
+        the leader's streams, and the leader's ours)."""
+        while self.nodes.get(name) is node and self.is_up(name):
+            core = node.core
+            if core is not None and node.id not in core.voters:
+                leader = self.leader()
+                if leader is not None and leader.core is not None:
+                    cfg = leader.core.configuration
+                    if node.id in cfg.ids and node.id not in core.configuration.ids:
+                        node.learn_seed(cfg)
+            await trio.sleep(0.05)
+
+    def member_id(self, name: str) -> str:
+        return self.identities[name].member_id if name in self.identities else name
+
+    async def on_leader(self, op: Callable[[RaftNode], Any], timeout_s: float = 30.0) -> Any:
+        """Run `await op(leader)`, retrying (on the new leader) while it is refused
+        with NotLeader / NoLeader / ChangeInProgress (all definite: nothing changed)."""
+        with trio.fail_after(timeout_s):
+            while True:
+                leader = await self.wait_for_leader(timeout_s=math.inf)
+                try:
+                    return await op(leader)
+                except (NotLeader, NoLeader, ChangeInProgress):
+                    await trio.sleep(0.05)
+
+    async def add(self, name: str, *, promote: bool = True, timeout_s: float = 60.0) -> RaftNode:
+        """Start a new node `name` on empty storage and add it (then promote it)."""
+        if name not in self.ids:
+            self.ids.append(name)
+            self.incarnation[name] = 0
+            self.configs[name] = self._make_config(name)
+        self.storages[name] = self.storage_factory(name)
+        member_id = self._new_incarnation(name)
+        node = await self.start(name)
+        url = self.url(member_id)
+        await self.on_leader(
+            lambda leader: leader.membership.add_learner(name, member_id, url, 10.0), timeout_s
+        )
+        if promote:
+            await self.promote(name, timeout_s=timeout_s)
+        return node
+
+    async def promote(self, name: str, timeout_s: float = 60.0) -> None:
+        member_id = self.member_id(name)
+
+        async def op(leader: RaftNode) -> None:
+            await leader.membership.wait_caught_up(member_id, timeout_s)
+            await leader.membership.promote(name, 10.0)
+
+        await self.on_leader(op, timeout_s)
+
+    async def remove(self, name: str, timeout_s: float = 60.0) -> None:
+        """Remove `name`; if it runs, it learns it as the server's watcher would
+        tell it (from the leader's committed configuration) and sets `removed`."""
+        await self.on_leader(lambda leader: leader.membership.remove(name, 10.0), timeout_s)
+        gone = self.nodes.get(name)
+        if gone is not None and self.is_up(name):
+            await self.wait_until(lambda: self._tell_removed(gone), timeout_s)
+
+    def _tell_removed(self, gone: RaftNode) -> bool:
+        leader = self.leader()
+        if leader is not None and leader is not gone:
+            roster = leader.membership.roster
+            gone.membership.peer_committed(roster.committed_index, roster.committed)
+        return gone.membership.removed is not None
+
+    async def readmit(self, name: str, timeout_s: float = 60.0) -> None:
+        """The leader's automatic re-admission of `name` (started with wipe=True):
+        remove its old member id, add the new one as a learner, promote it."""
+        member_id = self.member_id(name)
+        url = self.url(member_id)
+
+        async def op(leader: RaftNode) -> str:
+            while True:
+                try:
+                    return await leader.membership.readmit(name, member_id, url, 10.0,
+                                                           leader.spawn)  # fmt: skip
+                except InvalidChange as exc:
+                    # The old incarnation answered the leader moments ago (it was
+                    # just crashed): the leader refuses until it has been silent
+                    # for a check-quorum period, as the server's watcher retries.
+                    if "is alive" not in str(exc):
+                        raise
+                    await trio.sleep(0.1)
+
+        await self.on_leader(op, timeout_s)
+        await self.wait_until(lambda: self._is_voter(member_id), timeout_s)
+
+    def _is_voter(self, member_id: str) -> bool:
+        leader = self.leader()
+        return (leader is not None and leader.core is not None
+                and member_id in leader.core.voters and leader.core.change_committed())
 
     async def crash(self, node_id: str) -> None:
         """Stop `node_id` abruptly: its tasks are cancelled, only its storage survives."""
@@ -302,6 +452,7 @@ async def open_cluster(
     start: bool = True,
     transport: str = "memory",
     core_options: dict[str, Any] | None = None,
+    membership: bool = False,
     **config_overrides: Any,
 ) -> AsyncIterator[Cluster]:
     """Run an n-node cluster (ids n1..nN) for the duration of the block.
@@ -327,6 +478,7 @@ async def open_cluster(
             config_overrides=config_overrides,
             transport=transport,
             core_options=core_options,
+            membership=membership,
         )
         if start:
             for i in cluster.ids:

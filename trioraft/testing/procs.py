@@ -373,6 +373,7 @@ class ProcCluster:
         if cluster_token is not None:
             common.append(f"--cluster-token={cluster_token}")
         common += list(extra_args)
+        self._common = list(common)
         self.nodes: dict[str, NodeProc] = {}
         for node_id, port in zip(ids, ports, strict=True):
             data_dir = self.base_dir / node_id
@@ -852,6 +853,140 @@ class ProcCluster:
             f"{method} {key} not answered within {timeout:g}s (last: {last})\n"
             + await self.describe()
         )
+
+    # ------------------------------------------------------- membership (issue 12)
+
+    def add_node(
+        self, node_id: str, *, join: Iterable[str] | None = None, port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> NodeProc:
+        """Plan a new node that joins the running cluster (``--join``; not started).
+
+        It gets a free port, ``base_dir/<id>`` and the common flags; `join` are the
+        URLs it asks (default: every other node's). Start it with :meth:`start`,
+        then add it (:meth:`member_add`) -- or, if `node_id` is already a member
+        (a wiped disk), it is re-admitted by itself.
+        """
+        if node_id in self.nodes:
+            raise ValueError(f"{node_id} exists")
+        port = port if port is not None else free_ports(1)[0]
+        url = f"http://127.0.0.1:{port}"
+        urls = list(join) if join is not None else [n.url for n in self.nodes.values()]
+        argv = [
+            sys.executable, "-m", "trioraft", "serve",
+            "--id", node_id, "--listen", f"127.0.0.1:{port}", "--advertise", url,
+            f"--join={','.join(urls)}", "--data-dir", str(self.base_dir / node_id),
+            *self._common, *extra_args,
+        ]  # fmt: skip
+        node = NodeProc(node_id, port, url, self.base_dir / node_id,
+                        self.base_dir / f"{node_id}.log", argv)  # fmt: skip
+        self.nodes[node_id] = node
+        return node
+
+    def wipe(self, node_id: str) -> None:
+        """Delete the node's data dir (it must not be running): a lost disk."""
+        import shutil
+
+        node = self.nodes[node_id]
+        if node.running:
+            raise RuntimeError(f"{node_id} is running")
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+
+    def forget(self, node_id: str) -> NodeProc:
+        """Stop tracking a node (after it was removed and has exited)."""
+        node = self.nodes[node_id]
+        if node.running:
+            raise RuntimeError(f"{node_id} is running")
+        return self.nodes.pop(node_id)
+
+    async def members(self, node_id: str | None = None) -> dict[str, Any]:
+        """``GET /cluster/members`` (on `node_id`, default the leader)."""
+        target = node_id or await self.wait_for_leader()
+        resp = await self.request(target, "GET", "/cluster/members")
+        resp.raise_for_status()
+        body = resp.json()
+        assert isinstance(body, dict)
+        return body
+
+    async def member_change(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *,
+        timeout: float = 60.0, accept: Iterable[int] = (200,),
+    ) -> httpx.Response:
+        """A membership request on the leader, retried on 503 and 409
+        change_in_progress (both definite: nothing changed) until `timeout`."""
+        last = "no attempt"
+        with trio.move_on_after(timeout):
+            while True:
+                target = await self.wait_for_leader(timeout)
+                try:
+                    resp = await self.request(target, method, path, json=body,
+                                              timeout=timeout)  # fmt: skip
+                except httpx.HTTPError as exc:
+                    last = f"{target}: {exc!r}"
+                else:
+                    if resp.status_code in set(accept):
+                        return resp
+                    last = f"{target}: {resp.status_code} {resp.text}"
+                    retry = resp.status_code == 503 or (
+                        resp.status_code == 409 and resp.json().get("code") == "change_in_progress"
+                    )
+                    if not retry:
+                        raise AssertionError(f"{method} {path}: {last}")
+                await trio.sleep(0.1)
+        raise ClusterTimeout(f"{method} {path} not done within {timeout:g}s (last: {last})\n"
+                             + await self.describe())  # fmt: skip
+
+    async def member_add(self, node_id: str, *, promote: bool = True,
+                         timeout: float = 60.0) -> dict[str, Any]:  # fmt: skip
+        """Add a started joiner (:meth:`add_node`) as a learner, and promote it."""
+        await self.wait_serving(node_id, timeout)
+        body = {"name": node_id, "url": self.nodes[node_id].url, "promote": promote,
+                "timeout_ms": int(timeout * 1000)}  # fmt: skip
+        resp = await self.member_change("POST", "/cluster/members", body, timeout=timeout)
+        out = resp.json()
+        assert isinstance(out, dict)
+        return out
+
+    async def wait_serving(self, node_id: str, timeout: float = 30.0) -> None:
+        """Wait until the node answers ``GET /health`` (its process is up)."""
+        with trio.move_on_after(timeout):
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await self.request(node_id, "GET", "/health")).status_code == 200:
+                        return
+                await trio.sleep(0.05)
+        raise ClusterTimeout(f"{node_id} did not serve within {timeout:g}s\n"
+                             + await self.describe())  # fmt: skip
+
+    async def member_remove(self, node_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        resp = await self.member_change("DELETE", f"/cluster/members/{node_id}",
+                                        timeout=timeout)  # fmt: skip
+        out = resp.json()
+        assert isinstance(out, dict)
+        return out
+
+    async def wait_members(
+        self, voters: Iterable[str], learners: Iterable[str] = (), timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Wait until the leader's configuration has exactly these voters and learners
+        (by name) and no change is in progress."""
+        want = (sorted(voters), sorted(learners))
+        last: Any = None
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    body = await self.members()
+                except (httpx.HTTPError, AssertionError, ClusterTimeout) as exc:
+                    last = repr(exc)
+                else:
+                    got = (sorted(m["name"] for m in body["members"] if m["voter"]),
+                           sorted(m["name"] for m in body["members"] if not m["voter"]))
+                    last = got
+                    if got == want and not body["change_in_progress"]:
+                        return body
+                await trio.sleep(0.1)
+        raise ClusterTimeout(f"members never became {want} (last: {last})\n"
+                             + await self.describe())  # fmt: skip
 
     # -------------------------------------------------------- diagnostics
 
