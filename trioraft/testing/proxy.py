@@ -280,7 +280,10 @@ class LinkProxy:
                         return
                     delay = self.delay + (self.delay_up if up else self.delay_down)
                     queued += len(data)
-                    send.send_nowait((trio.current_time() + delay, data))
+                    try:
+                        send.send_nowait((trio.current_time() + delay, data))
+                    except trio.BrokenResourceError:
+                        return  # the writer is gone (the other side broke): so is the connection
 
         async def writer() -> None:
             nonlocal queued
