@@ -60,6 +60,7 @@ from trioraft.testing.chaos_clients import (
     ClientSpec,
     Recorder,
     Values,
+    Waves,
     client,
     do_get,
     prefill,
@@ -70,6 +71,7 @@ from trioraft.testing.linearizability import CheckResult, Operation, check, save
 from trioraft.testing.nemesis import FAULTS, FaultEvent, Nemesis, NemesisConfig
 from trioraft.testing.procs import ClusterTimeout, ProcCluster, free_port_range, pid_alive
 from trioraft.testing.proxy import ProxyMesh
+from trioraft.testing.proxy_remote import RemoteMesh
 
 __all__ = ["FAULT_KINDS", "SABOTAGE", "ChaosConfig", "ChaosResult", "main", "parse_args",
            "run_chaos"]  # fmt: skip
@@ -109,6 +111,9 @@ class ChaosConfig:
     """Keep `out` even when the run passes."""
     client_timeout: float = 2.0
     """Seconds before a client gives up on one HTTP attempt (outcome unknown)."""
+    wave_interval: float = 0.0
+    """> 0: clients send in waves, one request each per interval (see chaos_clients.Waves);
+    0: each client sends its next request as soon as the last one is answered."""
     fault_interval: tuple[float, float] = (1.0, 4.0)
     max_ops: int = 500_000
     election_timeout_ms: str | None = None
@@ -159,7 +164,9 @@ class ChaosResult:
     """Most writes in flight at once at one follower (an upper bound on relayed batches)."""
     prefilled: int = 0
     harness_lag_ms: float = 0.0
-    """The harness's own worst loop lag (it hosts the proxy: its stalls are the network's)."""
+    """The harness's (clients') own worst loop lag."""
+    network_lag: dict[str, Any] = field(default_factory=dict)
+    """The proxy process's loop lag: ``worst_ms`` and ``stalls`` [(t, ms)] above 50 ms."""
 
     @property
     def outcomes(self) -> Counter[str]:
@@ -186,7 +193,8 @@ class ChaosResult:
                    f"elections_healthy={h.elections} max_follower_lag={h.max_lag}"
                    if h else "")  # fmt: skip
         loop = f" worst_loop_lag={lag.worst_ms:.0f}ms" if lag else ""
-        loop += f" harness_lag={self.harness_lag_ms:.0f}ms"
+        loop += (f" network_lag={self.network_lag.get('worst_ms', 0):.0f}ms"
+                 f" harness_lag={self.harness_lag_ms:.0f}ms")  # fmt: skip
         return (
             f"chaos: seed={self.config.seed} nodes={self.config.nodes} "
             f"workload={self.config.workload} duration={self.config.duration:g}s "
@@ -214,6 +222,7 @@ class ChaosResult:
             "healthy_loop_lag_ms": lag.healthy_worst_ms if lag else None,
             "final_loop_lag_ms": lag.final if lag else None, "stats": self.stats,
             "harness_lag_ms": self.harness_lag_ms,
+            "network_lag_ms": self.network_lag.get("worst_ms"),
             "max_inflight_at_a_follower": self.max_inflight, "prefilled_bytes": self.prefilled,
             "problems": self.problems, "ok": self.ok, "out": str(self.out),
         }  # fmt: skip
@@ -238,11 +247,12 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
     nem: Nemesis | None = None
     harness: HarnessLag | None = None
     cluster: ProcCluster | None = None
+    mesh: RemoteMesh | None = None
     watcher: StatusWatcher | None = None
     end = 0.0
     try:
         async with trio.open_nursery() as background:
-            mesh = await ProxyMesh.open(background, ids, _rng(f"{cfg.seed}-mesh"))
+            mesh = await RemoteMesh.start(background, ids, cfg.seed, out / "proxy.log")
             base = free_port_range(cfg.nodes)
             cluster = ProcCluster(
                 cfg.nodes, out, ids=ids, ports=range(base, base + cfg.nodes),
@@ -258,6 +268,7 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
                 res.prefilled = await prefill(ports, lambda: _leader(cluster), n,
                                               cfg.prefill_value_bytes)  # fmt: skip
             rec.reset_clock()
+            mesh.reset_clock()
             _save_run_info(out, cfg, cluster, mesh, rec.wall_t0)
             watcher = StatusWatcher(cluster, rec.now, cfg.poll_interval)
             await watcher.poll()
@@ -266,11 +277,14 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
             background.start_soon(harness.run)
             nem = Nemesis(_nemesis_config(cfg), cluster, mesh, rec.now)
             faults_off = trio.Event()
+            waves = Waves(cfg.wave_interval) if cfg.wave_interval > 0 else None
             spec = ClientSpec(cfg.seed, WORKLOADS[cfg.workload], cfg.client_timeout,
                               cfg.read_consistency, values,
-                              0.05 if "refused" in cfg.sabotage else 0.0)  # fmt: skip
+                              0.05 if "refused" in cfg.sabotage else 0.0, waves)  # fmt: skip
             async with trio.open_nursery() as load:
                 load.start_soon(nem.run, rec.stop, faults_off)
+                if waves is not None:
+                    load.start_soon(waves.run)
                 for cid in range(cfg.clients):
                     load.start_soon(client, cid, spec, rec, ports, keys, watcher.leader_hint)
                 with trio.move_on_after(max(0.0, cfg.duration - cfg.healthy_tail)):
@@ -286,6 +300,8 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
             res.converged, res.final_state = await _settle(rec, cluster, ports, keys, cfg,
                                                            values, problems)  # fmt: skip
             await watcher.poll()  # the nodes' loop lag at the end
+            res.network_lag = await mesh.fetch_lag()
+            problems += [f"proxy: {e}" for e in mesh.errors]
             nem.check_crashes(restart=False)
             problems += [f"node crashed: {what}" for what in nem.crashes]
             background.cancel_scope.cancel()
@@ -294,6 +310,8 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
     except trio.TooSlowError:
         problems.append("cluster: the prefill did not finish in time")
     finally:
+        if mesh is not None:
+            await mesh.aclose()
         if cluster is not None:
             with trio.CancelScope(shield=True):
                 await cluster.aclose()
@@ -481,10 +499,10 @@ def _route_peers_through(cluster: ProcCluster, mesh: ProxyMesh) -> None:
 
 WORKLOAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "mixed": {"clients": 8, "keys": 10, "value_bytes": "0", "prefill_bytes": 0,
-              "snapshot_entries": 100, "snapshot_catchup_entries": 50},
+              "snapshot_entries": 100, "snapshot_catchup_entries": 50, "wave_interval": 0.0},
     "write-heavy": {"clients": 256, "keys": 200, "value_bytes": "256-4096",
                     "prefill_bytes": 4 << 20, "snapshot_entries": 1000,
-                    "snapshot_catchup_entries": 500},
+                    "snapshot_catchup_entries": 500, "wave_interval": 0.5},
 }  # fmt: skip
 """Per workload, what an option not given on the command line means."""
 
@@ -524,6 +542,9 @@ def _parser() -> argparse.ArgumentParser:
       help="size of written values [0: bare names; write-heavy 256-4096]")  # fmt: skip
     a("--prefill-bytes", type=int, default=None, metavar="N",
       help="ballast written before the load [0; write-heavy 4 MiB]")  # fmt: skip
+    a("--wave-interval", type=float, default=None, metavar="S",
+      help="clients send in waves every S seconds, one request each; 0: closed loop "
+      "[mixed 0, write-heavy 0.5]")  # fmt: skip
     a("--out", type=Path, default=None, help="run directory [.chaos/<time>-seed<S>]")
     a("--keep", action="store_true", help="keep --out even when passing")
     a("--results", type=Path, default=None, metavar="FILE",
@@ -591,6 +612,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosConfig:
         clients=clients, keys=keys, value_bytes=(int(vb[0]), int(vb[1])),
         prefill_bytes=pick("prefill_bytes"), out=args.out or _default_out(seed),
         keep=args.keep, client_timeout=args.client_timeout, max_ops=args.max_ops,
+        wave_interval=pick("wave_interval"),
         faults=faults, election_timeout_ms=args.election_timeout_ms,
         heartbeat_ms=args.heartbeat_ms, log_level=args.log_level,
         read_consistency="stale" if args.stale_reads else "linearizable",

@@ -34,7 +34,8 @@ import trio
 from trioraft.testing.chaos_http import Answer, Pool
 from trioraft.testing.linearizability import Operation, Outcome
 
-__all__ = ["WORKLOADS", "Recorder", "Values", "Workload", "client", "do_get", "prefill"]
+__all__ = ["WORKLOADS", "ClientSpec", "Recorder", "Values", "Waves", "Workload", "client",
+           "do_get", "prefill"]  # fmt: skip
 
 
 class Recorder:
@@ -157,6 +158,27 @@ WORKLOADS = {
 }
 
 
+class Waves:
+    """Paced load in waves: every `interval` seconds every idle client sends one request
+    at once. Hundreds of writes then reach the hot follower together (large relayed
+    batches) while the offered rate stays at most clients / interval, so the machine
+    is not saturated (a starved machine has elections that are nobody's bug)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._tick = trio.Event()
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(self.interval)
+            self._tick.set()
+            self._tick = trio.Event()
+
+    async def next(self) -> None:
+        if self.interval > 0:
+            await self._tick.wait()
+
+
 @dataclass(frozen=True)
 class ClientSpec:
     seed: int
@@ -166,6 +188,7 @@ class ClientSpec:
     values: Values
     lie_refused: float = 0.0
     """Test-only: the share of acknowledged puts recorded as refused (503)."""
+    waves: Waves | None = None
 
 
 async def do_get(
@@ -222,7 +245,9 @@ async def _client_loop(
     t = spec.timeout
     last: Outcome = "ok"
     while not rec.stop.is_set():
-        if last == "fail":
+        if spec.waves is not None:
+            await spec.waves.next()
+        elif last == "fail":
             # A refused connection or a 503 comes back at once: back off a little
             # rather than spin (while every node is down, say).
             await trio.sleep(rng.uniform(0.05, 0.15))
