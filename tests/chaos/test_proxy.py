@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import trio
@@ -251,10 +252,45 @@ def test_mesh_slow_link_is_one_direction_and_heals() -> None:
     # a -> b on either proxy of the pair: up on a->b, down on b->a.
     assert mesh.links["a", "b"].rate_up == 100_000
     assert mesh.links["b", "a"].rate_down == 100_000
-    assert mesh.links["a", "b"].rate_down == 0 and mesh.links["b", "a"].rate_up == 0
+    assert mesh.links["a", "b"].rate_down == 0
+    assert mesh.links["b", "a"].rate_up == 0
     assert mesh.describe() == "a->b delay=0.050,rate=100000"
     mesh.cut("a", "c")
     mesh.clear_quality()  # the slow link goes, the partition stays
     assert mesh.describe() == "a->c blocked; c->a blocked"
     mesh.heal()
     assert mesh.describe() == "healthy"
+
+
+# -- the proxy in its own process ------------------------------------------------
+
+
+async def test_remote_mesh_applies_faults_in_the_proxy_process(
+    nursery: trio.Nursery, echo_port: int, tmp_path: Path
+) -> None:
+    from trioraft.testing.proxy_remote import RemoteMesh
+
+    async with trio.open_nursery() as inner:
+        mesh = await RemoteMesh.start(inner, ["a", "b"], 1, tmp_path / "proxy.log")
+        try:
+            mesh.set_targets({"a": echo_port, "b": echo_port})
+            await mesh.sync()
+            assert mesh.url("a", "b") == f"http://127.0.0.1:{mesh.port('a', 'b')}"
+            assert await _roundtrip(mesh.port("a", "b")) == b"ping"
+            mesh.cut("a", "b")  # applied to the mirror at once, to the process in order
+            assert mesh.describe() == "a->b blocked; b->a blocked"
+            await mesh.sync()
+            assert await _roundtrip(mesh.port("a", "b")) == b""
+            mesh.heal()
+            mesh.set_slow("a", "b", 0.15, 1 << 20)
+            await mesh.sync()
+            start = trio.current_time()
+            assert await _roundtrip(mesh.port("a", "b")) == b"ping"
+            assert trio.current_time() - start >= 0.15  # the latency a -> b, in the child
+            lag = await mesh.fetch_lag()
+            assert "worst_ms" in lag
+            assert mesh.errors == []
+        finally:
+            await mesh.aclose()
+            inner.cancel_scope.cancel()
+    assert mesh._proc.returncode is not None  # the process is gone

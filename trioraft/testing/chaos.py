@@ -163,6 +163,8 @@ class ChaosResult:
     max_inflight: int = 0
     """Most writes in flight at once at one follower (an upper bound on relayed batches)."""
     prefilled: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase of the run."""
     harness_lag_ms: float = 0.0
     """The harness's (clients') own worst loop lag."""
     network_lag: dict[str, Any] = field(default_factory=dict)
@@ -224,7 +226,7 @@ class ChaosResult:
             "harness_lag_ms": self.harness_lag_ms,
             "network_lag_ms": self.network_lag.get("worst_ms"),
             "max_inflight_at_a_follower": self.max_inflight, "prefilled_bytes": self.prefilled,
-            "problems": self.problems, "ok": self.ok, "out": str(self.out),
+            "timings": self.timings, "problems": self.problems, "ok": self.ok, "out": str(self.out),
         }  # fmt: skip
 
 
@@ -243,6 +245,14 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
     values = Values(cfg.value_bytes)
     problems: list[str] = []
     res = ChaosResult(cfg, [], [], None, False, None, out, problems)
+    last = trio.current_time()
+
+    def mark(phase: str) -> None:
+        nonlocal last
+        now = trio.current_time()
+        res.timings[phase] = round(now - last, 2)
+        last = now
+
     rec = Recorder(cfg.max_ops)
     nem: Nemesis | None = None
     harness: HarnessLag | None = None
@@ -263,10 +273,12 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
             _route_peers_through(cluster, mesh)
             ports = {i: n.port for i, n in cluster.nodes.items()}
             await cluster.boot(timeout=30)
+            mark("boot")
             if cfg.prefill_bytes:
                 n = _ceil(cfg.prefill_bytes, cfg.prefill_value_bytes)
                 res.prefilled = await prefill(ports, lambda: _leader(cluster), n,
                                               cfg.prefill_value_bytes)  # fmt: skip
+            mark("prefill")
             rec.reset_clock()
             mesh.reset_clock()
             _save_run_info(out, cfg, cluster, mesh, rec.wall_t0)
@@ -284,7 +296,7 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
             async with trio.open_nursery() as load:
                 load.start_soon(nem.run, rec.stop, faults_off)
                 if waves is not None:
-                    load.start_soon(waves.run)
+                    load.start_soon(waves.run, rec.stop)
                 for cid in range(cfg.clients):
                     load.start_soon(client, cid, spec, rec, ports, keys, watcher.leader_hint)
                 with trio.move_on_after(max(0.0, cfg.duration - cfg.healthy_tail)):
@@ -296,10 +308,12 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
                 end = rec.now()
                 # Clients finish their current attempt (bounded by their timeout).
                 load.cancel_scope.deadline = trio.current_time() + 3 * cfg.client_timeout + 2
+            mark("load")
             await nem.heal_all()
             res.converged, res.final_state = await _settle(rec, cluster, ports, keys, cfg,
                                                            values, problems)  # fmt: skip
             await watcher.poll()  # the nodes' loop lag at the end
+            mark("final reads and convergence")
             res.network_lag = await mesh.fetch_lag()
             problems += [f"proxy: {e}" for e in mesh.errors]
             nem.check_crashes(restart=False)
@@ -322,11 +336,13 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
         _save(out, rec, res.faults)
         if watcher is not None:
             watcher.save(out / "status.jsonl")
+    mark("stop")
     res.check = await trio.to_thread.run_sync(
         lambda: check(rec.history, timeout=cfg.check_timeout)
     )
     if res.check.explanation:
         (out / "explanation.txt").write_text(res.check.explanation + "\n")
+    mark("linearizability check")
     _judge(res, rec, watcher, end, ids)
     if harness is not None:
         res.harness_lag_ms = round(harness.worst * 1000, 1)

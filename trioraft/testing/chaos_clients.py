@@ -168,9 +168,10 @@ class Waves:
         self.interval = interval
         self._tick = trio.Event()
 
-    async def run(self) -> None:
-        while True:
-            await trio.sleep(self.interval)
+    async def run(self, stop: trio.Event) -> None:
+        while not stop.is_set():
+            with trio.move_on_after(self.interval):
+                await stop.wait()
             self._tick.set()
             self._tick = trio.Event()
 
@@ -247,6 +248,8 @@ async def _client_loop(
     while not rec.stop.is_set():
         if spec.waves is not None:
             await spec.waves.next()
+            if rec.stop.is_set():
+                break
         elif last == "fail":
             # A refused connection or a 503 comes back at once: back off a little
             # rather than spin (while every node is down, say).

@@ -218,10 +218,15 @@ class Nemesis:
         seconds = self.cfg.settle + self.rng.uniform(*self.cfg.quiet)
         self.log("quiet", "quiet", f"no faults for {seconds:.1f}s")
         if self.cfg.sabotage:
-            # Test-only: break the healthy period on purpose, after the settle time.
-            await self._sleep(stop, faults_off, self.cfg.settle + 0.5)
+            # Test-only: break the healthy period on purpose, once it has begun (every
+            # node answers, then the settle time, then a second more).
+            t0 = trio.current_time()
+            with trio.move_on_after(seconds):
+                while None in (await self.cluster.statuses()).values():
+                    await trio.sleep(0.1)
+            await self._sleep(stop, faults_off, self.cfg.settle + 1.0)
             await self._sabotage(stop, faults_off)
-            seconds = max(0.0, seconds - self.cfg.settle - 0.5)
+            seconds = max(1.0, seconds - (trio.current_time() - t0))
         await self._sleep(stop, faults_off, seconds)
 
     async def _sabotage(self, stop: trio.Event, faults_off: trio.Event) -> None:
