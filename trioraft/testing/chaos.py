@@ -32,29 +32,18 @@ in requests (``--max-ops``), and it stops only the processes it started, by pid.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import os
-import shutil
 import sys
 import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from trioraft.testing import nemesis as _nemesis
-from trioraft.testing.chaos_checks import (
-    HealthReport,
-    LoopLag,
-    check_health,
-    loop_lag,
-    refused_writes_seen,
-)
+from trioraft.testing.chaos_checks import check_health, loop_lag, refused_writes_seen
+from trioraft.testing.chaos_cli import main, parse_args, report
 from trioraft.testing.chaos_clients import (
     WORKLOADS,
     ClientSpec,
@@ -65,16 +54,17 @@ from trioraft.testing.chaos_clients import (
     do_get,
     prefill,
 )
+from trioraft.testing.chaos_config import SABOTAGE, ChaosConfig, ChaosResult
 from trioraft.testing.chaos_http import Pool
 from trioraft.testing.chaos_watch import HarnessLag, StatusWatcher, converged_state
-from trioraft.testing.linearizability import CheckResult, Operation, check, save_history
-from trioraft.testing.nemesis import FAULTS, FaultEvent, Nemesis, NemesisConfig
+from trioraft.testing.linearizability import check, save_history
+from trioraft.testing.nemesis import FaultEvent, Nemesis, NemesisConfig
 from trioraft.testing.procs import ClusterTimeout, ProcCluster, free_port_range, pid_alive
 from trioraft.testing.proxy import ProxyMesh
 from trioraft.testing.proxy_remote import RemoteMesh
 
-__all__ = ["FAULT_KINDS", "SABOTAGE", "ChaosConfig", "ChaosResult", "main", "parse_args",
-           "run_chaos"]  # fmt: skip
+__all__ = ["FAULT_KINDS", "NEMESIS_MODULES", "SABOTAGE", "ChaosConfig", "ChaosResult", "main",
+           "parse_args", "report", "run_chaos"]  # fmt: skip
 
 NEMESIS_MODULES: tuple[str, ...] = ()
 """Modules that register more fault kinds on import (see trioraft.testing.nemesis)."""
@@ -83,151 +73,6 @@ for _module in NEMESIS_MODULES:
 
 FAULT_KINDS = _nemesis.default_kinds()
 """The default mix: every registered kind with ``default=True``."""
-
-SABOTAGE = ("stall", "lag", "refused")
-"""Test-only broken variants, each one a check must catch (tests/chaos): ``stall``
-SIGSTOPs the leader for 2 s in healthy periods without recording it (elections);
-``lag`` isolates a follower for 3 s likewise (lag bound); ``refused`` records 5 %
-of acknowledged puts as refused (the refused-write check)."""
-
-
-@dataclass(frozen=True)
-class ChaosConfig:
-    duration: float = 60.0
-    """Seconds of client load, the healthy tail included."""
-    nodes: int = 5
-    seed: int = 0
-    workload: str = "mixed"
-    clients: int = 8
-    keys: int = 10
-    value_bytes: tuple[int, int] = (0, 0)
-    """Size range of written values ((0, 0): bare unique names)."""
-    prefill_bytes: int = 0
-    """Ballast written before the load (keys b00000...), so states are several MB."""
-    prefill_value_bytes: int = 2048
-    out: Path = Path(".chaos")
-    """The run's directory: node data and logs, history.jsonl, faults.jsonl, ..."""
-    keep: bool = False
-    """Keep `out` even when the run passes."""
-    client_timeout: float = 2.0
-    """Seconds before a client gives up on one HTTP attempt (outcome unknown)."""
-    wave_interval: float = 0.0
-    """> 0: clients send in waves, one request each per interval (see chaos_clients.Waves);
-    0: each client sends its next request as soon as the last one is answered."""
-    fault_interval: tuple[float, float] = (1.0, 4.0)
-    max_ops: int = 500_000
-    election_timeout_ms: str | None = None
-    heartbeat_ms: int | None = None
-    faults: frozenset[str] = frozenset(FAULT_KINDS)
-    check_timeout: float = 120.0
-    """Seconds of linearizability search per key before the verdict is 'undecided'."""
-    log_level: str = "info"
-    snapshot_entries: int | None = 100
-    """The nodes' ``--snapshot-entries`` (None: the server default). Small, so
-    snapshots, log compaction and InstallSnapshot happen under faults."""
-    snapshot_catchup_entries: int | None = 50
-    """The nodes' ``--snapshot-catchup-entries`` (None: the server default, 5000):
-    small, so a follower that fell behind needs a snapshot."""
-    read_consistency: str = "linearizable"
-    """``stale`` is the harness's own sanity check: it must end in VIOLATION."""
-    settle: float = 5.0
-    """Seconds after the last fault (and every node answering) before 'healthy'."""
-    healthy_tail: float = 10.0
-    """The last seconds of the load are fault-free (0: faults until the end)."""
-    quiet_chance: float = 0.3
-    lag_bound: int = 2000
-    """Entries a follower may be behind the leader's commit in a healthy period."""
-    max_loop_lag_ms: float | None = None
-    """Fail when a node's worst loop lag (pauses left out) is above this."""
-    poll_interval: float = 0.25
-    sabotage: frozenset[str] = frozenset()
-
-
-@dataclass
-class ChaosResult:
-    config: ChaosConfig
-    history: list[Operation]
-    faults: list[FaultEvent]
-    check: CheckResult | None
-    converged: bool
-    final_state: dict[str, str | None] | None
-    out: Path
-    problems: list[str] = field(default_factory=list)
-    """Everything that went wrong besides the verdict (each one fails the run)."""
-    log_errors: list[str] = field(default_factory=list)
-    """ERROR/CRITICAL/Traceback lines from the node logs (reported, not a failure)."""
-    health: HealthReport | None = None
-    refused: list[str] = field(default_factory=list)
-    loop: LoopLag | None = None
-    stats: dict[str, int] = field(default_factory=dict)
-    max_inflight: int = 0
-    """Most writes in flight at once at one follower (an upper bound on relayed batches)."""
-    prefilled: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per phase of the run."""
-    harness_lag_ms: float = 0.0
-    """The harness's (clients') own worst loop lag."""
-    network_lag: dict[str, Any] = field(default_factory=dict)
-    """The proxy process's loop lag: ``worst_ms`` and ``stalls`` [(t, ms)] above 50 ms."""
-
-    @property
-    def outcomes(self) -> Counter[str]:
-        return Counter(op.outcome for op in self.history)
-
-    @property
-    def fault_counts(self) -> dict[str, int]:
-        return _nemesis.counts(self.faults)
-
-    @property
-    def verdict(self) -> str:
-        if self.check is None:
-            return "unchecked"
-        return {True: "linearizable", False: "VIOLATION", None: "undecided"}[self.check.ok]
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict == "linearizable" and self.converged and not self.problems
-
-    def summary(self) -> str:
-        o, f = self.outcomes, self.fault_counts
-        h, lag = self.health, self.loop
-        healthy = (f" healthy={h.healthy_seconds:.0f}s/{len(h.windows)} "
-                   f"elections_healthy={h.elections} max_follower_lag={h.max_lag}"
-                   if h else "")  # fmt: skip
-        loop = f" worst_loop_lag={lag.worst_ms:.0f}ms" if lag else ""
-        loop += (f" network_lag={self.network_lag.get('worst_ms', 0):.0f}ms"
-                 f" harness_lag={self.harness_lag_ms:.0f}ms")  # fmt: skip
-        return (
-            f"chaos: seed={self.config.seed} nodes={self.config.nodes} "
-            f"workload={self.config.workload} duration={self.config.duration:g}s "
-            f"ops={len(self.history)} (ok={o['ok']}, fail={o['fail']}, "
-            f"unknown={o['unknown']}) faults={sum(f.values())} ("
-            + ", ".join(f"{k}={v}" for k, v in f.items())
-            + f") verdict={self.verdict} converged={'yes' if self.converged else 'no'}"
-            + f" refused_seen={len(self.refused)}{healthy}{loop}"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        h, lag = self.health, self.loop
-        return {
-            "seed": self.config.seed, "nodes": self.config.nodes,
-            "workload": self.config.workload, "duration": self.config.duration,
-            "clients": self.config.clients, "ops": len(self.history), **self.outcomes,
-            "faults": self.fault_counts, "verdict": self.verdict,
-            "converged": self.converged, "refused_seen": len(self.refused),
-            "healthy_seconds": round(h.healthy_seconds, 1) if h else None,
-            "healthy_windows": len(h.windows) if h else None,
-            "elections_healthy": h.elections if h else None,
-            "max_follower_lag": h.max_lag if h else None,
-            "worst_loop_lag_ms": lag.worst_ms if lag else None,
-            "worst_loop_lag_node": lag.node if lag else None,
-            "healthy_loop_lag_ms": lag.healthy_worst_ms if lag else None,
-            "final_loop_lag_ms": lag.final if lag else None, "stats": self.stats,
-            "harness_lag_ms": self.harness_lag_ms,
-            "network_lag_ms": self.network_lag.get("worst_ms"),
-            "max_inflight_at_a_follower": self.max_inflight, "prefilled_bytes": self.prefilled,
-            "timings": self.timings, "problems": self.problems, "ok": self.ok, "out": str(self.out),
-        }  # fmt: skip
 
 
 # ------------------------------------------------------------------------- run
@@ -343,7 +188,7 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
     if res.check.explanation:
         (out / "explanation.txt").write_text(res.check.explanation + "\n")
     mark("linearizability check")
-    _judge(res, rec, watcher, end, ids)
+    _judge(res, rec, watcher, harness, end, ids)
     if harness is not None:
         res.harness_lag_ms = round(harness.worst * 1000, 1)
     res.log_errors = _log_errors(out, ids)
@@ -351,7 +196,8 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
 
 
 def _judge(
-    res: ChaosResult, rec: Recorder, watcher: StatusWatcher | None, end: float, ids: list[str]
+    res: ChaosResult, rec: Recorder, watcher: StatusWatcher | None, harness: HarnessLag | None,
+    end: float, ids: list[str],
 ) -> None:
     """The checks besides linearizability; each violation is a problem."""
     cfg = res.config
@@ -361,8 +207,10 @@ def _judge(
     if watcher is None:
         return
     events = [e for e in res.faults if e.t <= end]
+    stalls = {"proxy": [(float(t), float(ms)) for t, ms in res.network_lag.get("stalls", [])],
+              "clients": [(t, lag * 1000) for t, lag in harness.stalls] if harness else []}
     res.health = check_health(watcher.samples, events, ids, settle=cfg.settle, end=end,
-                              lag_bound=cfg.lag_bound)  # fmt: skip
+                              lag_bound=cfg.lag_bound, harness_stalls=stalls)  # fmt: skip
     res.problems += res.health.violations
     if not res.health.windows and cfg.healthy_tail >= cfg.settle + 2:
         res.problems.append("no healthy period was long enough to check")
@@ -371,12 +219,6 @@ def _judge(
         res.problems.append(f"loop lag {res.loop.worst_ms:.0f} ms on {res.loop.node} at "
                             f"t={res.loop.t:.1f}s (limit {cfg.max_loop_lag_ms:g} ms)")  # fmt: skip
     res.stats = watcher.stats()
-
-
-def _rng(seed: str) -> Any:
-    import random
-
-    return random.Random(seed)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -509,183 +351,6 @@ def _route_peers_through(cluster: ProcCluster, mesh: ProxyMesh) -> None:
                 routed += 1
         if routed != len(cluster.nodes) - 1:
             raise RuntimeError(f"expected --peer=ID=URL flags in {node.argv}")
-
-
-# ------------------------------------------------------------------ command line
-
-WORKLOAD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mixed": {"clients": 8, "keys": 10, "value_bytes": "0", "prefill_bytes": 0,
-              "snapshot_entries": 100, "snapshot_catchup_entries": 50, "wave_interval": 0.0},
-    "write-heavy": {"clients": 256, "keys": 200, "value_bytes": "256-4096",
-                    "prefill_bytes": 4 << 20, "snapshot_entries": 1000,
-                    "snapshot_catchup_entries": 500, "wave_interval": 0.5},
-}  # fmt: skip
-"""Per workload, what an option not given on the command line means."""
-
-
-def _default_out(seed: int) -> Path:
-    return Path(".chaos") / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}"
-
-
-def _range(parser: argparse.ArgumentParser, text: str, what: str) -> tuple[float, float]:
-    try:
-        low, _, high = text.partition("-")
-        lo, hi = float(low), float(high or low)
-    except ValueError:
-        parser.error(f"{what}: expected MIN-MAX, as 1-4")
-    if not 0 <= lo <= hi:
-        parser.error(f"{what}: expected 0 <= MIN <= MAX")
-    return lo, hi
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m trioraft.testing.chaos",
-        description="Fault injection against real trioraft processes, with a "
-        "linearizability check, a refused-write check and a healthy-period check. "
-        "Exit status 0 only if every check passed.",
-    )
-    a = p.add_argument
-    a("--duration", type=float, default=60.0, help="seconds of load, healthy tail included [60]")
-    a("--nodes", type=int, default=5, help="cluster size [5]")
-    a("--seed", type=int, default=None, help="nemesis/client seed [random]")
-    a("--workload", choices=sorted(WORKLOADS), default="mixed",
-      help="mixed: 40%% reads to random nodes; write-heavy: 90%% writes through "
-      "followers, many clients, large values, several MB of state [mixed]")  # fmt: skip
-    a("--clients", type=int, default=None, help="concurrent clients [mixed 8, write-heavy 256]")
-    a("--keys", type=int, default=None, help="number of checked keys [10, write-heavy 200]")
-    a("--value-bytes", default=None, metavar="MIN-MAX",
-      help="size of written values [0: bare names; write-heavy 256-4096]")  # fmt: skip
-    a("--prefill-bytes", type=int, default=None, metavar="N",
-      help="ballast written before the load [0; write-heavy 4 MiB]")  # fmt: skip
-    a("--wave-interval", type=float, default=None, metavar="S",
-      help="clients send in waves every S seconds, one request each; 0: closed loop "
-      "[mixed 0, write-heavy 0.5]")  # fmt: skip
-    a("--out", type=Path, default=None, help="run directory [.chaos/<time>-seed<S>]")
-    a("--keep", action="store_true", help="keep --out even when passing")
-    a("--results", type=Path, default=None, metavar="FILE",
-      help="append the run's figures to FILE as one JSON line")  # fmt: skip
-    a("--client-timeout", type=float, default=2.0, help="seconds per HTTP attempt [2]")
-    a("--max-ops", type=int, default=500_000, help="operation cap [500000]")
-    a("--faults", default=",".join(FAULT_KINDS),
-      help=f"comma-separated subset of {','.join(FAULTS)}; '' for none "
-      f"[{','.join(FAULT_KINDS)}]")  # fmt: skip
-    a("--fault-interval", default="1-4", metavar="MIN-MAX",
-      help="seconds between nemesis steps [1-4]")  # fmt: skip
-    a("--settle", type=float, default=5.0,
-      help="seconds after the last fault before a period counts as healthy [5]")  # fmt: skip
-    a("--healthy-tail", type=float, default=10.0,
-      help="fault-free seconds at the end of the load [10]")  # fmt: skip
-    a("--quiet-chance", type=float, default=0.3,
-      help="chance that the nemesis rests after its last fault ends [0.3]")  # fmt: skip
-    a("--lag-bound", type=int, default=2000,
-      help="entries a follower may trail the leader in a healthy period [2000]")  # fmt: skip
-    a("--max-loop-lag-ms", type=float, default=None,
-      help="fail when a node's loop lag exceeds this [report only]")  # fmt: skip
-    a("--election-timeout-ms", default=None, metavar="MIN-MAX")
-    a("--heartbeat-ms", type=int, default=None)
-    a("--log-level", default="info", help="the nodes' --log-level [info]")
-    a("--snapshot-entries", type=int, default=None, metavar="N",
-      help="the nodes' --snapshot-entries; 0: the server default [100; write-heavy 1000]")
-    a("--snapshot-catchup-entries", type=int, default=None, metavar="N",
-      help="the nodes' --snapshot-catchup-entries; -1: the server default "
-      "[50; write-heavy 500]")  # fmt: skip
-    a("--stale-reads", action="store_true",
-      help="clients read with ?consistency=stale: a sanity check of the harness itself, "
-      "which must then report VIOLATION")  # fmt: skip
-    a("--sabotage", default="", metavar="KINDS",
-      help=f"test only, comma-separated {','.join(SABOTAGE)}: a deliberately broken "
-      "run that the checks must fail (see docs/verification.md)")  # fmt: skip
-    return p
-
-
-def parse_args(argv: Sequence[str] | None = None) -> ChaosConfig:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    d = WORKLOAD_DEFAULTS[args.workload]
-
-    def pick(name: str) -> Any:
-        value = getattr(args, name)
-        return d[name] if value is None else value
-
-    clients, keys = pick("clients"), pick("keys")
-    if args.nodes < 1 or clients < 1 or keys < 1 or args.duration <= 0:
-        parser.error("--nodes, --clients, --keys and --duration must be positive")
-    faults = frozenset(f.strip() for f in args.faults.split(",") if f.strip())
-    if bad := faults - set(FAULTS):
-        parser.error(f"unknown fault kinds: {sorted(bad)}")
-    sabotage = frozenset(f.strip() for f in args.sabotage.split(",") if f.strip())
-    if bad := sabotage - set(SABOTAGE):
-        parser.error(f"unknown sabotage: {sorted(bad)}")
-    interval = _range(parser, args.fault_interval, "--fault-interval")
-    if interval[0] <= 0:
-        parser.error("--fault-interval: expected 0 < MIN <= MAX")
-    vb = _range(parser, str(pick("value_bytes")), "--value-bytes")
-    snap, catchup = pick("snapshot_entries"), pick("snapshot_catchup_entries")
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big") % 100_000
-    return ChaosConfig(
-        duration=args.duration, nodes=args.nodes, seed=seed, workload=args.workload,
-        clients=clients, keys=keys, value_bytes=(int(vb[0]), int(vb[1])),
-        prefill_bytes=pick("prefill_bytes"), out=args.out or _default_out(seed),
-        keep=args.keep, client_timeout=args.client_timeout, max_ops=args.max_ops,
-        wave_interval=pick("wave_interval"),
-        faults=faults, election_timeout_ms=args.election_timeout_ms,
-        heartbeat_ms=args.heartbeat_ms, log_level=args.log_level,
-        read_consistency="stale" if args.stale_reads else "linearizable",
-        snapshot_entries=snap or None, snapshot_catchup_entries=None if catchup < 0 else catchup,
-        fault_interval=interval, settle=args.settle, healthy_tail=args.healthy_tail,
-        quiet_chance=args.quiet_chance, lag_bound=args.lag_bound,
-        max_loop_lag_ms=args.max_loop_lag_ms, sabotage=sabotage,
-    )  # fmt: skip
-
-
-def report(result: ChaosResult) -> str:
-    """What a run prints before its summary line."""
-    lines = []
-    if result.check is not None and result.check.explanation:
-        shown = result.check.explanation.splitlines()
-        lines += shown[:40]
-        if len(shown) > 40:
-            lines.append(f"... {len(shown) - 40} more lines in {result.out / 'explanation.txt'}")
-    lines += result.problems[:40]
-    if len(result.problems) > 40:
-        lines.append(f"... {len(result.problems) - 40} more problems")
-    if result.log_errors:
-        lines.append(f"chaos: {len(result.log_errors)} error line(s) in the node logs, "
-                     f"first: {result.log_errors[0]}")  # fmt: skip
-    if result.loop is not None:
-        lines.append(f"chaos: worst loop lag {result.loop.worst_ms:.0f} ms ({result.loop.node} "
-                     f"at t={result.loop.t:.1f}s), in healthy periods "
-                     f"{result.loop.healthy_worst_ms:.0f} ms, at the end "
-                     + ", ".join(f"{n}={v:.0f}" for n, v in sorted(result.loop.final.items()))
-                     + f"; stats {result.stats}; most writes in flight at one node "
-                     f"{result.max_inflight}")  # fmt: skip
-    if not result.ok:
-        lines.append(f"chaos: kept {result.out} (history.jsonl, attempts.jsonl, faults.jsonl, "
-                     "status.jsonl, n*.log, n*/)")  # fmt: skip
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    results = _parser().parse_args(argv).results
-    notes = []
-    if cfg.read_consistency == "stale":
-        notes.append("clients read stale: expect VIOLATION")
-    if cfg.sabotage:
-        notes.append(f"sabotage {','.join(sorted(cfg.sabotage))}: expect failure")
-    print(f"chaos: seed={cfg.seed} out={cfg.out}" + (f" ({'; '.join(notes)})" if notes else ""),
-          flush=True)  # fmt: skip
-    result = trio.run(run_chaos, cfg)
-    if text := report(result):
-        print(text)
-    if results is not None:
-        with open(results, "a", encoding="utf-8") as f:
-            f.write(json.dumps(result.to_json()) + "\n")
-    if result.ok and not cfg.keep:
-        shutil.rmtree(cfg.out, ignore_errors=True)
-    print(result.summary(), flush=True)
-    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -158,9 +158,13 @@ def _rounds(samples: Iterable[Sample]) -> dict[int, list[Sample]]:
 def check_health(
     samples: Sequence[Sample], events: Sequence[FaultEvent], nodes: Sequence[str], *,
     settle: float, end: float, lag_bound: int, silent_limit: float = 3.0,
-    min_window: float = 1.0,
+    min_window: float = 1.0, harness_stalls: Mapping[str, Sequence[tuple[float, float]]] = {},
 ) -> HealthReport:  # fmt: skip
-    """The healthy-period check (module docstring). `end`: when the load stopped."""
+    """The healthy-period check (module docstring). `end`: when the load stopped.
+
+    `harness_stalls`: the test harness's own stalls, (t, ms) by process ("proxy",
+    "clients"); a violation says how long they stalled in its period, since a stalled
+    proxy is a stalled network. (It is still a violation: the evidence decides.)"""
     rounds = _rounds(samples)
     order = sorted(rounds, key=lambda r: max(s.t for s in rounds[r]))
     windows: list[Window] = []
@@ -202,12 +206,17 @@ def check_health(
         w.elections = len(seen_terms)
         w.terms = (baseline, max(seen_terms, default=baseline))
         where = f"healthy period {w.start:.1f}-{w.end:.1f}s"
+        stalled = {who: max((ms for t, ms in st if w.start <= t <= w.end), default=0.0)
+                   for who, st in harness_stalls.items()}  # fmt: skip
+        note = ", ".join(f"the {who} process stalled up to {ms:.0f} ms"
+                         for who, ms in stalled.items() if ms)  # fmt: skip
+        note = f" (meanwhile {note})" if note else ""
         if w.elections:
             violations.append(f"{where}: {w.elections} election(s), term {baseline} -> "
-                              f"{w.terms[1]} with no fault active")  # fmt: skip
+                              f"{w.terms[1]} with no fault active{note}")  # fmt: skip
         if w.max_lag > lag_bound:
             violations.append(f"{where}: follower {w.max_lag_node} was {w.max_lag} entries "
-                              f"behind the leader (bound {lag_bound})")  # fmt: skip
+                              f"behind the leader (bound {lag_bound}){note}")  # fmt: skip
         for node, gap in sorted(w.silent.items()):
             if gap > silent_limit:
                 violations.append(f"{where}: {node} did not answer /status for {gap:.1f}s")

@@ -222,7 +222,9 @@ class Nemesis:
             # node answers, then the settle time, then a second more).
             t0 = trio.current_time()
             with trio.move_on_after(seconds):
-                while None in (await self.cluster.statuses()).values():
+                while True:  # polling other processes: no event to wait for
+                    if None not in (await self.cluster.statuses()).values():
+                        break
                     await trio.sleep(0.1)
             await self._sleep(stop, faults_off, self.cfg.settle + 1.0)
             await self._sabotage(stop, faults_off)
