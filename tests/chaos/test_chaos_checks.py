@@ -174,3 +174,15 @@ def test_padded_values_read_back_as_their_names_and_damage_shows() -> None:
     assert values.read(None) is None
     assert Values().make("c1-1") == "c1-1"
     assert Values().read("c1-1") == "c1-1"
+
+
+def test_a_stall_is_dated_when_it_first_shows_not_while_it_stays_in_the_window() -> None:
+    # n3 stalled 300 ms at t=7, during the settle time after the partition (2-5):
+    # its sliding maximum shows 300 for the next 10 s, into the healthy period (8-20),
+    # but the stall belongs to t=7.
+    spike = {("n3", k * 0.25): 300.0 for k in range(28, 68)}
+    samples = _run(30, loop_ms=spike)
+    report = check_health(samples, FAULTS, NODES, settle=3, end=30, lag_bound=1000)
+    lag = loop_lag(samples, FAULTS, report.windows)
+    assert (lag.worst_ms, lag.node, lag.t) == (300.0, "n3", 7.0)
+    assert lag.healthy_worst_ms == 0.0  # nothing new showed in the healthy period
