@@ -113,6 +113,8 @@ def test_loop_lag_leaves_out_what_a_pause_caused() -> None:
     events = [_ev(10.0, "start", "pause", "n2"), _ev(12.0, "stop", "pause", "n2")]
     samples = _run(40, loop_ms={("n2", 13.0): 2000.0, ("n3", 30.0): 180.0,
                                 ("n2", 35.0): 120.0})  # fmt: skip
+    # A paused node does not answer; its first answer after the pause shows the pause.
+    samples = [s for s in samples if not (s.node == "n2" and 10.0 <= s.t < 13.0)]
     report = check_health(samples, events, NODES, settle=3, end=40, lag_bound=1000)
     lag = loop_lag(samples, events, report.windows)
     assert (lag.worst_ms, lag.node, lag.t) == (180.0, "n3", 30.0)  # n2's pause is not counted
@@ -186,3 +188,18 @@ def test_a_stall_is_dated_when_it_first_shows_not_while_it_stays_in_the_window()
     lag = loop_lag(samples, FAULTS, report.windows)
     assert (lag.worst_ms, lag.node, lag.t) == (300.0, "n3", 7.0)
     assert lag.healthy_worst_ms == 0.0  # nothing new showed in the healthy period
+
+
+def test_a_pause_is_left_out_however_late_the_node_answers_after_it() -> None:
+    # Resumed at 12 s, n2 works through its backlog and answers /status only at 16 s.
+    events = [_ev(10.0, "start", "pause", "n2"), _ev(12.0, "stop", "pause", "n2")]
+    samples = [s for s in _run(30, loop_ms={("n2", 16.0): 2000.0})
+               if not (s.node == "n2" and 10.0 <= s.t < 16.0)]  # fmt: skip
+    report = check_health(samples, events, NODES, settle=3, end=30, lag_bound=1000)
+    assert loop_lag(samples, events, report.windows).worst_ms == 3.0
+
+
+def test_elections_count_every_term_even_one_no_poll_saw() -> None:
+    report = check_health(_run(30, term_at={12.0: 3}), FAULTS, NODES, settle=3, end=30,
+                          lag_bound=1000)  # fmt: skip
+    assert report.elections == 2

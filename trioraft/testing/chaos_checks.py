@@ -204,7 +204,8 @@ def check_health(
                 for s in rs:
                     if s.ok and s.node != lead.node and lead.commit - s.applied > w.max_lag:
                         w.max_lag, w.max_lag_node = lead.commit - s.applied, s.node
-        w.elections = len(seen_terms)
+        # Each election round raises the term by one; a poll may miss a round's term.
+        w.elections = max(seen_terms, default=baseline) - baseline
         w.terms = (baseline, max(seen_terms, default=baseline))
         where = f"healthy period {w.start:.1f}-{w.end:.1f}s"
         stalled = {who: max((ms for t, ms in st if w.start <= t <= w.end), default=0.0)
@@ -258,8 +259,9 @@ def loop_lag(
     dated by the poll at which that maximum *rose* (a new, larger stall happened
     since the previous poll); a stall smaller than one still in the window goes
     unseen, the worst one never does. A SIGSTOP'd process oversleeps by the whole
-    pause: rises first seen within 2 s after a recorded pause ended are left out
-    (test-only hidden stalls, logged as "sabotage", are real stalls: they stay in).
+    pause: a rise seen at the first answer after a recorded pause (however late that
+    answer comes) is left out (test-only hidden stalls, logged as "sabotage", are
+    real stalls: they stay in).
     """
     paused: dict[str, list[tuple[float, float]]] = defaultdict(list)
     started: dict[tuple[str, str], float] = {}
@@ -272,20 +274,21 @@ def loop_lag(
     for (_detail, node), t in started.items():  # never undone: until the final heal
         paused[node].append((t, float("inf")))
 
-    def tainted(s: Sample) -> bool:
-        return any(a <= s.t <= b + 2.0 for a, b in paused[s.node])
+    def tainted(s: Sample, since: float) -> bool:
+        """A pause of this node overlaps (since, s.t]: the rise may be the pause."""
+        return any(a <= s.t and b >= since for a, b in paused[s.node])
 
     worst = (0.0, "", 0.0)
     healthy = 0.0
     final: dict[str, float] = {}
-    previous: dict[str, float] = {}
+    previous: dict[str, tuple[float, float]] = {}  # node -> (time, recent_max) last answer
     for s in sorted(samples, key=lambda s: s.t):
         if not s.ok or s.lag_recent_ms is None:
             continue
         final[s.node] = s.lag_recent_ms
-        rose = s.lag_recent_ms > previous.get(s.node, 0.0)
-        previous[s.node] = s.lag_recent_ms
-        if not rose or tainted(s):
+        since, before = previous.get(s.node, (-1.0, 0.0))
+        previous[s.node] = (s.t, s.lag_recent_ms)
+        if s.lag_recent_ms <= before or tainted(s, since):
             continue
         if s.lag_recent_ms > worst[0]:
             worst = (s.lag_recent_ms, s.node, s.t)
