@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
       help="seconds between nemesis steps [1-4]")  # fmt: skip
     a("--settle", type=float, default=5.0,
       help="seconds after the last fault before a period counts as healthy [5]")  # fmt: skip
-    a("--healthy-tail", type=float, default=10.0,
-      help="fault-free seconds at the end of the load [10]")  # fmt: skip
+    a("--healthy-tail", type=float, default=12.0,
+      help="fault-free seconds at the end of the load [12]")  # fmt: skip
     a("--quiet-chance", type=float, default=0.3,
       help="chance that the nemesis rests after its last fault ends [0.3]")  # fmt: skip
     a("--lag-bound", type=int, default=2000,

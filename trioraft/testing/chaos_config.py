@@ -63,7 +63,7 @@ class ChaosConfig:
     """``stale`` is the harness's own sanity check: it must end in VIOLATION."""
     settle: float = 5.0
     """Seconds after the last fault (and every node answering) before 'healthy'."""
-    healthy_tail: float = 10.0
+    healthy_tail: float = 12.0
     """The last seconds of the load are fault-free (0: faults until the end)."""
     quiet_chance: float = 0.3
     lag_bound: int = 2000
