@@ -143,7 +143,8 @@ class ChaosResult:
         return {
             "seed": self.config.seed, "nodes": self.config.nodes,
             "workload": self.config.workload, "duration": self.config.duration,
-            "clients": self.config.clients, "ops": len(self.history), **self.outcomes,
+            "clients": self.config.clients, "ops": len(self.history),
+            "outcomes": dict(self.outcomes),
             "faults": self.fault_counts, "verdict": self.verdict,
             "converged": self.converged, "refused_seen": len(self.refused),
             "healthy_seconds": round(h.healthy_seconds, 1) if h else None,
