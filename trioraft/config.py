@@ -60,6 +60,7 @@ DEFAULT_ELECTION_TIMEOUT_MS = (150, 300)
 DEFAULT_HEARTBEAT_MS = 50
 DEFAULT_SNAPSHOT_ENTRIES = 10_000
 DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024
+DEFAULT_SNAPSHOT_CATCHUP_ENTRIES = 5_000
 DEFAULT_REQUEST_TIMEOUT_MS = 5_000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
@@ -79,6 +80,7 @@ SERVE_ENV_VARS = (
     "CLUSTER_TOKEN",
     "SNAPSHOT_ENTRIES",
     "SNAPSHOT_BYTES",
+    "SNAPSHOT_CATCHUP_ENTRIES",
     "FSYNC",
     "LOG_LEVEL",
     "LOG_FORMAT",
@@ -131,7 +133,7 @@ class NodeConfig:
     snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES
     # Entries kept after a snapshot, so a follower a little behind catches up
     # with entries rather than a whole snapshot (the core's catch-up tail).
-    snapshot_catchup_entries: int = 5000
+    snapshot_catchup_entries: int = DEFAULT_SNAPSHOT_CATCHUP_ENTRIES
     # False only for benchmarks: acknowledged writes can be lost on power failure.
     fsync: bool = True
     log_level: str = "warning"
@@ -392,6 +394,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="... or after this many bytes of applied commands, whichever comes first "
         f"[env SNAPSHOT_BYTES; default {DEFAULT_SNAPSHOT_BYTES}]",
+    )
+    # -- chaos (issue 11): the catch-up tail, so tests can force InstallSnapshot.
+    parser.add_argument(
+        "--snapshot-catchup-entries",
+        metavar="N",
+        help="entries kept in the log after a snapshot, so a follower a little behind "
+        "catches up from the log instead of a whole snapshot [env "
+        f"SNAPSHOT_CATCHUP_ENTRIES; default {DEFAULT_SNAPSHOT_CATCHUP_ENTRIES}]",
     )
     parser.add_argument(
         "--fsync",
@@ -677,6 +687,9 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
     snapshot_entries = _parse_int(text, what, 1) if text is not None else DEFAULT_SNAPSHOT_ENTRIES
     text, what = pick(args.snapshot_bytes, "--snapshot-bytes", "SNAPSHOT_BYTES")
     snapshot_bytes = _parse_int(text, what, 1) if text is not None else DEFAULT_SNAPSHOT_BYTES
+    text, what = pick(getattr(args, "snapshot_catchup_entries", None),
+                      "--snapshot-catchup-entries", "SNAPSHOT_CATCHUP_ENTRIES")  # fmt: skip
+    catchup = _parse_int(text, what, 0) if text is not None else DEFAULT_SNAPSHOT_CATCHUP_ENTRIES
 
     if args.fsync is not None:
         fsync = bool(args.fsync)
@@ -722,6 +735,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> NodeCo
         cluster_token=token,
         snapshot_entries=snapshot_entries,
         snapshot_bytes=snapshot_bytes,
+        snapshot_catchup_entries=catchup,
         fsync=fsync,
         log_level=log_level,
         log_format=log_format,

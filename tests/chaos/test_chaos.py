@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,27 +16,47 @@ from trioraft.testing.chaos import FAULT_KINDS, ChaosConfig, parse_args, run_cha
 from trioraft.testing.linearizability import Operation, check
 
 
+def _short(tmp_path: Path, seed: int, **more: Any) -> ChaosConfig:
+    """The default suite's run: 3 nodes, about 30 s in all, every fault kind, writes
+    through followers in waves, values up to 2 KiB over a ballast, small snapshot
+    thresholds, and a fault-free tail for the healthy-period check."""
+    settings: dict[str, Any] = dict(
+        duration=22, nodes=3, seed=seed, workload="write-heavy", clients=48, keys=20,
+        value_bytes=(256, 2048), prefill_bytes=512 << 10, snapshot_entries=300,
+        snapshot_catchup_entries=100, wave_interval=0.25, fault_interval=(0.8, 2.0),
+        settle=3.5, healthy_tail=9.0, quiet_chance=0.0, out=tmp_path / "run",
+    )  # fmt: skip
+    settings.update(more)
+    return ChaosConfig(**settings)
+
+
 @pytest.mark.processes
 async def test_short_chaos_run_is_linearizable_and_converges(tmp_path: Path) -> None:
     seed = int(os.environ.get("CHAOS_SEED", "7"))
-    cfg = ChaosConfig(duration=18, nodes=3, seed=seed, clients=8, keys=5,
-                      out=tmp_path / "run", fault_interval=(0.8, 2.0))  # fmt: skip
-    result = await run_chaos(cfg)
+    result = await run_chaos(_short(tmp_path, seed))
     detail = f"{result.summary()}\n{result.problems}\nkept in {result.out}"
     assert result.verdict == "linearizable", detail
     assert result.converged, detail
+    # No refused write seen, no election or lagging follower in healthy periods, no
+    # crash, no process left behind (each would be in `problems`).
     assert not result.problems, detail
     counts = result.outcomes
     assert counts["ok"] > 100, detail  # the cluster did real work under faults
     assert sum(result.fault_counts.values()) >= 3, detail
+    assert result.health is not None
+    assert result.health.windows, detail  # the fault-free tail was checked
+    assert result.health.healthy_seconds >= 2, detail
+    assert result.loop is not None
+    assert set(result.loop.final) == {"n1", "n2", "n3"}, detail  # every node's loop lag
+    assert result.prefilled >= 512 << 10
+    assert result.max_inflight >= 20, detail  # waves: many writes at a follower at once
     # Every key's final value was read after healing and equals every node's state.
     assert result.final_state is not None
     finals = {op.key: op.result for op in result.history if op.client == "final"}
     assert {k: v for k, v in finals.items() if v is not None} == result.final_state
-    # The run keeps its evidence; no process is left behind (run_chaos checks every
-    # pid it started and would have reported it in `problems`).
-    assert (tmp_path / "run" / "history.jsonl").exists()
-    assert (tmp_path / "run" / "faults.jsonl").exists()
+    # The run keeps its evidence.
+    for name in ("history.jsonl", "attempts.jsonl", "faults.jsonl", "status.jsonl"):
+        assert (tmp_path / "run" / name).exists(), name
 
 
 @pytest.mark.slow
@@ -56,6 +77,58 @@ async def test_the_harness_catches_stale_reads(tmp_path: Path) -> None:
     assert result.verdict == "VIOLATION", result.summary()
     assert result.converged, result.summary()
     assert (tmp_path / "run" / "explanation.txt").exists()
+
+
+# -- teeth: each new check catches a deliberately broken run ----------------------
+
+
+def _teeth(tmp_path: Path, sabotage: str, **more: Any) -> ChaosConfig:
+    """Network faults only (no restarts to wait for), and the nemesis rests after
+    every last fault: healthy periods early and often, each one sabotaged."""
+    return _short(tmp_path, 11, duration=20, healthy_tail=0.0, quiet_chance=1.0,
+                  faults=frozenset({"partition", "delay", "slow"}),
+                  sabotage=frozenset({sabotage}), **more)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+async def test_the_healthy_period_check_catches_a_stalled_leader(tmp_path: Path) -> None:
+    # The leader stops for 2 s in a healthy period (SIGSTOP, not recorded as a fault),
+    # as a snapshot holding the loop would: the followers elect another leader.
+    result = await run_chaos(_teeth(tmp_path, "stall"))
+    assert result.health is not None, result.summary()
+    assert result.health.elections >= 1, result.summary()
+    assert any("election(s)" in p and "with no fault active" in p for p in result.problems)
+    assert not result.ok
+    assert result.loop is not None
+    assert result.loop.worst_ms >= 1000, result.summary()  # the stall shows as loop lag
+    assert result.verdict == "linearizable", result.summary()  # safety was never at stake
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+async def test_the_healthy_period_check_catches_a_lagging_follower(tmp_path: Path) -> None:
+    # A follower cut off for 3 s in a healthy period (not recorded as a fault) falls
+    # behind while the writes go on.
+    result = await run_chaos(_teeth(tmp_path, "lag", lag_bound=30))
+    assert result.health is not None, result.summary()
+    assert result.health.max_lag > 30, result.summary()
+    assert any("entries behind the leader (bound 30)" in p for p in result.problems)
+    assert not result.ok
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+async def test_the_refused_write_check_catches_a_write_answered_503_that_applied(
+    tmp_path: Path,
+) -> None:
+    # 5 % of acknowledged puts recorded as refused (503), as issue 11 #1's node did:
+    # their values are read later, by clients or by the final reads.
+    result = await run_chaos(_short(tmp_path, 13, duration=12, healthy_tail=6.0,
+                                    sabotage=frozenset({"refused"})))  # fmt: skip
+    assert result.refused, result.summary()
+    assert all(p.startswith("a refused write took effect: put") for p in result.refused)
+    assert not result.ok
 
 
 def test_a_stale_read_is_a_violation_even_next_to_unknown_writes() -> None:

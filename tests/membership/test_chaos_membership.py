@@ -19,7 +19,7 @@ async def test_short_chaos_run_with_membership_changes(tmp_path: Path) -> None:
     # Partitions and link faults only: with three nodes, one killed or paused node
     # would use the whole budget of impaired nodes the membership nemesis needs.
     # (The long runs, nox -s chaos -- --membership, use every fault on 5 nodes.)
-    cfg = ChaosConfig(duration=15, nodes=3, seed=seed, clients=6, keys=5,
+    cfg = ChaosConfig(duration=24, nodes=3, seed=seed, clients=6, keys=5, healthy_tail=14,
                       out=tmp_path / "run", fault_interval=(0.8, 2.0), membership=True,
                       faults=frozenset({"partition", "delay"}))
     result = await run_chaos(cfg)

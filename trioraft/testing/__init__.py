@@ -8,7 +8,9 @@
 - `trioraft.testing.linearizability`: `check()`, a linearizability checker for
   key-value histories (``python -m trioraft.testing.linearizability FILE``).
 - `trioraft.testing.proxy` and `trioraft.testing.chaos`: the fault-injecting
-  TCP proxy and the Jepsen-style chaos run (``python -m trioraft.testing.chaos``).
+  TCP proxy and the Jepsen-style chaos run (``python -m trioraft.testing.chaos``);
+  its nemesis (`trioraft.testing.nemesis`, a registry of fault kinds) and its
+  checks (`trioraft.testing.chaos_checks`). docs/verification.md has the map.
 
 The submodules are imported on demand: the simulation needs no I/O library.
 """

@@ -19,9 +19,10 @@ crash. Before the final heal every node is made a member again (a removed
 node's data dir is emptied so it can join; ``after_heal`` adds it back), so
 the run ends converged on the full membership.
 
-Wiring (three hooks in chaos.py): ``attach(cfg, cluster, nemesis, rec)`` when
-``cfg.membership``; ``run(stop)`` beside the clients; ``before_heal()`` just
-before ``nemesis.heal_all()`` and ``await after_heal()`` right after it.
+Wiring (hooks in chaos.py): ``attach(cfg, cluster, nemesis)`` when
+``cfg.membership`` (it registers ``before_heal`` with the nemesis' heal);
+``run(faults_off)`` beside the clients, until the faults stop; ``await
+after_heal()`` after the load.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import httpx
 import trio
 
+from trioraft.testing.nemesis import Nemesis
 from trioraft.testing.procs import ProcCluster
 
 __all__ = ["MembershipNemesis", "attach"]
@@ -41,10 +43,10 @@ KINDS = ("remove-add", "wipe-readmit", "transfer")
 
 
 class MembershipNemesis:
-    def __init__(self, cluster: ProcCluster, nemesis: Any, rng: random.Random,
+    def __init__(self, cluster: ProcCluster, nemesis: Nemesis, rng: random.Random,
                  interval: tuple[float, float]) -> None:  # fmt: skip
         self.cluster = cluster
-        self.nemesis = nemesis  # chaos._Nemesis: its `down` set, `log(action, kind, detail)`
+        self.nemesis = nemesis  # its `down` set, `log(action, kind, detail)`
         self.rng = rng
         self.interval = interval
         self.busy: set[str] = set()  # nodes we are working on (also in nemesis.down)
@@ -58,10 +60,12 @@ class MembershipNemesis:
     def _mark(self, node: str) -> None:
         self.busy.add(node)
         self.nemesis.down.add(node)
+        self.nemesis.held.add(node)
 
     def _unmark(self, node: str) -> None:
         self.busy.discard(node)
         self.nemesis.down.discard(node)
+        self.nemesis.held.discard(node)
 
     async def _keep_marks(self, stop: trio.Event) -> None:
         # The chaos nemesis clears `down` when it restarts every node at once:
@@ -138,6 +142,7 @@ class MembershipNemesis:
         if kind == "transfer":
             r = await self._request("POST", "/cluster/leader/transfer", {"to": None}, 10.0)
             self.nemesis.log("start", "membership", f"transfer: {_brief(r)}")
+            self.nemesis.log("stop", "membership", "transfer")
             self.counts[kind] += 1
             return True
         leader = await self.cluster.leader(up)
@@ -251,15 +256,25 @@ class MembershipNemesis:
         for node in list(self.busy):
             self._unmark(node)
 
+    async def run_and_restore(self, faults_off: trio.Event) -> None:
+        """Change members until `faults_off`, then make every node a member again
+        (a recorded fault until done: the healthy tail begins after it)."""
+        await self.run(faults_off)
+        if self.busy or self.to_readd or self.readmitting:
+            self.nemesis.log("start", "membership", "restore every member")
+            await self.after_heal()
+            self.nemesis.log("stop", "membership", "restore every member")
+
     def summary(self) -> str:
         return "membership: " + ", ".join(f"{k}={v}" for k, v in self.counts.items())
 
 
-def attach(cfg: Any, cluster: ProcCluster, nemesis: Any, rec: Any) -> MembershipNemesis:
-    del rec
+def attach(cfg: Any, cluster: ProcCluster, nemesis: Nemesis) -> MembershipNemesis:
     interval = getattr(cfg, "fault_interval", (1.0, 4.0))
-    return MembershipNemesis(cluster, nemesis, random.Random(f"{cfg.seed}-membership"),
-                             (interval[0] * 2, interval[1] * 2))  # fmt: skip
+    members = MembershipNemesis(cluster, nemesis, random.Random(f"{cfg.seed}-membership"),
+                                (interval[0] * 2, interval[1] * 2))  # fmt: skip
+    nemesis.before_heal.append(members.before_heal)
+    return members
 
 
 def _code(r: httpx.Response) -> str | None:

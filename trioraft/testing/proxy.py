@@ -23,10 +23,17 @@ Faults:
 ``loss``      probability, per chunk forwarded, that the whole connection is
               reset; ``loss_up`` / ``loss_down`` for one direction only.
 ``block_down`` reset a connection as soon as a byte would flow down (B to A).
+``rate_up`` / ``rate_down``  a bandwidth limit in bytes per second for one
+              direction (0: none), a token bucket of ``burst`` bytes shared by
+              the proxy's connections. Bytes wait in a small buffer (about half
+              a second's worth) and the proxy's sockets have small receive
+              buffers, so a sender that outruns the link is slowed down by TCP
+              flow control, as on a real slow link, instead of filling memory.
 
 :class:`ProxyMesh` holds one proxy per ordered pair of node ids and speaks in
 node terms: ``partition([{"n1","n2"}, {"n3","n4","n5"}])``, ``isolate("n1")``,
-``bridge(...)``, ``heal()``, ``set_delay(...)``, ``set_loss(...)``. Its faults
+``bridge(...)``, ``heal()``, ``set_delay(...)``, ``set_loss(...)``,
+``set_rate(...)``, ``set_slow(...)`` (latency and bandwidth: a slow link). Its faults
 act on the bytes *from* one node *to* another whichever of the two opened the
 connection: ``set_delay("n3", "n1", s)`` delays the ``n3 -> n1`` direction of
 the stream n1 opened (through proxy n1->n3, downwards) as well as of any
@@ -56,6 +63,33 @@ import trio
 __all__ = ["LinkProxy", "ProxyMesh"]
 
 _CHUNK = 1 << 16
+_SOCKET_BUFFER = 256 << 10  # SO_RCVBUF of the proxy's sockets: TCP backpressure
+_QUEUE_LIMIT = 64 << 20  # bytes held per direction of a connection, no rate limit
+_RATE_QUEUE_SECONDS = 0.5  # ... with a rate limit: about this long at the rate
+_RATE_QUEUE_MIN = 64 << 10
+
+
+class _Bucket:
+    """A token bucket: `take(n)` waits until n bytes may pass at `rate` bytes/s.
+
+    Tokens accumulate up to `burst`; a take larger than what is there goes into
+    debt and sleeps it off, so the long-run rate never exceeds `rate`. The rate is
+    read at every take: changing or clearing it takes effect at the next piece.
+    """
+
+    __slots__ = ("last", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens = 0.0
+        self.last = 0.0
+
+    async def take(self, n: int, rate: float, burst: int) -> None:
+        now = trio.current_time()
+        self.tokens = min(float(burst), self.tokens + (now - self.last) * rate)
+        self.last = now
+        self.tokens -= n
+        if self.tokens < 0:
+            await trio.sleep(-self.tokens / rate)
 
 
 class _Conn:
@@ -102,6 +136,11 @@ class LinkProxy:
         self.loss_up = self.loss_down = 0.0
         self.block_down = False
         """Reset a connection when a chunk would flow down (target to client)."""
+        self.rate_up = self.rate_down = 0.0
+        """Bandwidth limits (bytes per second) going up / down; 0: no limit."""
+        self.burst = 16 << 10
+        """Bytes a rate-limited direction may send at once after being idle."""
+        self._buckets = {True: _Bucket(), False: _Bucket()}  # up, down
         self._rng = rng if rng is not None else random.Random()
         self._conns: set[_Conn] = set()
         # Counters, for tests and reports.
@@ -137,6 +176,7 @@ class LinkProxy:
         self.loss = 0.0
         self.delay_up = self.delay_down = 0.0
         self.loss_up = self.loss_down = 0.0
+        self.rate_up = self.rate_down = 0.0
         self.block_down = False
 
     def _kill(self, conn: _Conn) -> None:
@@ -150,6 +190,9 @@ class LinkProxy:
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept and forward until cancelled; reports the listening port when started."""
         listeners = await trio.open_tcp_listeners(self.port, host=self.listen_host)
+        for listener in listeners:  # accepted sockets inherit it
+            listener.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF,
+                                       _SOCKET_BUFFER)  # fmt: skip
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._handle, listeners)
@@ -165,7 +208,7 @@ class LinkProxy:
             self._conns.add(conn)
             with conn.scope:
                 try:
-                    conn.upstream = await trio.open_tcp_stream(self.target_host, self.target_port)
+                    conn.upstream = await self._connect()
                 except OSError:
                     return  # the node is down: the client sees its connection closed
                 async with trio.open_nursery() as nursery:
@@ -178,6 +221,26 @@ class LinkProxy:
                 if conn.upstream is not None:
                     await trio.aclose_forcefully(conn.upstream)
 
+    async def _connect(self) -> trio.SocketStream:
+        """A connection to the target, with the proxy's small receive buffer."""
+        assert self.target_port is not None
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, _SOCKET_BUFFER)
+            with trio.fail_after(5):
+                await sock.connect((self.target_host, self.target_port))
+        except (OSError, trio.TooSlowError) as exc:
+            sock.close()
+            raise OSError(f"cannot reach {self.target_host}:{self.target_port}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+
+    def rate(self, up: bool) -> float:
+        """The bandwidth limit in force going up (or down), bytes per second; 0: none."""
+        return self.rate_up if up else self.rate_down
+
     async def _pump(
         self, conn: _Conn, src: trio.SocketStream, dst: trio.SocketStream, up: bool
     ) -> None:
@@ -185,13 +248,26 @@ class LinkProxy:
 
         A reader task stamps chunks with their delivery time and a writer task
         sends them in order when due, so delay adds latency without capping
-        throughput. EOF or an error on either side ends the whole connection.
+        throughput. With a rate limit the writer sends pieces of at most `burst`
+        bytes as the direction's token bucket allows, and the reader stops
+        reading while about half a second's worth of bytes waits (TCP then slows
+        the sender down). EOF or an error on either side ends the whole connection.
         """
         send, receive = trio.open_memory_channel[tuple[float, bytes]](math.inf)
+        queued = 0
+        space = trio.Event()
+
+        def limit() -> float:
+            rate = self.rate(up)
+            return max(_RATE_QUEUE_MIN, rate * _RATE_QUEUE_SECONDS) if rate else _QUEUE_LIMIT
 
         async def reader() -> None:
+            nonlocal queued, space
             async with send:
                 while True:
+                    while queued >= limit():
+                        space = trio.Event()
+                        await space.wait()
                     try:
                         data = await src.receive_some(_CHUNK)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -203,9 +279,15 @@ class LinkProxy:
                         self._kill(conn)
                         return
                     delay = self.delay + (self.delay_up if up else self.delay_down)
-                    send.send_nowait((trio.current_time() + delay, data))
+                    queued += len(data)
+                    try:
+                        send.send_nowait((trio.current_time() + delay, data))
+                    except trio.BrokenResourceError:
+                        return  # the writer is gone (the other side broke): so is the connection
 
         async def writer() -> None:
+            nonlocal queued
+            bucket = self._buckets[up]
             async with receive:
                 async for due, data in receive:
                     if self.blocked or (not up and self.block_down):
@@ -213,10 +295,19 @@ class LinkProxy:
                         return
                     await trio.sleep_until(due)
                     try:
-                        await dst.send_all(data)
+                        view = memoryview(data)
+                        while view:
+                            rate = self.rate(up)
+                            piece = view[: self.burst] if rate else view
+                            if rate:
+                                await bucket.take(len(piece), rate, self.burst)
+                            await dst.send_all(piece)
+                            view = view[len(piece) :]
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         break
                     self.bytes_forwarded += len(data)
+                    queued -= len(data)
+                    space.set()
             # EOF from src (and everything before it delivered): close the
             # whole connection. HTTP/1.1 peers never half-close, so this loses nothing.
             conn.scope.cancel()
@@ -325,8 +416,25 @@ class ProxyMesh:
         self.links[src, dst].loss_up = probability
         self.links[dst, src].loss_down = probability
 
+    def set_rate(self, src: str, dst: str, bytes_per_second: float) -> None:
+        """Bytes from src to dst pass at most at this rate (0: no limit)."""
+        self.links[src, dst].rate_up = bytes_per_second
+        self.links[dst, src].rate_down = bytes_per_second
+
+    def set_slow(self, src: str, dst: str, latency: float, bytes_per_second: float) -> None:
+        """A slow link from src to dst: added latency and a bandwidth limit."""
+        self.set_delay(src, dst, latency)
+        self.set_rate(src, dst, bytes_per_second)
+
+    def clear_quality(self) -> None:
+        """No delay, loss or rate limit anywhere; partitions stay as they are."""
+        for link in self.links.values():
+            link.delay = link.delay_up = link.delay_down = 0.0
+            link.loss = link.loss_up = link.loss_down = 0.0
+            link.rate_up = link.rate_down = 0.0
+
     def heal(self) -> None:
-        """No faults anywhere: every link unblocked, no delay, no loss."""
+        """No faults anywhere: every link unblocked, no delay, no loss, no rate limit."""
         for link in self.links.values():
             link.clear()
 
@@ -337,16 +445,21 @@ class ProxyMesh:
                 link.reset_all()
 
     def describe(self) -> str:
-        """Which links are faulty, e.g. ``n1->n2 blocked; n3->n1 delay=0.100``."""
+        """Which directions are faulty, e.g. ``n1->n2 blocked; n3->n1 delay=0.100,rate=65536``
+        (``a->b`` is about the bytes from a to b, whichever proxy carries them)."""
         parts = []
-        for (a, b), link in self.links.items():
+        for a, b in self.links:
+            there, back = self.links[a, b], self.links[b, a]
             faults = []
-            if link.blocked:
+            if there.blocked or back.block_down:
                 faults.append("blocked")
-            if link.delay or link.delay_up:
-                faults.append(f"delay={link.delay + link.delay_up:.3f}")
-            if link.loss or link.loss_up:
-                faults.append(f"loss={link.loss + link.loss_up:.2f}")
+            # Bytes from a to b go up through proxy a->b or down through b->a.
+            if delay := max(there.delay + there.delay_up, back.delay + back.delay_down):
+                faults.append(f"delay={delay:.3f}")
+            if loss := max(there.loss + there.loss_up, back.loss + back.loss_down):
+                faults.append(f"loss={loss:.2f}")
+            if rate := max(there.rate_up, back.rate_down):
+                faults.append(f"rate={rate:g}")
             if faults:
                 parts.append(f"{a}->{b} " + ",".join(faults))
         return "; ".join(parts) or "healthy"

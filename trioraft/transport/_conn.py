@@ -184,6 +184,8 @@ class Connection:
         self._ctrl: deque[_Out] = deque()
         self._ctrl_bytes = 0
         self._wake = trio.Event()
+        self._writing = False  # the writer task is inside send_all
+        self._writer_done = False  # after a protocol error: the writer sends nothing more
         self.last_sent = self.last_received = self.opened_at
         # Requests and uploads of this side; relay batches served for the peer.
         self._ids = itertools.count(1)
@@ -300,10 +302,13 @@ class Connection:
             if not self._raft and not self._ctrl:
                 self._wake = trio.Event()
                 await self._wake.wait()
+            if self._writer_done:
+                return  # a protocol error: its ERROR frame is the last thing sent
             parts = self._take_batch()
             if not parts:
                 continue
             data = b"".join(parts)
+            self._writing = True
             try:
                 with trio.fail_after(self._cfg.write_timeout):
                     await self._stream.send_all(data)
@@ -313,6 +318,8 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self.close(f"write failed: {exc!r}")
                 return
+            finally:
+                self._writing = False
             self.last_sent = trio.current_time()
             self.stats["frames_sent"] += len(parts)
             self.stats["bytes_sent"] += len(data)
@@ -352,10 +359,17 @@ class Connection:
     async def _protocol_error(self, why: str) -> None:
         log.warning("peer stream %s <- %s: protocol error, closing it: %s",
                     self.local, self.peer, why)
-        with trio.move_on_after(1), contextlib.suppress(
-            trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError
-        ):
-            await self._stream.send_all(encode(FrameType.ERROR, Error("protocol", why[:1024])))
+        # One writer per stream: a second send_all while the writer task sends raises
+        # BusyResourceError in one of them (in the writer it crashed the node). So
+        # the writer stops here, and the ERROR frame goes out only if it is idle:
+        # best effort, the stream closes either way. (No checkpoint between the
+        # writer's check of `_writer_done` and its send: the two cannot interleave.)
+        self._writer_done = True
+        if not self._writing:
+            with trio.move_on_after(1), contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, OSError
+            ):
+                await self._stream.send_all(encode(FrameType.ERROR, Error("protocol", why[:1024])))
         self.close(f"protocol error: {why}")
 
     def _dispatch(self, ftype: FrameType, payload: bytes) -> None:
