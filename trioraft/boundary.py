@@ -24,7 +24,7 @@ Anything from a request that reaches a log line goes through `loggable`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -39,11 +39,13 @@ __all__ = [
     "MAX_RAFT_BODY_BYTES",
     "OPEN_ROUTES",
     "SMALL_BODY_BYTES",
+    "RequestHeaders",
     "body_limit",
     "decode_json",
     "header_values",
     "loggable",
     "precheck",
+    "precheck_scanned",
     "single_header",
 ]
 
@@ -79,19 +81,64 @@ def single_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | 
     return values[0].decode("latin-1") if values else None
 
 
+_NO_VALUES: tuple[bytes, ...] = ()
+
+
+class RequestHeaders:
+    """The headers the boundary reads, found in one pass over an ASGI header list
+    (the fast path reads them once per request)."""
+
+    __slots__ = ("authorization", "body_expected", "content_length", "idempotency_key")
+
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        authorization: list[bytes] | None = None
+        lengths: list[bytes] | None = None
+        idempotency: list[bytes] | None = None
+        chunked = False
+        for name, value in headers:
+            name = name.lower()  # (ASGI servers lower-case them already)
+            if name == b"content-length":
+                lengths = [value] if lengths is None else [*lengths, value]
+            elif name == b"authorization":
+                authorization = [value] if authorization is None else [*authorization, value]
+            elif name == b"idempotency-key":
+                idempotency = [value] if idempotency is None else [*idempotency, value]
+            elif name == b"transfer-encoding":
+                chunked = True
+        self.authorization: Sequence[bytes] = authorization or _NO_VALUES
+        self.content_length: Sequence[bytes] = lengths or _NO_VALUES
+        self.idempotency_key: Sequence[bytes] = idempotency or _NO_VALUES
+        # A body is on its way unless the request says it has none.
+        self.body_expected = chunked or any(v.strip() not in (b"", b"0") for v in
+                                            self.content_length)  # fmt: skip
+
+    def single_idempotency_key(self) -> str | None:
+        """`single_header(headers, b"idempotency-key")`, from the scan."""
+        values = self.idempotency_key
+        if len(values) > 1:
+            raise ApiError(400, "bad_request", "the idempotency-key header is given more than once")
+        return values[0].decode("latin-1") if values else None
+
+
 def precheck(
     method: str, path: str, raw_path: bytes | None, headers: Iterable[tuple[bytes, bytes]],
     auth: ClientAuth,
 ) -> None:
     """Rules 1-3 of the module docstring; raises ApiError / Unauthorized / Forbidden."""
-    headers = list(headers)
+    precheck_scanned(method, path, raw_path, RequestHeaders(headers), auth)
+
+
+def precheck_scanned(
+    method: str, path: str, raw_path: bytes | None, headers: RequestHeaders, auth: ClientAuth
+) -> None:
+    """`precheck` on headers already scanned."""
     if path.startswith("/raft/"):
         return  # the peer routes check the cluster token themselves
     if path not in OPEN_ROUTES:
         # A backup is the whole store and an operator's act: the write role (issue 12).
         needs_write = method in _WRITE_METHODS or path in WRITE_ROLE_GETS
-        auth.check(needs_write, header_values(headers, b"authorization"))
-    lengths = header_values(headers, b"content-length")
+        auth.check(needs_write, headers.authorization)
+    lengths = headers.content_length
     if lengths:
         text = lengths[0].strip()
         if len(lengths) > 1 or not text.isdigit() or len(text) > 18:
@@ -102,7 +149,10 @@ def precheck(
     if raw_path is not None:
         target = raw_path.split(b"?", 1)[0]
         try:
-            unquote_to_bytes(target).decode("utf-8")
+            if b"%" in target:
+                unquote_to_bytes(target).decode("utf-8")
+            else:
+                target.decode("utf-8")
         except UnicodeDecodeError:
             raise ApiError(
                 400, "bad_request", "the URL path is not valid UTF-8 once percent-decoded"

@@ -22,6 +22,7 @@ Every request also passes two guards here, before either path sees it:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -44,10 +45,10 @@ from trioraft.api import (
 from trioraft.auth import ClientAuth
 from trioraft.boundary import (
     MAX_BODY_BYTES,
+    RequestHeaders,
     decode_json,
     loggable,
-    precheck,
-    single_header,
+    precheck_scanned,
 )
 from trioraft.node import RaftNode
 
@@ -64,6 +65,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _QUERIES = {b"": "linearizable", b"consistency=linearizable": "linearizable",
             b"consistency=stale": "stale"}
 _LEADER = LEADER_HEADER.lower().encode()
+_JSON = (b"content-type", b"application/json")
+_CLOSE = (b"connection", b"close")
 _CLOSE_TIMEOUT_S = 5.0
 
 
@@ -75,18 +78,14 @@ class KeepAliveGuard:
     """Tracks whether the request body has fully arrived; closes the connection if not.
 
     Wraps one request's `receive` and `send`: a response started before the
-    last body message was received gets ``Connection: close``.
+    last body message was received gets ``Connection: close``. (The fast path's
+    own routes track this themselves, without the wrappers.)
     """
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, complete: bool, receive: Receive, send: Send) -> None:
         self._receive, self._send = receive, send
         self.closing = False  # a response went out before the body was complete
-        headers = scope["headers"]
-        self.complete = not any(
-            (name == b"content-length" and value.strip() not in (b"", b"0"))
-            or name == b"transfer-encoding"
-            for name, value in headers
-        )
+        self.complete = complete
 
     async def receive(self) -> Message:
         msg = await self._receive()
@@ -96,18 +95,22 @@ class KeepAliveGuard:
 
     async def send(self, msg: Message) -> None:
         if self.closing and msg["type"] == "http.response.body" and not msg.get("more_body"):
-            # The last message makes hypercorn close the connection, from
-            # inside this call. Quart-trio cancels its request nursery as soon
-            # as hypercorn reports the disconnect, which would abort that
-            # close half-way (the socket then stays open: the hang this guard
-            # exists for). So it runs shielded, bounded in time.
-            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
-                await self._send(msg)
+            await _send_last_and_close(self._send, msg)
             return
         if msg["type"] == "http.response.start" and not self.complete:
             self.closing = True
-            msg = {**msg, "headers": [*msg.get("headers", []), (b"connection", b"close")]}
+            msg = {**msg, "headers": [*msg.get("headers", []), _CLOSE]}
         await self._send(msg)
+
+
+async def _send_last_and_close(send: Send, msg: Message) -> None:
+    # The last message makes hypercorn close the connection, from inside this
+    # call. Quart-trio cancels its request nursery as soon as hypercorn reports
+    # the disconnect, which would abort that close half-way (the socket then
+    # stays open: the hang the guard exists for). So it runs shielded, bounded
+    # in time.
+    with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+        await send(msg)
 
 
 class FastPath:
@@ -119,34 +122,39 @@ class FastPath:
         self.auth = auth if auth is not None else client_auth(node)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            guard = KeepAliveGuard(scope, receive, send)
-            receive, send = guard.receive, guard.send
-            path: str = scope["path"]
-            method: str = scope["method"]
-            query: bytes = scope["query_string"]
-            try:
-                precheck(method, path, scope.get("raw_path"), scope["headers"], self.auth)
-            except Exception as exc:
-                err = map_error(exc)
-                body = msgspec.json.encode({"error": err.message, "code": err.code, **err.extra})
-                await self._respond(send, err.status, body, b"application/json")
-                return
-            scope = {**scope, "trioraft.prechecked": True}
-            if (
-                path.startswith("/kv/")
-                and len(path) > 4
-                and query in _QUERIES
-                and (method == "GET" or (method in ("PUT", "DELETE") and not query))
-            ):
-                await self._serve(scope, receive, send, method, path[4:], _QUERIES[query])
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        headers = RequestHeaders(scope["headers"])
+        complete = not headers.body_expected
+        try:
+            precheck_scanned(method, path, scope.get("raw_path"), headers, self.auth)
+        except Exception as exc:
+            err = map_error(exc)
+            body = msgspec.json.encode({"error": err.message, "code": err.code, **err.extra})
+            await self._respond(send, err.status, body, closing=not complete)
+            return
+        scope["trioraft.prechecked"] = True  # (the scope is this request's own)
+        query: bytes = scope["query_string"]
+        if (
+            path.startswith("/kv/")
+            and len(path) > 4
+            and query in _QUERIES
+            and (method == "GET" or (method in ("PUT", "DELETE") and not query))
+        ):
+            await self._serve(scope, receive, send, method, path[4:], _QUERIES[query], headers)
+            return
+        guard = KeepAliveGuard(complete, receive, send)
+        await self.app(scope, guard.receive, guard.send)
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, method: str, key: str, consistency: str
-    ) -> None:
+        self, scope: Scope, receive: Receive, send: Send, method: str, key: str,
+        consistency: str, headers: RequestHeaders,
+    ) -> None:  # fmt: skip
         node = self.node
+        complete = not headers.body_expected
         try:
             if method == "GET":
                 status, body = await get_op(node, key, consistency)
@@ -154,11 +162,13 @@ class FastPath:
                 # Checks in the Quart routes' order, so errors come out the same.
                 value: object = ""
                 if method == "PUT":
-                    value = _put_value(await _read_body(receive))
+                    raw = await _read_body(receive)
+                    complete = True
+                    value = _put_value(raw)
                 check_key(key)
                 if not isinstance(value, str):
                     raise ApiError(400, "bad_request", "field 'value' must be a string")
-                rid = check_request_id(single_header(scope["headers"], b"idempotency-key"))
+                rid = check_request_id(headers.single_idempotency_key())
                 cmd: kv.Command = (
                     kv.Put(key, value, request_id=rid) if method == "PUT"
                     else kv.Delete(key, request_id=rid)
@@ -170,18 +180,30 @@ class FastPath:
                 log.exception("node=%s unhandled error in %s %s", node.id, method,
                               loggable(scope["path"]))
             status, body = err.status, {"error": err.message, "code": err.code, **err.extra}
-        await self._respond(send, status, msgspec.json.encode(body), b"application/json")
+        await self._respond(send, status, msgspec.json.encode(body), closing=not complete)
 
-
-    async def _respond(self, send: Send, status: int, payload: bytes, ctype: bytes) -> None:
-        """Send one whole response, with the headers every answer of a node carries."""
-        headers = [(b"content-type", ctype), (b"content-length", b"%d" % len(payload))]
+    async def _respond(self, send: Send, status: int, payload: bytes, *, closing: bool) -> None:
+        """Send one whole JSON response, with the headers every answer of a node carries;
+        `closing`: the request body has not all arrived, so the connection closes after."""
+        headers = [_JSON, (b"content-length", b"%d" % len(payload))]
         lid = self.node.leader_name  # a name, not a member id (issue 12)
         if lid is not None:
             headers.append((_LEADER, lid.encode()))
-        headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(status).items()]
+        if status >= 400:
+            headers += _error_headers(status)
+        if closing:
+            headers.append(_CLOSE)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        body = {"type": "http.response.body", "body": payload}
+        if closing:
+            await _send_last_and_close(send, body)
+        else:
+            await send(body)
+
+
+@functools.cache  # one entry per status code the node answers with
+def _error_headers(status: int) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((k.lower().encode(), v.encode()) for k, v in error_headers(status).items())
 
 
 async def _read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes:

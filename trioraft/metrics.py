@@ -378,6 +378,9 @@ class HttpMetrics:
     def __init__(self, app: Any, node: NodeLike) -> None:
         self.app: ASGIApp = app
         self.hist = metrics_of(node).http_seconds
+        # (route, method, status) -> the histogram's child: `labels()` takes a
+        # lock and formats the label values on every call.
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -396,6 +399,8 @@ class HttpMetrics:
             await self.app(scope, receive, sending)
         finally:
             method = scope["method"]
-            self.hist.labels(route_of(scope["path"], method), method, str(status)).observe(
-                time.perf_counter() - start
-            )
+            key = (route_of(scope["path"], method), method, status)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.hist.labels(key[0], method, str(status))
+            child.observe(time.perf_counter() - start)

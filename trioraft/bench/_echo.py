@@ -4,9 +4,10 @@
   ``GET /echo`` a small JSON object), served by :func:`serve_echo` through
   ``hypercorn.trio.serve`` with :func:`hypercorn_config`, the same way a node serves.
 * :func:`asgi_echo` is the same two routes as a bare ASGI callable (no framework),
-  served the same way: the ceiling of the node's own ASGI fast path, which
-  answers ``PUT``/``GET /kv/...`` without Quart. The client-path ratio (issue 13)
-  is measured against this one.
+  served exactly as a node serves its HTTP API (:func:`trioraft.server.serve_asgi`:
+  the node's listener, its hypercorn connection handler and settings): the ceiling
+  of the node's own ASGI fast path, which answers ``PUT``/``GET /kv/...`` without
+  Quart. The client-path ratio (issue 13) is measured against this one.
 * :func:`serve_raw` is a trivial HTTP/1.1 server on Trio sockets and h11, with no
   framework at all: the ceiling of the load generator itself.
 
@@ -34,7 +35,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from trioraft.server import hypercorn_config  # the settings a node serves with
+from trioraft.server import hypercorn_config, serve_asgi  # how a node serves
 
 __all__ = ["asgi_echo", "create_echo_app", "hypercorn_config", "main", "serve_echo", "serve_raw"]
 
@@ -102,8 +103,18 @@ async def serve_echo(
     asgi: bool = False,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the quart-trio echo app (or the bare ASGI one, with ``asgi=True``) with
-    the node's hypercorn settings; ``nursery.start`` returns its base URL."""
+    """Serve the quart-trio echo app with the node's hypercorn settings (or the bare
+    ASGI one, with ``asgi=True``, exactly as a node serves: ``serve_asgi``);
+    ``nursery.start`` returns its base URL."""
+    if asgi:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(serve_asgi, asgi_echo, host, port)
+            task_status.started(f"http://{host}:{bound}")
+            if shutdown_trigger is None:
+                await trio.sleep_forever()
+            await shutdown_trigger()
+            nursery.cancel_scope.cancel()
+        return
     config = hypercorn_config(f"{host}:{port}")
     stop = trio.Event()
 
@@ -111,9 +122,7 @@ async def serve_echo(
         await (shutdown_trigger() if shutdown_trigger is not None else stop.wait())
 
     async with trio.open_nursery() as nursery:
-        urls: list[str] = await nursery.start(
-            _serve_app, asgi_echo if asgi else create_echo_app(), config, wait_stop
-        )
+        urls: list[str] = await nursery.start(_serve_app, create_echo_app(), config, wait_stop)
         task_status.started(urls[0])
 
 
@@ -236,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--raw", action="store_true", help="bare trio+h11 instead of hypercorn")
     kind.add_argument(
-        "--asgi", action="store_true", help="a bare ASGI app under hypercorn instead of quart-trio"
+        "--asgi", action="store_true",
+        help="a bare ASGI app, served as a node serves (serve_asgi), instead of quart-trio"
     )
     args = parser.parse_args(argv)
     trio.run(_amain, args.host, args.port, args.raw, args.asgi)

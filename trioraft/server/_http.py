@@ -21,6 +21,27 @@ request's headers are complete.)
 `TLS_PEER_SCOPE_KEY`: every HTTP request of a connection carries that
 connection's verified client certificate (`trioraft.tls.TlsPeer`, or None)
 in its ASGI scope under this key; the course routes `/raft/*` check it.
+
+`_Connection` is hypercorn's `TCPServer` with a cheaper per-request path
+(issue 13: the client path's cost is mostly per request, not per byte).
+hypercorn 0.18 writes every response as three `send_all` calls (head, body,
+an empty end-of-message), each under a lock and a shielded cancel scope,
+each a trip through Trio's scheduler; and it starts a new keep-alive timer
+task after every response and cancels it at the next request. Here:
+
+- the response head is held until the first body write, and both go out in
+  one `send_all` (one system call, one trip through the scheduler); an empty
+  write is no write. ASGI itself says a response starts with its first body
+  message, and nothing is held past that message or past a close;
+- one keep-alive watcher per connection reads a timestamp instead of being
+  restarted per request: the same rule (an idle connection closes after
+  `keep_alive_timeout`, or at once when the server drains; a busy one is
+  never closed by it), and it ends with the connection's reading, so a
+  connection the client closed is released at once instead of after the
+  keep-alive timeout (hypercorn's timer task kept it, and its socket, open
+  that long);
+- no per-receive timeout scope when hypercorn's `read_timeout` is unset
+  (the node's settings never set it).
 """
 
 from __future__ import annotations
@@ -29,10 +50,13 @@ import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import h11
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
@@ -64,11 +88,23 @@ class BodyDeadline:
             return
         deadline = trio.current_time() + self.timeout
         complete = False
+        # hypercorn hands each request a memory channel's receive: what has
+        # already arrived is taken without a timeout scope (most bodies).
+        receive_nowait = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
 
         async def bounded_receive() -> Message:
             nonlocal complete
             if complete:
                 return await receive()
+            if receive_nowait is not None:
+                try:
+                    msg: Message = receive_nowait()
+                except trio.WouldBlock:
+                    pass
+                else:
+                    if msg["type"] != "http.request" or not msg.get("more_body", False):
+                        complete = True
+                    return msg
             with trio.move_on_at(deadline):
                 msg = await receive()  # a memory channel: cancelling loses nothing
                 if msg["type"] != "http.request" or not msg.get("more_body", False):
@@ -92,6 +128,134 @@ class _WithTlsPeer:
                        sync_spawn: Any, call_soon: Any) -> None:  # fmt: skip
         scope[TLS_PEER_SCOPE_KEY] = self.peer
         await self.app(scope, receive, send, sync_spawn, call_soon)
+
+
+class _KeepAlive:
+    """Stands in for hypercorn's keep-alive timer (`TrioSingleTask`): one watcher task per
+    connection, and `restart`/`stop` (called at each idle/busy change) only note the time."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self.idle_since: float | None = None  # None: a request is in progress
+        self._scope: trio.CancelScope | None = None
+
+    async def restart(self, task_group: Any, action: Any) -> None:  # hypercorn's signature
+        self.idle_since = trio.current_time()
+        if self._scope is None:
+            self._scope = trio.CancelScope()
+            task_group._nursery.start_soon(self._watch, self._scope)
+
+    async def stop(self) -> None:
+        self.idle_since = None
+
+    def end(self) -> None:
+        """The connection stopped reading: nothing is left to time out."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _watch(self, scope: trio.CancelScope) -> None:
+        conn = self._conn
+        keep = conn.config.keep_alive_timeout
+        with scope:
+            while True:
+                since = self.idle_since
+                deadline = (since if since is not None else trio.current_time()) + keep
+                with trio.move_on_at(deadline):
+                    await conn.context.terminated.wait()
+                    # The server drains: an idle connection closes now; a busy one
+                    # closes after its response (hypercorn checks `terminated`).
+                    if self.idle_since is None:
+                        return
+                    break
+                since = self.idle_since
+                if since is not None and trio.current_time() >= since + keep:
+                    break  # idle for keep_alive_timeout
+        if not scope.cancelled_caught:
+            with trio.CancelScope(shield=True):
+                await conn._initiate_server_close()
+
+
+class _Connection(TCPServer):
+    """hypercorn's per-connection server, with one write per response (module docstring)."""
+
+    def __init__(self, app: Any, config: Config, context: WorkerContext, state: Any,
+                 stream: Any) -> None:  # fmt: skip
+        super().__init__(app, config, context, state, stream)
+        self._keep_alive = _KeepAlive(self)
+        self.idle_task = self._keep_alive  # type: ignore[assignment]
+        self._held: list[bytes] = []  # a response head, until its body's first write
+        self._body_started = False  # this response's body has begun going out
+
+    def _sending_body(self) -> bool:
+        """Is an HTTP/1.1 response's head out (in h11's books) and its body still to end?"""
+        inner = getattr(getattr(self, "protocol", None), "protocol", None)
+        if not isinstance(inner, H11Protocol):
+            return False  # HTTP/2 (or not started): every write goes out as it comes
+        conn = inner.connection
+        return isinstance(conn, h11.Connection) and conn.our_state is h11.SEND_BODY
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            data = event.data
+            in_body = self._sending_body()
+            if self._held:
+                self._held.append(data)
+                data = b"".join(self._held)
+                self._held.clear()
+            elif in_body and not self._body_started and data:
+                self._held.append(data)  # a response head: it goes with the body's first write
+                return
+            self._body_started = in_body
+            if data:
+                await self._write(data)
+        elif isinstance(event, Closed):
+            await self._flush()
+            await self._close()
+            await self.protocol.handle(Closed())
+        elif isinstance(event, Updated):
+            await self._flush()
+            if event.idle:
+                await self._keep_alive.restart(self._task_group, None)
+            else:
+                await self._keep_alive.stop()
+
+    async def _flush(self) -> None:
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        # hypercorn's protocol_send, minus the checkpoint of an uncontended lock.
+        lock = self.send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            with trio.CancelScope(shield=True):
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.protocol.handle(Closed())
+        finally:
+            lock.release()
+
+    async def _read_data(self) -> None:
+        try:
+            if self.config.read_timeout:
+                await super()._read_data()
+                return
+            while True:
+                try:
+                    data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+                await self.protocol.handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+            await self.protocol.handle(Closed())
+        finally:
+            self._keep_alive.end()
 
 
 class HttpServer:
@@ -119,7 +283,7 @@ class HttpServer:
         try:
             state = ConnectionState(self._lifespan_state.copy())
             app = _WithTlsPeer(self.app, peer)
-            await TCPServer(app, self.config, self.context, state, stream)  # type: ignore[arg-type]
+            await _Connection(app, self.config, self.context, state, stream)
         finally:
             self.connections -= 1
 

@@ -130,11 +130,12 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         return await self._stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            with trio.fail_after(self._write_timeout):
-                await self._stream.send_all(data)
-        except trio.TooSlowError:
-            raise trio.BrokenResourceError("the peer stopped reading") from None
+        # A bare cancel scope rather than fail_after (a generator-based context
+        # manager): this runs once per response.
+        with trio.CancelScope(deadline=trio.current_time() + self._write_timeout) as scope:
+            await self._stream.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError("the peer stopped reading")
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
