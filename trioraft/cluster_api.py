@@ -379,10 +379,20 @@ def register(app: QuartTrio, node: RaftNode) -> None:
             # Adding again what is already there (a retry after a 504) is a no-op.
             note = "already a member: nothing changed" if current is not None else None
             if promote and not promoted:
-                if await node.membership.wait_caught_up(joiner.member_id, timeout):
-                    index = await node.membership.promote(name, default_timeout)
+                deadline = trio.current_time() + timeout
+                while await node.membership.wait_caught_up(
+                    joiner.member_id, max(0.0, deadline - trio.current_time())
+                ):
+                    try:
+                        index = await node.membership.promote(name, default_timeout)
+                    except NotCaughtUp:
+                        # It fell behind again between the check and the proposal.
+                        if trio.current_time() >= deadline:
+                            break
+                        continue
                     promoted = True
-                else:
+                    break
+                if not promoted:
                     note = (f"{name} was added as a learner but did not catch up within "
                             f"{timeout:g} s; promote it later (trioraft member promote {name})")
             return _json({"index": index, "name": name, "member_id": joiner.member_id,
@@ -409,7 +419,7 @@ def register(app: QuartTrio, node: RaftNode) -> None:
                              409)  # fmt: skip
             if wait > 0:
                 await node.membership.wait_caught_up(m.id, wait)
-            if not core.caught_up(m.id):
+            if not core.promotable(m.id):
                 pr = core.progress.get(m.id)
                 behind = f"match index {pr.match_index}, commit {core.commit_index}" if pr else ""
                 raise NotCaughtUp(f"{name} is not caught up yet ({behind}); retry, or pass "

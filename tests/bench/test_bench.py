@@ -194,8 +194,10 @@ async def test_duration_bounds_the_run() -> None:
         t0 = time.perf_counter()
         result = await run_load(spec)
         wall = time.perf_counter() - t0
-    assert 0.45 < result.elapsed < 0.8
-    assert wall < 3.0
+    # The measured window is the duration (not the warm-up); the bounds are loose
+    # because a shared 2-core host can stall any process for a few hundred ms.
+    assert 0.45 < result.elapsed < 2.0
+    assert wall < 5.0
     assert result.total > 0
 
 

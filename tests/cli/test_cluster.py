@@ -154,6 +154,10 @@ def test_ctrl_c_stops_every_node(start):
     pids = driver.node_pids(3)
     driver.wait_for(r"node output goes to .*<id>\.log")
     driver.wait_for(r"^leader: node1$")
+    # Every fake node past its imports (the runner's "leader" line may come from
+    # node2's answer while node1 is still starting on a fresh, slow machine).
+    for node in OK3:
+        wait_listening(driver.data / f"{node}.log")
     os.killpg(driver.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     driver.wait_for(r"all nodes stopped")
     returncode, err = driver.finish()

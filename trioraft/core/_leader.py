@@ -54,6 +54,23 @@ class LeaderMixin(CoreState):
             and pr.state is ProgressState.REPLICATE and pr.match_index >= self.log.committed
         )
 
+    def promotable(self, member_id: str) -> bool:
+        """Leader only: may learner `member_id` be promoted now? `caught_up`, or it
+        acknowledged entries since the last quorum check and trails the commit
+        index by at most one message of entries. Under a steady write load a
+        learner's acknowledgements trail the majority's by a round trip, so
+        `match >= commit` may hold at almost no instant the promotion is
+        proposed (a promotion starved by load). Availability, not safety: any
+        voter may lag; this only keeps a voter that cannot keep up out."""
+        if self.caught_up(member_id):
+            return True
+        pr = self.progress.get(member_id)
+        return (
+            self.role is Role.LEADER and pr is not None and pr.recent_active
+            and pr.state is ProgressState.REPLICATE
+            and self.log.committed - pr.match_index <= self.config.max_entries_per_msg
+        )
+
     def transfer_leadership(self, target: str) -> None:
         """Hand leadership to `target` (thesis §3.10).
 

@@ -327,7 +327,7 @@ class RaftCore(ElectionMixin, FollowerMixin, LeaderMixin, ReadsMixin):
         NotLeader, ChangeInProgress (a change is uncommitted, the leader has
         not yet committed an entry of its term, or a leadership transfer is
         under way), NotCaughtUp (a promotion of a learner that is not
-        `caught_up`), or the refusals of `apply_change` (UnknownMember,
+        `promotable`), or the refusals of `apply_change` (UnknownMember,
         MemberExists, LastVoter, InvalidChange). A refused change changed
         nothing. See `_changes` for the safety argument.
         """
@@ -345,7 +345,7 @@ class RaftCore(ElectionMixin, FollowerMixin, LeaderMixin, ReadsMixin):
             # Rule 1 of _changes: one change at a time.
             raise ChangeInProgress("the previous membership change is not committed yet")
         new = apply_change(self.configuration, change)
-        if change.kind is ChangeKind.PROMOTE and not self.caught_up(change.member.id):
+        if change.kind is ChangeKind.PROMOTE and not self.promotable(change.member.id):
             # Availability, not safety: a voter that cannot vote yet (it may
             # not even know the configuration) counts against the quorum.
             raise NotCaughtUp(f"{change.member.id!r} is not caught up yet")

@@ -285,11 +285,12 @@ class MembershipOps:
                  self.roster.member_id, kind, name, member_id, index)  # fmt: skip
 
     async def wait_caught_up(self, member_id: str, timeout: float) -> bool:
-        """Leader only: wait until `member_id` holds every committed entry."""
+        """Leader only: wait until learner `member_id` may be promoted (`RaftCore.promotable`:
+        it holds the committed entries, or trails them by one message while acking)."""
         with trio.move_on_after(timeout):
             while True:
                 core = self._leader_core()
-                if core.caught_up(member_id):
+                if core.promotable(member_id):
                     return True
                 await trio.sleep(min(0.05, self._election_max / 4))
         return False
