@@ -14,6 +14,7 @@ from trioraft.core import (
     LastVoter,
     Member,
     MemberExists,
+    NotCaughtUp,
     NotLeader,
     Role,
     SnapshotMeta,
@@ -80,6 +81,44 @@ def test_promotion_makes_a_learner_vote_and_count() -> None:
     c.crash("a")
     c.elect("d", allow=between("b", "c", "d"))  # ... and d can now lead
     assert c.core("d").role is Role.LEADER
+
+
+def test_a_learner_one_round_trip_behind_under_load_may_be_promoted() -> None:
+    """Under steady writes a learner's acks trail the majority's: `match >= commit`
+    holds at almost no instant, so the promotion was refused (409 not_caught_up)
+    for as long as the load lasted. One message behind while acking is enough;
+    a learner that stopped acking is not."""
+    c = _cluster()
+    c.join("d")
+    _commit_change(c, "a", ConfChange.add_learner(Member("d")))
+    a = c.core("a")
+    c.tick("a")  # a quorum check: d is recently active
+    c.deliver()
+    # Writes commit on a, b, c; d's appends are still in flight (kept queued).
+    index = c.propose("a", b"x")
+    c.deliver(keep=lambda m: m.dst == "d" or m.src == "d")
+    assert a.commit_index >= index
+    assert not a.caught_up("d")
+    assert a.promotable("d")
+    _commit_change(c, "a", ConfChange.promote("d"))
+    assert "d" in a.voters
+
+
+def test_a_learner_that_stopped_acking_is_not_promoted() -> None:
+    c = _cluster()
+    c.join("d")
+    _commit_change(c, "a", ConfChange.add_learner(Member("d")))
+    a = c.core("a")
+    c.crash("d")
+    for _ in range(20):  # past a quorum check (one election timeout) with d silent
+        c.tick("a")
+        c.deliver()
+    index = c.propose("a", b"x")
+    c.deliver()
+    assert a.commit_index >= index
+    assert not a.promotable("d")
+    with pytest.raises(NotCaughtUp):
+        a.propose_change(ConfChange.promote("d"))
 
 
 def test_removing_a_follower_shrinks_the_quorum() -> None:
