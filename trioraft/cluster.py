@@ -407,6 +407,13 @@ def grow(
 ) -> int:
     """`trioraft cluster grow`: start the next node as a joiner, add it to the running
     local cluster (learner, then voter once caught up), and run it until Ctrl-C."""
+    if opts.tls_dir is not None:
+        # The local cluster's nodes all get their certificates at start (one
+        # make-certs run); a joiner's certificate would need the same CA key.
+        print("trioraft cluster: grow does not support --tls-dir; start the node with "
+              "`trioraft serve --join URL` and its certificate, then `trioraft member add`",
+              file=sys.stderr)  # fmt: skip
+        return 2
     names, urls = _member_names(opts)
     spec = plan_joiner(opts, names, urls)
     if spec.data_dir.exists() and any(spec.data_dir.iterdir()):

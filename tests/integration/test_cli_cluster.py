@@ -179,3 +179,63 @@ async def test_cluster_command_and_cli_client(tmp_path):
         deadline = time.monotonic() + 5
         while any(pid_alive(p) for p in node_pids) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+async def test_cluster_grow_adds_a_voter_that_stays_a_member(tmp_path):
+    """`trioraft cluster grow` (issue 12): the next node joins the running local
+    cluster as a learner and is promoted; stopping grow stops the node but it stays a
+    member (removal is `trioraft member remove`)."""
+    base = free_port_range(4)
+    data_dir = tmp_path / "data"
+    procs: list[subprocess.Popen[bytes]] = []
+    outs = [tmp_path / "cluster.out", tmp_path / "grow.out"]
+
+    def spawn(args: list[str], out_path: Path) -> subprocess.Popen[bytes]:
+        with open(out_path, "w") as out:
+            p = subprocess.Popen([sys.executable, "-m", "trioraft", "cluster", *args,
+                                  "--base-port", str(base), "--data-dir", str(data_dir)],
+                                 stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT)  # fmt: skip
+        procs.append(p)
+        return p
+
+    try:
+        spawn(["--nodes", "3"], outs[0])
+        await wait_for_output(outs[0], LEADER_LINE, timeout=20)
+        ep = ["--endpoints", ",".join(f"http://127.0.0.1:{base + k}" for k in range(3))]
+        assert (await cli("put", "before", "1", *ep)).returncode == 0
+        grow = spawn(["grow"], outs[1])
+        text = await wait_for_output(outs[1], re.compile(r"node4 is a (voter|learner)"), 60)
+        assert "node4 is a voter (member id node4-" in text, text
+        node4 = ["--endpoints", f"http://127.0.0.1:{base + 3}"]
+        r = await cli("get", "before", *node4)  # linearizable, through the new member
+        assert (r.returncode, r.stdout) == (0, "1\n"), r
+        r = await cli("member", "list", "--json", *ep)
+        assert r.returncode == 0, r
+        members = {m["name"]: m for m in json.loads(r.stdout)["members"]}
+        assert sorted(members) == ["node1", "node2", "node3", "node4"]
+        assert members["node4"]["voter"] is True
+        # Ctrl-C on grow: node4 stops, and stays a member (a 4-voter cluster, one down).
+        grow.send_signal(signal.SIGINT)
+        with trio.fail_after(15):
+            while grow.poll() is None:
+                await trio.sleep(0.05)
+        assert grow.returncode == 0, outs[1].read_text()
+        r = await cli("member", "list", "--json", *ep)
+        assert "node4" in {m["name"] for m in json.loads(r.stdout)["members"]}, r.stdout
+        assert (await cli("put", "after", "2", *ep)).returncode == 0  # 3 of 4 voters
+        # A second grow with --tls-dir is refused with a usage message.
+        r = await cli("cluster", "grow", "--tls-dir", str(tmp_path), "--base-port", str(base))
+        assert r.returncode == 2 and "does not support --tls-dir" in r.stderr, r
+    except BaseException:
+        print(node_logs(data_dir), *(p.read_text() for p in outs if p.exists()))
+        raise
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
