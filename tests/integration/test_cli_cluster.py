@@ -226,7 +226,8 @@ async def test_cluster_grow_adds_a_voter_that_stays_a_member(tmp_path):
         assert (await cli("put", "after", "2", *ep)).returncode == 0  # 3 of 4 voters
         # A second grow with --tls-dir is refused with a usage message.
         r = await cli("cluster", "grow", "--tls-dir", str(tmp_path), "--base-port", str(base))
-        assert r.returncode == 2 and "does not support --tls-dir" in r.stderr, r
+        assert r.returncode == 2, r
+        assert "does not support --tls-dir" in r.stderr, r
     except BaseException:
         print(node_logs(data_dir), *(p.read_text() for p in outs if p.exists()))
         raise
