@@ -31,9 +31,11 @@ follow the configuration:
 name and a fresh member id; `readmit`) is three single-server changes, each
 committed by the quorum of the configuration it changes: remove the old
 member id, add the new one as a learner, promote it once it is caught up.
-The wiped node never votes or counts before its promotion commits, and by
-then it holds every committed entry (`caught_up`), so the cluster never
-depends on an incarnation that forgot what it promised.
+The wiped node never votes or counts before its promotion commits, under a
+member id no earlier promise was made with, so the cluster never depends on
+an incarnation that forgot what it promised; it is promoted once it keeps up
+(`RaftCore.promotable`: every committed entry, or at most one message behind
+while it acknowledges), which is availability, not safety.
 """
 
 from __future__ import annotations
