@@ -401,3 +401,35 @@ async def test_a_large_append_is_split_into_frames_below_the_limit(
             t["a"].send(AppendEntries("a", "b", 1, i, 1 if i else 0,
                                       (Entry(i + 1, 1, data=b"v" * 4000),), 0))
         await nodes["b"].wait_for(lambda: len(nodes["b"].delivered) == 20)
+
+
+async def test_a_bug_in_one_stream_costs_that_stream_not_the_node(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defence in depth: an unexpected error while serving a stream (a bug, like
+    the second writer chaos found) closes that stream; the transport keeps
+    running, the dialer redials, and messages flow again."""
+    from trioraft.transport import _conn
+
+    net = StreamNetwork()
+    async with running(net, ["a", "b"]) as (t, nodes):
+        await connected(t, "a", "b")
+        real = _conn.Connection._read_loop
+        broken = {"left": 1}
+
+        async def read_loop(self: _conn.Connection) -> None:
+            if broken["left"]:
+                broken["left"] -= 1
+                raise RuntimeError("a bug in stream handling")
+            await real(self)
+
+        monkeypatch.setattr(_conn.Connection, "_read_loop", read_loop)
+        for conn_t in (t["a"], t["b"]):
+            for peer in conn_t._peers.values():
+                if peer.conn is not None:
+                    peer.conn.close("test: force a new stream")
+        await connected(t, "a", "b")  # redialled; the first new stream hit the bug
+        assert broken["left"] == 0
+        t["a"].send(vote("a", "b", 7))
+        await nodes["b"].wait_for(lambda: ("a", vote("a", "b", 7)) in nodes["b"].delivered)
+    assert "a bug in stream handling" in caplog.text

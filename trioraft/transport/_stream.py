@@ -307,6 +307,13 @@ class StreamTransport:
         p.opened.set()
         try:
             await conn.run()
+        except Exception:
+            # A bug in handling one stream (e.g. the second writer found by
+            # chaos, tests/transport/test_conn_single_writer.py) must cost that
+            # stream only, never the node: what a peer sends never stops it.
+            # The dialer redials; Raft resends what was lost.
+            conn.close_reason = conn.close_reason or "internal error"
+            log.exception("node=%s stream to %s failed; closed", self.id, p.id)
         finally:
             if p.conn is conn:  # not replaced by a newer stream: the peer is gone
                 p.conn = None
