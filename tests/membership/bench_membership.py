@@ -79,9 +79,10 @@ async def add_timing(cluster: ProcCluster, name: str) -> dict[str, float]:
     return {"add_learner_s": t_add, "add_and_promote_s": t_total}
 
 
-async def figure_add(base: Path, keys: int, runs: int) -> list[dict[str, float]]:
+async def figure_add(base: Path, keys: int, runs: int,
+                     serve_args: tuple[str, ...] = ()) -> list[dict[str, float]]:  # fmt: skip
     out = []
-    async with ProcCluster(3, base, log_level="warning") as cluster:
+    async with ProcCluster(3, base, log_level="warning", extra_args=serve_args) as cluster:
         t0 = time.monotonic()
         await fill(cluster, keys)
         fill_s = time.monotonic() - t0
@@ -177,6 +178,9 @@ async def main() -> None:
     ap.add_argument("--keys", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--snapshot-entries", type=int, default=None,
+                    help="the nodes' --snapshot-entries for the add figure (small: the "
+                    "learner catches up by InstallSnapshot rather than from the log)")
     ap.add_argument("--skip-add", action="store_true")
     ap.add_argument("--skip-availability", action="store_true")
     args = ap.parse_args()
@@ -184,7 +188,9 @@ async def main() -> None:
     raw: dict[str, Any] = {}
     try:
         if not args.skip_add:
-            raw["add"] = await figure_add(base / "add", args.keys, args.runs)
+            serve_args = (f"--snapshot-entries={args.snapshot_entries}",) \
+                if args.snapshot_entries else ()
+            raw["add"] = await figure_add(base / "add", args.keys, args.runs, serve_args)
         if not args.skip_availability:
             raw["availability"] = await figure_availability(base / "avail", args.runs)
     finally:
