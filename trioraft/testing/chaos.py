@@ -167,6 +167,7 @@ async def run_chaos(cfg: ChaosConfig) -> ChaosResult:
                 problems += [f"membership: {e}" for e in members.errors
                              if "could not be added back" in e]  # fmt: skip
                 nem.log("note", "membership", members.summary())
+                res.membership = dict(members.counts)
             res.converged, res.final_state = await _settle(rec, cluster, ports, keys, cfg,
                                                            values, problems)  # fmt: skip
             await watcher.poll()  # the nodes' loop lag at the end

@@ -102,6 +102,8 @@ class ChaosResult:
     harness_lag_ms: float = 0.0
     """The harness's (clients') own worst loop lag."""
     network_lag: dict[str, Any] = field(default_factory=dict)
+    membership: dict[str, int] = field(default_factory=dict)
+    """Membership operations done (``--membership``), by kind."""
     """The proxy process's loop lag: ``worst_ms`` and ``stalls`` [(t, ms)] above 50 ms."""
 
     @property
@@ -161,5 +163,6 @@ class ChaosResult:
             "harness_lag_ms": self.harness_lag_ms,
             "network_lag_ms": self.network_lag.get("worst_ms"),
             "max_inflight_at_a_follower": self.max_inflight, "prefilled_bytes": self.prefilled,
+            "membership": self.membership,
             "timings": self.timings, "problems": self.problems, "ok": self.ok, "out": str(self.out),
         }  # fmt: skip
