@@ -181,6 +181,10 @@ async def main() -> None:
     ap.add_argument("--snapshot-entries", type=int, default=None,
                     help="the nodes' --snapshot-entries for the add figure (small: the "
                     "learner catches up by InstallSnapshot rather than from the log)")
+    ap.add_argument("--snapshot-catchup-entries", type=int, default=None,
+                    help="the nodes' --snapshot-catchup-entries for the add figure (0: no "
+                    "catch-up tail, so a learner always needs the snapshot)")
+    ap.add_argument("--keep", action="store_true", help="keep the nodes' data and logs")
     ap.add_argument("--skip-add", action="store_true")
     ap.add_argument("--skip-availability", action="store_true")
     args = ap.parse_args()
@@ -188,13 +192,20 @@ async def main() -> None:
     raw: dict[str, Any] = {}
     try:
         if not args.skip_add:
-            serve_args = (f"--snapshot-entries={args.snapshot_entries}",) \
-                if args.snapshot_entries else ()
+            serve_args = tuple(
+                f"--{flag}={value}" for flag, value in (
+                    ("snapshot-entries", args.snapshot_entries),
+                    ("snapshot-catchup-entries", args.snapshot_catchup_entries),
+                ) if value is not None
+            )
             raw["add"] = await figure_add(base / "add", args.keys, args.runs, serve_args)
         if not args.skip_availability:
             raw["availability"] = await figure_availability(base / "avail", args.runs)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if args.keep:
+            print(f"kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
     if "add" in raw:
         rows = raw["add"]
         print(f"\nAdd a learner and promote it, {args.keys:,} keys in the cluster "
