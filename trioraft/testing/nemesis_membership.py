@@ -86,11 +86,20 @@ class MembershipNemesis:
                     try:
                         r = await self.cluster.request(leader, method, path, json=body,
                                                        timeout=timeout)  # fmt: skip
-                    except httpx.HTTPError:
+                    except httpx.HTTPError as exc:
+                        self.nemesis.log("note", "membership", f"{method} {path} on {leader}: "
+                                         f"{exc!r}")  # fmt: skip
                         r = None
+                    # Retried while definitely refused: 503, a change in progress,
+                    # or a joiner that has not decided to join yet (it polls its
+                    # peers first; seed 17 of the membership campaign gave up on it).
                     if r is not None and not (r.status_code == 503 or (
-                            r.status_code == 409 and _code(r) == "change_in_progress")):
+                            r.status_code == 409 and _code(r) in ("change_in_progress",
+                                                                  "not_joining"))):
                         return r
+                    if r is not None:
+                        self.nemesis.log("note", "membership", f"{method} {path} on {leader}: "
+                                         f"{_brief(r)}")  # fmt: skip
                 await trio.sleep(0.2)
         return None
 
