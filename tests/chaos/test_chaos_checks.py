@@ -59,6 +59,19 @@ def test_fault_free_spans_follow_starts_stops_heals_and_crashes() -> None:
     assert fault_free_spans([], end=5) == [(0, 5)]
 
 
+def test_a_heal_does_not_end_a_membership_operation_in_progress() -> None:
+    # Regression (membership campaign, seed 17): a removal started before the
+    # faults stopped ran on past the heal, and the stretch after the heal was
+    # checked as healthy while the removed node was still out of the cluster.
+    events = [_ev(1, "start", "membership"), _ev(2, "start", "delay"), _ev(5, "heal", "heal"),
+              _ev(9, "stop", "membership"), _ev(9.5, "start", "membership"),
+              _ev(10, "stop", "membership")]  # fmt: skip
+    assert fault_free_spans(events, end=12) == [(0, 1), (9, 9.5), (10, 12)]
+    # Each membership stop balances its own start; a heal alone ends the faults.
+    events = [_ev(1, "start", "kill", "n1"), _ev(3, "heal", "heal")]
+    assert fault_free_spans(events, end=6) == [(0, 1), (3, 6)]
+
+
 def test_a_quiet_cluster_passes_the_healthy_period_check() -> None:
     report = check_health(_run(30, lag_of={"n2": 50}), FAULTS, NODES, settle=3, end=30,
                           lag_bound=1000)  # fmt: skip

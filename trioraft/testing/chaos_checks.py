@@ -122,29 +122,44 @@ class HealthReport:
 def fault_free_spans(events: Sequence[FaultEvent], end: float) -> list[tuple[float, float]]:
     """[begin, end) stretches of the run with no fault active: from the moment the
     last active fault ended (or a heal, or t=0) to the next fault's start. A crash
-    (a node exiting on its own, restarted by the nemesis) interrupts a stretch too."""
+    (a node exiting on its own, restarted by the nemesis) interrupts a stretch too.
+    A heal undoes the nemesis' faults, not a membership operation in progress (the
+    membership nemesis ends its own with a "stop"): a removal still running after
+    the heal keeps the stretch from starting."""
     spans: list[tuple[float, float]] = []
     active = 0
+    members = 0  # membership operations in progress
     begin: float | None = 0.0
+
+    def busy() -> bool:
+        return active > 0 or members > 0
+
     for ev in sorted(events, key=lambda e: e.t):
         if ev.action == "start":
-            if active == 0 and begin is not None and ev.t > begin:
+            if not busy() and begin is not None and ev.t > begin:
                 spans.append((begin, ev.t))
-            active += 1
+            if ev.kind == "membership":
+                members += 1
+            else:
+                active += 1
             begin = None
         elif ev.action == "stop":
-            active = max(0, active - 1)
-            if active == 0:
+            if ev.kind == "membership":
+                members = max(0, members - 1)
+            else:
+                active = max(0, active - 1)
+            if not busy():
                 begin = ev.t
-        elif ev.action == "heal":  # everything undone at once
-            if active or begin is None:
-                active, begin = 0, ev.t
+        elif ev.action == "heal":  # every nemesis fault undone at once
+            active = 0
+            if not busy() and begin is None:
+                begin = ev.t
         elif ev.action == "crash":
-            if active == 0 and begin is not None and ev.t > begin:
+            if not busy() and begin is not None and ev.t > begin:
                 spans.append((begin, ev.t))
-            if active == 0:
+            if not busy():
                 begin = ev.t
-    if active == 0 and begin is not None and end > begin:
+    if not busy() and begin is not None and end > begin:
         spans.append((begin, end))
     return spans
 

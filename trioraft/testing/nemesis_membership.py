@@ -74,14 +74,22 @@ class MembershipNemesis:
             self.nemesis.down |= self.busy
             await trio.sleep(0.05)
 
+    def _answering(self) -> list[str]:
+        """Nodes that may answer a request now: running and not paused. Not the
+        nemesis' `down` set: a node we work on is in it (so the chaos nemesis
+        leaves it alone) while it still runs -- removing the leader, we must
+        ask the leader itself (looking for a leader among the others found
+        none, and the removal was never asked for: seed 17 of the membership
+        campaign, seed 3 of the short run)."""
+        return [i for i in self.cluster.ids
+                if self.cluster[i].running and not self.cluster[i].paused]  # fmt: skip
+
     async def _request(self, method: str, path: str, body: object = None,
                        timeout: float = 20.0) -> httpx.Response | None:  # fmt: skip
         """On the leader; retried while refused definitely (503, 409 in progress)."""
         with trio.move_on_after(timeout):
             while True:
-                leader = await self.cluster.leader(
-                    [i for i in self.cluster.ids if i not in self.nemesis.down]
-                )
+                leader = await self.cluster.leader(self._answering())
                 if leader is not None:
                     try:
                         r = await self.cluster.request(leader, method, path, json=body,
@@ -107,9 +115,8 @@ class MembershipNemesis:
         """Whether the leader's configuration no longer has `node` (within timeout)."""
         with trio.move_on_after(timeout):
             while True:
-                up = [i for i in self.cluster.ids if i not in self.nemesis.down]
                 try:
-                    body = await self.cluster.members(await self.cluster.leader(up))
+                    body = await self.cluster.members(await self.cluster.leader(self._answering()))
                 except Exception:
                     body = None
                 if body is not None and body.get("from_leader") and not body.get(
