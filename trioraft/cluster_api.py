@@ -329,11 +329,15 @@ def register(app: QuartTrio, node: RaftNode) -> None:
         if cluster_id != node.cluster_id:
             raise ApiError(409, "cluster_mismatch", f"this is cluster {node.cluster_id}, not "
                            f"{cluster_id}")  # fmt: skip
+        replaces = body.get("replaces")
+        if replaces is not None and (not isinstance(replaces, str)
+                                     or not 0 < len(replaces) <= 128):  # fmt: skip
+            raise ApiError(400, "bad_request", "replaces must be a member id")
 
         async def op() -> Response:
             await _check_joiner(node, url, name, member_id)
             status = await node.membership.readmit(name, member_id, url, default_timeout,
-                                                   node.spawn)  # fmt: skip
+                                                   node.spawn, replaces)  # fmt: skip
             return _json({"status": status, "name": name, "member_id": member_id})
 
         return await _on_leader(node, default_timeout, op)

@@ -139,6 +139,37 @@ async def test_a_wiped_node_is_readmitted_under_a_fresh_member_id_while_writes_c
         assert_all_present(cluster, w)
 
 
+async def test_a_readmission_interrupted_after_the_removal_carries_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Regression (membership chaos campaign, seed 7): a partition stopped a
+    re-admission after its first step (the old member id's removal, which then
+    committed), so no member had the node's name any more and the leader
+    refused to re-admit it ("a new node is added by the operator"): the node
+    waited for the operator for good. The node now says which old member id
+    it replaces, and the leader carries on with the other two steps."""
+    async with open_cluster(3, seed=21, membership=True) as cluster:
+        leader = await cluster.wait_for_leader()
+        victim = next(n for n in cluster.ids if n != leader.name)
+        old_id = cluster.member_id(victim)
+        await cluster.crash(victim)
+        fresh = await cluster.start(victim, wipe=True)
+        # The first step of a re-admission, then nothing (its leader "lost").
+        await leader.membership.remove_by_id(victim, old_id, 5.0)
+        url = cluster.url(fresh.id)
+        with pytest.raises(UnknownMember):  # without saying what it replaces
+            await leader.membership.readmit(victim, fresh.id, url, 5.0, leader.spawn)
+        with pytest.raises(UnknownMember):  # a member id that is still a member
+            await leader.membership.readmit(victim, fresh.id, url, 5.0, leader.spawn,
+                                            replaces=leader.id)  # fmt: skip
+        status = await leader.membership.readmit(victim, fresh.id, url, 5.0, leader.spawn,
+                                                 replaces=old_id)  # fmt: skip
+        assert status == "started"
+        await cluster.wait_until(lambda: cluster._is_voter(fresh.id), 60)
+        assert names(leader) == (sorted(cluster.ids), [])
+        assert old_id not in leader.core.configuration.ids  # type: ignore[union-attr]
+
+
 async def test_the_issue_scenario_waits_for_the_old_leader_and_loses_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

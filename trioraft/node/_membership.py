@@ -299,7 +299,8 @@ class MembershipOps:
 
     # ============================================================ re-admission
     async def readmit(
-        self, name: str, member_id: str, url: str, timeout: float, spawn: Callable[..., None]
+        self, name: str, member_id: str, url: str, timeout: float, spawn: Callable[..., None],
+        replaces: str | None = None,
     ) -> str:
         """A node that lost its disk asks to come back under `member_id` (leader only).
 
@@ -316,7 +317,16 @@ class MembershipOps:
         if current is not None and current.voter:
             return "voter"
         old = self.roster.id_of(name)
-        if current is None:
+        if current is None and old is None and replaces is not None and replaces not in cfg.ids:
+            # A re-admission interrupted after its first step: the old member id
+            # (`replaces`, which the node saw when it first asked) is removed
+            # already, the new one not yet added. Carry on with the other two
+            # steps (seed 7 of the membership chaos campaign: a partition
+            # stopped the steps after the removal, which then committed).
+            # Safe as any addition: the new member id is fresh, it counts only
+            # once its promotion commits.
+            pass
+        elif current is None:
             if old is None or old not in cfg.ids:
                 raise UnknownMember(
                     f"{name!r} is not a member: a new node is added by the operator "

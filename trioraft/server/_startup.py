@@ -256,6 +256,7 @@ async def watch(
     """Beside a running node: admission, removal, foreign clusters (see the docstring)."""
     await node.started.wait()
     asked_readmit = False
+    replacing: str | None = None  # the old member id a re-admission we asked for replaces
     said_waiting = False
     leaderless = 0
     last_ask = -1e9
@@ -297,11 +298,17 @@ async def watch(
                     mine = [m for m in cfg.members if m.display_name == config.id]
                     now = trio.current_time()
                     old = mine[0].id if mine else None
-                    if (old is not None and old != me) or (asked_readmit and me in cfg.ids):
+                    if old is not None and old != me and replacing is None:
+                        replacing = old
+                    # Ask while our name is a member under an older id, while we are
+                    # a learner of a re-admission, and when a re-admission we asked
+                    # for stopped after removing the old id (no member has our name).
+                    if (old is not None and old != me) or (asked_readmit and (
+                            me in cfg.ids or (not mine and replacing is not None))):
                         if now - last_ask >= 2.0:
                             last_ask = now
                             asked_readmit = True
-                            await _ask_readmit(http, config, node, best)
+                            await _ask_readmit(http, config, node, best, replacing)
                     elif not mine and not said_waiting:
                         said_waiting = True
                         log.warning(
@@ -369,7 +376,8 @@ def _check_removed(node: RaftNode, members: list[PeerAnswer]) -> None:
 
 
 async def _ask_readmit(
-    http: httpx.AsyncClient, config: NodeConfig, node: RaftNode, via: PeerAnswer
+    http: httpx.AsyncClient, config: NodeConfig, node: RaftNode, via: PeerAnswer,
+    replaces: str | None = None,
 ) -> None:
     url = node.membership.roster.flag_urls.get(via.name) or next(
         (m.url for m in via.configuration.members if m.display_name == via.name), None
@@ -377,7 +385,7 @@ async def _ask_readmit(
     if not url:
         return
     body = {"name": config.id, "member_id": node.id, "url": config.advertise_url,
-            "cluster_id": node.cluster_id}  # fmt: skip
+            "cluster_id": node.cluster_id, "replaces": replaces}  # fmt: skip
     try:
         r = await http.post(url.rstrip("/") + bootstrap.READMIT_PATH, json=body, timeout=10.0)
     except httpx.HTTPError as exc:
