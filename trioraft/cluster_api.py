@@ -519,8 +519,11 @@ async def _backup(node: RaftNode) -> Response:
     # No await between these three: the state machine does not move under us.
     index = node.kv.applied_index
     meta = core.snapshot_meta(index)
-    encode = node.kv.snapshot_later()
-    data = await trio.to_thread.run_sync(encode)
+    chunks = node.kv.snapshot_chunks()
+    # Encoded in short slices on the loop, joined in a thread.
+    frames = await node.encode_snapshot(chunks)
+    data = await trio.to_thread.run_sync(b"".join, frames)
+    del frames
     raw = encode_backup(Backup(meta.index, meta.term, node.cluster_id, node.name, meta.config,
                                data))  # fmt: skip
     name = f"trioraft-{node.cluster_id}-{meta.index}.backup"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -110,7 +111,11 @@ async def test_a_local_snapshot_overtaken_by_an_installed_one_is_dropped(
             return chunks
 
         def slow() -> Iterator[bytes]:  # the follower's encode waits for the gate
-            gate.wait(20)
+            # Encoding runs in slices on the loop: empty frames keep it "in
+            # progress" without holding the loop for long.
+            deadline = time.monotonic() + 20
+            while not gate.wait(0.001) and time.monotonic() < deadline:
+                yield b""
             yield from chunks
 
         return slow()

@@ -87,7 +87,7 @@ from ._results import (
     TooLargeResult,
     TxnResult,
 )
-from ._snapshot import decode, encode_frames
+from ._snapshot import decode_steps, encode_frames
 from ._sorted import SortedKeys
 
 __all__ = ["KVStateMachine"]
@@ -429,11 +429,24 @@ class KVStateMachine:
         """Replace the whole state with a snapshot; raises `InvalidSnapshot` only.
 
         Accepts this version's format and the previous one. On error the
-        current state is left untouched. Decoding works frame by frame, so a
-        large snapshot is restored in many short steps (call it in a thread on
-        a fresh machine to keep an event loop responsive).
+        current state is left untouched. See `restore_steps` to restore a
+        large snapshot without holding an event loop.
         """
-        restored = decode(data, self._dedup_window, self._dedup_clients, self._dedup_max_bytes)
+        for _ in self.restore_steps(data):
+            pass
+
+    def restore_steps(self, data: bytes | bytearray | memoryview) -> Iterator[None]:
+        """`restore` in short steps, one snapshot frame per `next()`.
+
+        The state is replaced at the last step, all at once; until then (and
+        on InvalidSnapshot, raised from `next()`, or if the caller stops
+        early) it is untouched. A caller on an event loop runs a few steps,
+        yields to other tasks, and so on (`trioraft.node._offload`), so a
+        million-key restore never stalls the loop. Do not apply while a
+        restore is in progress.
+        """
+        restored = yield from decode_steps(data, self._dedup_window, self._dedup_clients,
+                                           self._dedup_max_bytes)  # fmt: skip
         with self._views_lock:
             # Views in progress keep reading the replaced dict, which no longer changes.
             self._views = []

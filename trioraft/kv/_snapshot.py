@@ -29,7 +29,7 @@ so a retry of a request recorded before the upgrade answers request_expired
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from itertools import pairwise
 from typing import Any
 
@@ -42,7 +42,7 @@ from ._limits import MAX_INDEX, MAX_SEQ
 from ._sorted import Captured, SortedKeys
 
 __all__ = ["FRAME_CHARS", "FRAME_CLIENTS", "FRAME_PAIRS", "MAGIC", "Restored", "decode",
-           "encode_frames"]
+           "decode_steps", "encode_frames"]
 
 MAGIC = b"TRKV\x02"
 FRAME_PAIRS = 1024
@@ -126,10 +126,26 @@ def _utf8_len(text: str) -> int:
 def decode(data: bytes | bytearray | memoryview, window: int, max_clients: int,
            max_bytes: int) -> Restored:
     """Decode a snapshot of either format; raises InvalidSnapshot, never anything else."""
+    steps = decode_steps(data, window, max_clients, max_bytes)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            restored: Restored = done.value
+            return restored
+
+
+def decode_steps(data: bytes | bytearray | memoryview, window: int, max_clients: int,
+                 max_bytes: int) -> Generator[None, None, Restored]:
+    """`decode` in short steps: one frame per `next()`; the generator returns the result.
+
+    Raises InvalidSnapshot (from `next()`), never anything else. The caller
+    may stop at any step: nothing outside the generator has changed.
+    """
     try:
         view = memoryview(data).cast("B")
         if bytes(view[:len(MAGIC)]) == MAGIC:
-            return _decode_v2(view, window, max_clients, max_bytes)
+            return (yield from _decode_v2(view, window, max_clients, max_bytes))
         return _decode_v1(view, window, max_clients, max_bytes)
     except InvalidSnapshot:
         raise
@@ -149,7 +165,8 @@ def _check_pairs(keys: list[str], values: list[str], previous: str | None) -> in
     return sum(map(_utf8_len, keys)) + sum(map(_utf8_len, values))
 
 
-def _decode_v2(view: memoryview, window: int, max_clients: int, max_bytes: int) -> Restored:
+def _decode_v2(view: memoryview, window: int, max_clients: int,
+               max_bytes: int) -> Generator[None, None, Restored]:
     frames = _frames(view)
     header = next(frames, None)
     if header is None:
@@ -170,12 +187,14 @@ def _decode_v2(view: memoryview, window: int, max_clients: int, max_bytes: int) 
             raise InvalidSnapshot("The snapshot has more pairs than its header says.")
         items.extend_sorted(keys)
         data.update(zip(keys, values, strict=True))
+        yield
     clients: list[ClientState] = []
     while len(clients) < n_clients:
         frame = next(frames, None)
         if frame is None:
             raise InvalidSnapshot("The snapshot has fewer clients than its header says.")
         clients.extend(_clients_decoder.decode(frame))
+        yield
     if len(clients) != n_clients or next(frames, None) is not None:
         raise InvalidSnapshot("The snapshot has more clients or frames than its header says.")
     dedup = DedupTable.from_state(clients, window, max_clients, max_bytes,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -439,6 +439,11 @@ class RaftNode:
             if isinstance(o, BaseException):
                 raise o
         return outcomes
+
+    async def encode_snapshot(self, chunks: Iterator[bytes]) -> list[bytes]:
+        """Encode captured snapshot chunks (`kv.snapshot_chunks()`) in short slices
+        on the loop, never stalling it (see trioraft.node._offload.Offload.sliced)."""
+        return await self._offload.sliced(chunks)
 
     async def read_barrier(self, timeout: float | None = None) -> int:
         """Wait until a linearizable read may be served from the local state machine.

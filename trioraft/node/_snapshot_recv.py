@@ -6,8 +6,8 @@ takes size and CRC32 from its storage reader and sends them with every chunk
 in order, offset 0 (re)starts it and abandons any other one *in progress*,
 never a finished one; bounded by its configured maximum) and, after the last
 chunk, `finish_transfer` checks the whole staged file's size and checksum
-and hands back its data. The state machine is restored from that data off
-the event loop **before** the core sees the InstallSnapshot: data that does
+and hands back its data. The state machine is restored from that data (in
+short slices on the loop) **before** the core sees the InstallSnapshot: data that does
 not decode is discarded (`discard_transfer`) and refused to the sender, and
 nothing in the data dir changed.
 
@@ -51,7 +51,10 @@ class OfferedSnapshot:
 
 
 async def restore(offload: Offload, data: bytes) -> KVStateMachine:
-    """A fresh state machine restored from `data`, off the event loop (InvalidSnapshot).
+    """A fresh state machine restored from `data`, in slices (InvalidSnapshot).
+
+    Decoded frame by frame on the loop, yielding to other tasks every
+    couple of milliseconds (`Offload.sliced` says why not in a thread).
 
     No gc.freeze() afterwards: the restored keys and values live in dicts and
     tuples of strings, which the cyclic GC does not track, so a full
@@ -59,7 +62,7 @@ async def restore(offload: Offload, data: bytes) -> KVStateMachine:
     it (measured on the 2-core dev machine).
     """
     kv = KVStateMachine()
-    await offload.cpu(kv.restore, data)
+    await offload.sliced(kv.restore_steps(data))
     return kv
 
 

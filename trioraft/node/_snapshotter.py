@@ -4,8 +4,9 @@ The sequence (docs/storage.md, "Taking a snapshot"), each step durable
 before the next, so a crash anywhere leaves a consistent data dir:
 
 1. `meta = core.snapshot_meta(applied)` and `kv.snapshot_chunks()`: the
-   state captured in the driver task (cheap), encoded later in a worker
-   thread while entries keep being applied;
+   state captured in the driver task (cheap), encoded later a frame at a
+   time, in slices of a couple of milliseconds on the loop, while entries
+   keep being applied in between (`Offload.sliced`);
 2. `storage.save_snapshot(meta, chunks, compact_to=0)`: the snapshot file,
    written from the encoded chunks (never joined into one copy), becomes
    the newest snapshot; the log keeps every entry. A crash after this
@@ -64,10 +65,32 @@ class Snapshotter:
         self.snapshotting = False
         self.bytes_since_snapshot = 0
 
+    def due_at(self, core: RaftCore) -> int:
+        """The applied index at which this node takes its next snapshot by entries.
+
+        Every `snapshot_entries` (n) entries on average, but staggered: a
+        node snapshots at indexes congruent to its phase modulo n, where the
+        phase is its rank among the members' ids times n / members. The
+        members of a cluster apply the same entries at nearly the same time,
+        so without it they would all encode and write a snapshot at once,
+        and on a small machine the CPU burst of all of them together stalled
+        their loops (issue 11 #4, measured with a million keys); staggered,
+        one at a time does. The gap between two snapshots stays between n/2
+        and 3n/2 entries; the member ranked first snapshots at multiples of n.
+        """
+        n = self._config.snapshot_entries
+        ids = sorted(core.configuration.ids)
+        rank = ids.index(core.id) if core.id in ids else 0
+        phase = rank * n // max(1, len(ids))
+        last = core.log.snapshot.index
+        due = last + n // 2
+        due += (phase - due) % n
+        return max(due, last + 1)
+
     def maybe_snapshot(self, core: RaftCore, kv: KVStateMachine) -> None:
-        """Snapshot at a threshold of entries or bytes since the last snapshot."""
+        """Snapshot at a threshold of entries (`due_at`) or bytes since the last snapshot."""
         if self.snapshotting or (
-            kv.applied_index - core.log.snapshot.index < self._config.snapshot_entries
+            kv.applied_index < self.due_at(core)
             and self.bytes_since_snapshot < self._config.snapshot_bytes
         ):
             return
@@ -76,8 +99,8 @@ class Snapshotter:
             meta = core.snapshot_meta(kv.applied_index)
         except ValueError:
             return
-        # Capture the state now (cheap); encode and write it off the event loop,
-        # so clients are not stalled by a large snapshot.
+        # Capture the state now (cheap); encode it in short slices and write it
+        # off the event loop, so clients are not stalled by a large snapshot.
         chunks = kv.snapshot_chunks()
         self.snapshotting = True
         self.bytes_since_snapshot = 0
@@ -88,16 +111,22 @@ class Snapshotter:
     ) -> None:
         try:
             t0 = trio.current_time()
-            # Encoded frame by frame in a thread; kept as a list of frames
-            # (storage writes them one after the other: no joined copy).
-            data: list[bytes] = await self._offload.cpu(list, chunks)
+            # Encoded frame by frame on the loop, in slices (never in a thread:
+            # see Offload.sliced); kept as a list of frames (storage writes them
+            # one after the other: no joined copy).
+            data: list[bytes] = await self._offload.sliced(chunks)
             size = sum(map(len, data))
             # A snapshot installed from the leader meanwhile may have overtaken
             # this one; storage refuses an older snapshot, and that is right.
             if meta.index <= core.log.snapshot.index:
                 return
             try:
-                await self._offload.disk(self._storage.save_snapshot, meta, data, 0)
+                if self._storage.concurrent_snapshot_writes and not self._offload.inline:
+                    # Its own thread: log writes (fsyncs) are not held up
+                    # behind a large snapshot's file (issue 11 #4).
+                    await self._offload.io(self._storage.save_snapshot, meta, data, 0)
+                else:
+                    await self._offload.disk(self._storage.save_snapshot, meta, data, 0)
             except ValueError as exc:  # overtaken while waiting for the disk
                 log.info("local snapshot at %d dropped: %s", meta.index, exc)
                 return

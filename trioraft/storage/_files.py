@@ -318,15 +318,34 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_file_atomically(final: Path, parts: list[bytes], fsync: bool) -> None:
-    """Write `parts` to `final` via temp file + fsync + rename + directory fsync."""
-    tmp = final.with_name(final.name + ".tmp")
-    with tmp.open("wb") as f:
+# While a large file is written with fsync on, it is flushed every this many
+# bytes, so the disk never holds a long queue of dirty pages: a log fsync
+# that arrives meanwhile waits for at most one such piece, not for the whole
+# file (with a 115 MB snapshot written in one go, log fsyncs took up to 1 s).
+FLUSH_EVERY = 8 * 1024 * 1024
+
+
+def write_durably(path: Path, parts: list[bytes], fsync: bool) -> None:
+    """Write `parts` to a new file at `path`, flushed as it goes and fsync'd."""
+    with path.open("xb") as f:
+        unflushed = 0
         for part in parts:
             f.write(part)
+            unflushed += len(part)
+            if fsync and unflushed >= FLUSH_EVERY:
+                f.flush()
+                os.fdatasync(f.fileno())
+                unflushed = 0
         f.flush()
         if fsync:
             os.fsync(f.fileno())
+
+
+def write_file_atomically(final: Path, parts: list[bytes], fsync: bool) -> None:
+    """Write `parts` to `final` via temp file + fsync + rename + directory fsync."""
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    write_durably(tmp, parts, fsync)
     os.replace(tmp, final)
     if fsync:
         fsync_dir(final.parent)

@@ -182,6 +182,8 @@ class MemoryStorage:
         self._drop_through(index)
 
     # ------------------------------------------------------------- snapshots
+    concurrent_snapshot_writes = False  # one call at a time (no lock here)
+
     def save_snapshot(
         self, meta: SnapshotMeta, data: bytes | Sequence[bytes], compact_to: int = 0
     ) -> None:

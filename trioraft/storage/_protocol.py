@@ -156,6 +156,11 @@ class Identity:
 
 
 class Storage(Protocol):
+    # True when `save_snapshot` may run in a thread of its own while the other
+    # methods are called: it writes the snapshot's file without blocking them,
+    # so the log keeps being persisted while a large snapshot is written.
+    concurrent_snapshot_writes: bool
+
     # ------------------------------------------------------------ the log
     def load(self) -> PersistedState:
         """Everything persisted so far (called once, at start-up).

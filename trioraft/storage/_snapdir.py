@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from trioraft.core import SnapshotMeta
@@ -24,13 +26,21 @@ from trioraft.storage._files import (
     parse_snapshot_name,
     snapshot_name,
     verify_snapshot,
-    write_file_atomically,
+    write_durably,
 )
 from trioraft.storage._protocol import SnapshotTransfer
 
-__all__ = ["SnapshotDir"]
+__all__ = ["PendingSnapshot", "SnapshotDir"]
 
 log = logging.getLogger("trioraft.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSnapshot:
+    """A local snapshot written durably under a temporary name, not yet in place."""
+
+    tmp: Path
+    snap: SnapFile
 
 
 class SnapshotDir:
@@ -74,14 +84,40 @@ class SnapshotDir:
     def write(self, meta: SnapshotMeta, parts: list[bytes]) -> SnapFile:
         """Make a local snapshot (its data in pieces) durable under its final name
         (not yet current)."""
+        pending = self.write_pending(meta, parts)
+        return self.commit_pending(pending)
+
+    def write_pending(self, meta: SnapshotMeta, parts: list[bytes]) -> PendingSnapshot:
+        """Write a local snapshot durably under a name of its own (`*.<token>.tmp`).
+
+        Touches nothing shared: it may run in its own thread while the log
+        is being written (the file is the long part of saving a snapshot).
+        `commit_pending` puts it in place, `discard_pending` drops it; a
+        crash leaves a `.tmp` that start-up removes.
+        """
         crc = 0
         for part in parts:
             crc = zlib.crc32(part, crc)
         size = sum(map(len, parts))
         header = encode_header(meta, size, crc)
         final = self.path / snapshot_name(meta)
-        write_file_atomically(final, [header, *parts], self.fsync)
-        return SnapFile(final, meta, len(header), size, crc)
+        tmp = self.path / f"{final.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            write_durably(tmp, [header, *parts], self.fsync)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return PendingSnapshot(tmp, SnapFile(final, meta, len(header), size, crc))
+
+    def commit_pending(self, pending: PendingSnapshot) -> SnapFile:
+        """Rename a written snapshot into its final name, durably."""
+        os.replace(pending.tmp, pending.snap.path)
+        if self.fsync:
+            fsync_dir(self.path)
+        return pending.snap
+
+    def discard_pending(self, pending: PendingSnapshot) -> None:
+        pending.tmp.unlink(missing_ok=True)
 
     def new_staging(self, meta: SnapshotMeta) -> StagingFile:
         return StagingFile(self.path, meta, self.fsync)

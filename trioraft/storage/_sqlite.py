@@ -328,6 +328,13 @@ class SqliteStorage:
             self._compacted = pos
 
     # ------------------------------------------------------------ snapshots
+    # Saving a local snapshot writes its file without holding the mutex (the
+    # runtime calls it in a thread of its own, see `concurrent_snapshot_writes`):
+    # log writes go on meanwhile. Checked before the write and again, under
+    # the mutex, before it is put in place: a snapshot installed from the
+    # leader, or a conflicting log, may have overtaken it (ValueError then).
+    concurrent_snapshot_writes = True
+
     def save_snapshot(
         self, meta: SnapshotMeta, data: bytes | Sequence[bytes], compact_to: int = 0
     ) -> None:
@@ -339,24 +346,40 @@ class SqliteStorage:
                 raise ValueError(
                     f"cannot compact to {compact_to}, past the snapshot at {meta.index}"
                 )
-            self._check_not_older(meta)
-            term = self._term_at(meta.index)
-            if term is not None and term != meta.term:
-                raise ValueError(
-                    f"snapshot at index {meta.index} has term {meta.term}, the log has {term}"
-                )
-            compaction: LogPosition | None = None
-            drop_all = term is None and meta.index > self._last
-            if drop_all:  # past the end of the log: nothing here can follow it
-                compaction = LogPosition(meta.index, meta.term)
-            elif compact_to > self._compacted.index:
-                compact_term = self._term_at(compact_to)
-                if compact_term is None:
-                    raise corrupt(self._db_path, f"entry {compact_to} is missing")
-                compaction = LogPosition(compact_to, compact_term)
-            snap = self._files.write(meta, parts)
+            self._snapshot_position(meta, compact_to)
+            self._db()  # refuse after close
+        pending = self._files.write_pending(meta, parts)  # the long part, unlocked
+        with self._mutex:
+            try:
+                compaction, drop_all = self._snapshot_position(meta, compact_to)
+                self._db()
+            except BaseException:
+                self._files.discard_pending(pending)
+                raise
+            snap = self._files.commit_pending(pending)
             self._record_snapshot(snap, compaction, drop_all)
             self._transfers.prune(meta.index)
+
+    def _snapshot_position(
+        self, meta: SnapshotMeta, compact_to: int
+    ) -> tuple[LogPosition | None, bool]:
+        """Whether a local snapshot at `meta` may become the newest (ValueError if
+        not), and the compaction it brings (mutex held)."""
+        self._check_not_older(meta)
+        term = self._term_at(meta.index)
+        if term is not None and term != meta.term:
+            raise ValueError(
+                f"snapshot at index {meta.index} has term {meta.term}, the log has {term}"
+            )
+        drop_all = term is None and meta.index > self._last
+        if drop_all:  # past the end of the log: nothing here can follow it
+            return LogPosition(meta.index, meta.term), True
+        if compact_to > self._compacted.index:
+            compact_term = self._term_at(compact_to)
+            if compact_term is None:
+                raise corrupt(self._db_path, f"entry {compact_to} is missing")
+            return LogPosition(compact_to, compact_term), False
+        return None, False
 
     def load_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
         with self._mutex:

@@ -1,0 +1,120 @@
+"""SqliteStorage: a local snapshot's file is written without blocking the log (issue 11 #4).
+
+Saving a 115 MB snapshot held the storage (and the node's one disk thread)
+for up to 0.8 s, so log fsyncs waited behind it and a leader's heartbeats
+stopped: a healthy cluster changed leader. Now `save_snapshot` writes its
+file outside the storage's mutex, under a name of its own, and puts it in
+place only after checking again that nothing overtook it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.storage.test_sqlite_storage import META, entries
+from trioraft.core import HardState, SnapshotMeta
+from trioraft.storage import MemoryStorage, SqliteStorage, _files, _snapdir
+
+
+class _Gate:
+    """Makes `write_durably` wait, from the thread that writes, until released."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        real = _files.write_durably
+
+        def gated(path: Path, parts: list[bytes], fsync: bool) -> None:
+            self.entered.set()
+            assert self.release.wait(10), "the test never released the write"
+            real(path, parts, fsync)
+
+        monkeypatch.setattr(_snapdir, "write_durably", gated)
+
+
+def _in_thread(fn: object, *args: object) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)  # type: ignore[operator]
+        except BaseException as exc:  # handed to the test
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, errors
+
+
+def test_the_storages_say_whether_snapshot_writes_may_run_concurrently(tmp_path: Path) -> None:
+    with SqliteStorage(tmp_path / "d", fsync=False) as s:
+        assert s.concurrent_snapshot_writes is True
+    assert MemoryStorage().concurrent_snapshot_writes is False
+
+
+def test_the_log_is_written_while_a_snapshot_file_is_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SqliteStorage(tmp_path / "d", fsync=False) as s:
+        s.load()
+        s.save(HardState(term=2, vote="n1", commit=6), entries(1, 6))
+        gate = _Gate(monkeypatch)
+        t, errors = _in_thread(s.save_snapshot, META, [b"snap", b"shot"])
+        assert gate.entered.wait(5)
+        # The snapshot's file is being written: the log is not held up by it.
+        done = threading.Event()
+        t2, errors2 = _in_thread(lambda: (s.save(None, entries(7, 9)), done.set()))
+        assert done.wait(5), "save() waited for the snapshot's file"
+        assert s.load_snapshot() is None  # not in place before it is durable
+        gate.release.set()
+        t.join(5)
+        t2.join(5)
+        assert errors == errors2 == []
+        assert s.load_snapshot() == (META, b"snapshot")
+    with SqliteStorage(tmp_path / "d", fsync=False) as s:
+        state = s.load()
+        assert state.snapshot == META
+        assert [e.index for e in state.entries] == list(range(1, 10))
+        assert not [p for p in (tmp_path / "d" / "snapshots").iterdir()
+                    if p.name.endswith(".tmp")]
+
+
+def test_a_snapshot_overtaken_while_its_file_was_written_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SqliteStorage(tmp_path / "d", fsync=False) as s:
+        s.load()
+        s.save(HardState(term=2, vote="n1", commit=9), entries(1, 9))
+        gate = _Gate(monkeypatch)
+        t, errors = _in_thread(s.save_snapshot, META, b"old")
+        assert gate.entered.wait(5)
+        monkeypatch.undo()  # the newer snapshot is written at once
+        newer = SnapshotMeta(index=9, term=2, config=META.config)
+        s.save_snapshot(newer, b"newer")
+        gate.release.set()
+        t.join(5)
+        assert len(errors) == 1
+        assert isinstance(errors[0], ValueError)
+        assert "older than the stored one" in str(errors[0])
+        assert s.load_snapshot() == (newer, b"newer")
+        names = sorted(p.name for p in (tmp_path / "d" / "snapshots").iterdir())
+        assert names == ["snap-2-9.bin"]  # the overtaken file is gone, no .tmp left
+
+
+def test_a_large_file_is_flushed_as_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushes: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(_files.os, "fdatasync", lambda fd: (flushes.append(fd), real(fd)))
+    monkeypatch.setattr(_files, "FLUSH_EVERY", 1000)
+    _files.write_durably(tmp_path / "f", [b"x" * 600] * 10, fsync=True)
+    assert len(flushes) == 5  # every 1,000 bytes or more written (then the final fsync)
+    assert (tmp_path / "f").read_bytes() == b"x" * 6000
+    flushes.clear()
+    _files.write_durably(tmp_path / "g", [b"x" * 600] * 10, fsync=False)
+    assert flushes == []
