@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from tests.node.helpers import put
-from trioraft.core import Entry, HardState
+from trioraft.core import Entry, HardState, Message, RequestVote
 from trioraft.errors import NoQuorum, UnknownOutcome
 from trioraft.storage import MemoryStorage, Storage
 from trioraft.testing.cluster import open_cluster
@@ -142,3 +142,42 @@ async def test_open_node_runs_a_node_for_the_block(tmp_path, autojump_clock):
         result = await put(node, "k", "v")
         assert node.kv.get("k") == "v"
     assert storage.load().entries[-1].index == result.index  # durable after the block
+
+
+async def test_a_follower_whose_disk_stalled_steps_queued_heartbeats_before_its_timer():
+    """Regression (issue 11 #4, the 1M-key stability run): a follower's driver that
+    waited on a slow disk for longer than its election timeout found its deadline
+    passed and campaigned (pre-vote requests went out) although the leader's
+    heartbeats had been arriving all along, queued in its inbox. It must step
+    what queued first: the heartbeats reset its timer, and it never campaigns.
+    Real clock: the stall is a worker thread blocked on the disk."""
+    disks: dict[str, StallingStorage] = {}
+
+    def factory(node_id: str) -> Storage:
+        disks[node_id] = StallingStorage()
+        return disks[node_id]
+
+    async with open_cluster(3, storage_factory=factory, run_disk_inline=False) as cluster:
+        leader = await cluster.wait_for_leader()
+        await put(leader, "warmup", "ok")
+        follower = cluster.followers()[0]
+        votes: list[RequestVote] = []
+        send = follower.transport.send
+
+        def recording_send(msg: Message) -> None:
+            if isinstance(msg, RequestVote):
+                votes.append(msg)
+            send(msg)
+
+        follower.transport.send = recording_send  # type: ignore[method-assign]
+        assert leader.core is not None
+        term = leader.core.term
+        disks[follower.id].gate.clear()
+        await put(leader, "k", "v")  # the follower's driver now waits on its disk
+        await trio.sleep(0.8)  # > the 300 ms maximum election timeout; heartbeats queue
+        disks[follower.id].gate.set()
+        await trio.sleep(0.5)
+        await cluster.wait_converged()
+        assert votes == []
+        assert leader.core.term == term
+        assert leader.is_leader

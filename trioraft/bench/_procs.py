@@ -279,8 +279,13 @@ def start_etcd(procs: Processes, n: int, data_root: Path) -> Cluster:
 
 @contextmanager
 def workdir(prefix: str = "trioraft-bench-") -> Iterator[Path]:
+    """A scratch directory, removed afterwards unless TRIORAFT_BENCH_KEEP is set
+    (then its path is printed, with the nodes' logs in it)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if os.environ.get("TRIORAFT_BENCH_KEEP"):
+            print(f"kept: {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -212,7 +213,16 @@ class Driver:
         await self._process_ready()
         while True:
             self._turn += 1
-            with trio.move_on_at(core.deadline):
+            # Messages that queued while the driver was busy (an fsync slowed
+            # by the disk, a snapshot being written) are stepped before the
+            # timer is looked at: a heartbeat that arrived in time resets the
+            # election timer. Before this, a follower whose disk stalled for
+            # longer than its election timeout found its deadline passed,
+            # campaigned with the leader's heartbeats still in its inbox, and
+            # a healthy cluster changed leader (issue 11 #4, found with the
+            # stall tracer in the 1M-key stability run).
+            queued = self._inbox.statistics().current_buffer_used > 0
+            with trio.move_on_at(math.inf if queued else core.deadline):
                 item = await self._inbox.receive()
                 proposals: list[Proposal] = []
                 self._handle(item, proposals)

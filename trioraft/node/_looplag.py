@@ -13,14 +13,22 @@ One loop runs per process, so one monitor serves every node in it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import os
+import sys
+import threading
+import time
+import traceback
 from collections import deque
+from pathlib import Path
 
 import trio
 
 from trioraft.logs import event
 
-__all__ = ["LoopLagMonitor"]
+__all__ = ["TRACE_ENV", "LoopLagMonitor", "StallTracer", "tracer_from_env"]
 
 log = logging.getLogger("trioraft.node")
 
@@ -65,8 +73,118 @@ class LoopLagMonitor:
                 "stalls": self.stalls}  # fmt: skip
 
     async def run(self) -> None:
-        while True:
-            t0 = trio.current_time()
-            await trio.sleep(self.interval)
-            now = trio.current_time()
-            self.record(now, now - t0 - self.interval)
+        tracer = tracer_from_env()
+        if tracer is not None:
+            tracer.start()
+        try:
+            while True:
+                if tracer is not None:
+                    tracer.tick()
+                await self._tick()
+        finally:
+            if tracer is not None:
+                tracer.stop()
+
+    async def _tick(self) -> None:
+        t0 = trio.current_time()
+        await trio.sleep(self.interval)
+        now = trio.current_time()
+        self.record(now, now - t0 - self.interval)
+
+
+TRACE_ENV = "TRIORAFT_TRACE_STALLS"
+
+
+def tracer_from_env() -> StallTracer | None:
+    """A StallTracer when TRIORAFT_TRACE_STALLS names a threshold in ms (else None)."""
+    text = os.environ.get(TRACE_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        ms = float(text)
+    except ValueError:
+        log.warning("%s=%r is not a number of milliseconds; stall tracing is off",
+                    TRACE_ENV, text)  # fmt: skip
+        return None
+    return StallTracer(max(ms, 1.0) / 1000) if ms > 0 else None
+
+
+def _schedstat(native_id: int) -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of a thread (Linux; else zeros)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat") as f:
+            ran, waited, _ = f.read().split()
+        return int(ran), int(waited)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+class StallTracer:
+    """Why the loop stalled: a watchdog thread names where it was, and what it waited for.
+
+    Off by default; `TRIORAFT_TRACE_STALLS=<ms>` turns it on (see
+    docs/operations.md, "Loop lag"). The monitor's task calls `tick()` each
+    time it runs; a daemon thread wakes every `period` seconds and, once
+    the last tick is older than `threshold`, logs one `loop_stall` event per
+    stall with the loop thread's innermost frames and, from the kernel's
+    schedstat, how much of the stall the thread spent running (our code, or
+    a garbage collection: `gc_pause` events time those), waiting for a CPU
+    (`runqueue_ms`: the machine is busy) or neither (blocked: the GIL held
+    by another thread, or a page fault on a slow disk). This is how the
+    causes of issue 11 #4 were told apart.
+    """
+
+    def __init__(self, threshold: float, period: float = 0.005) -> None:
+        self.threshold = threshold
+        self.period = period
+        self._last = time.monotonic()
+        self._thread_id = threading.get_ident()
+        self._native_id = threading.get_native_id()
+        self._stop = threading.Event()
+        self._gc_started = 0.0
+        self.stalls = 0
+        self._thread = threading.Thread(target=self._watch, name="stall-tracer", daemon=True)
+
+    def tick(self) -> None:
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        self.tick()
+        gc.callbacks.append(self._gc)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.monotonic()
+            return
+        took = time.monotonic() - self._gc_started
+        if took >= self.threshold / 2:
+            event(log, "gc_pause", logging.WARNING, ms=round(took * 1000, 1),
+                  generation=info.get("generation"), collected=info.get("collected"))  # fmt: skip
+
+    def _watch(self) -> None:
+        base = _schedstat(self._native_id)
+        reported = False
+        while not self._stop.wait(self.period):
+            now = _schedstat(self._native_id)
+            behind = time.monotonic() - self._last
+            if behind < self.threshold:
+                base, reported = now, False
+                continue
+            if reported:
+                continue
+            frame = sys._current_frames().get(self._thread_id)
+            where = " < ".join(
+                f"{Path(f.filename).name}:{f.lineno}:{f.name}"
+                for f in reversed(traceback.extract_stack(frame, limit=4))
+            ) if frame is not None else "?"
+            reported = True
+            self.stalls += 1
+            event(log, "loop_stall", logging.WARNING, ms=round(behind * 1000),
+                  ran_ms=round((now[0] - base[0]) / 1e6),
+                  runqueue_ms=round((now[1] - base[1]) / 1e6), at=where)  # fmt: skip
