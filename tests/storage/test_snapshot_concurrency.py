@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.storage.test_sqlite_storage import META, entries
-from trioraft.core import HardState, SnapshotMeta
-from trioraft.storage import MemoryStorage, SqliteStorage, _files, _snapdir
+from trioraft.core import Entry, EntryKind, HardState, SnapshotMeta
+from trioraft.storage import LogPosition, MemoryStorage, SqliteStorage, _files, _snapdir, _sqlite
 
 
 class _Gate:
@@ -52,8 +52,8 @@ def _in_thread(fn: object, *args: object) -> tuple[threading.Thread, list[BaseEx
 
 def test_the_storages_say_whether_snapshot_writes_may_run_concurrently(tmp_path: Path) -> None:
     with SqliteStorage(tmp_path / "d", fsync=False) as s:
-        assert s.concurrent_snapshot_writes is True
-    assert MemoryStorage().concurrent_snapshot_writes is False
+        assert s.concurrent_maintenance is True
+    assert MemoryStorage().concurrent_maintenance is False
 
 
 def test_the_log_is_written_while_a_snapshot_file_is_being_written(
@@ -118,3 +118,41 @@ def test_a_large_file_is_flushed_as_it_is_written(
     flushes.clear()
     _files.write_durably(tmp_path / "g", [b"x" * 600] * 10, fsync=False)
     assert flushes == []
+
+
+def test_compaction_goes_in_bounded_steps_each_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropping many entries is done a bounded step at a time, each its own
+    transaction with the mutex taken per step (log writes go in between); a crash
+    between steps leaves a consistent, smaller compaction."""
+    monkeypatch.setattr(_sqlite, "COMPACT_STEP_BYTES", 3 * 100)
+    monkeypatch.setattr(_sqlite, "COMPACT_STEP_ROWS", 1000)
+    d = tmp_path / "d"
+    with SqliteStorage(d, fsync=False) as s:
+        s.load()
+        s.save(HardState(term=2, vote="n1", commit=20),
+               [Entry(i, 2, EntryKind.NORMAL, b"x" * 100) for i in range(1, 21)])  # fmt: skip
+        s.save_snapshot(SnapshotMeta(index=20, term=2, config=META.config), b"s")
+        steps: list[int] = []
+        real = SqliteStorage._set_compaction
+
+        def recording(self: SqliteStorage, conn: object, pos: LogPosition, drop_all: bool) -> None:
+            assert self._mutex._is_owned()  # type: ignore[attr-defined]
+            steps.append(pos.index)
+            if len(steps) == 3:
+                raise RuntimeError("the process dies during the third step")
+            real(self, conn, pos, drop_all)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(SqliteStorage, "_set_compaction", recording)
+        with pytest.raises(RuntimeError):
+            s.compact(14)
+        assert steps == [3, 6, 9]  # 300 bytes a step
+    with SqliteStorage(d, fsync=False) as s:
+        state = s.load()
+        assert state.compacted == LogPosition(6, 2)  # the two finished steps
+        assert [e.index for e in state.entries] == list(range(7, 21))
+        monkeypatch.setattr(SqliteStorage, "_set_compaction", real)
+        steps.clear()
+        s.compact(14)
+        assert s.load().compacted == LogPosition(14, 2)

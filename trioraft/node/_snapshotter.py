@@ -121,9 +121,10 @@ class Snapshotter:
             if meta.index <= core.log.snapshot.index:
                 return
             try:
-                if self._storage.concurrent_snapshot_writes and not self._offload.inline:
+                if self._storage.concurrent_maintenance and not self._offload.inline:
                     # Its own thread: log writes (fsyncs) are not held up
-                    # behind a large snapshot's file (issue 11 #4).
+                    # behind a large snapshot's file, nor (below) behind
+                    # compaction (issue 11 #4).
                     await self._offload.io(self._storage.save_snapshot, meta, data, 0)
                 else:
                     await self._offload.disk(self._storage.save_snapshot, meta, data, 0)
@@ -143,7 +144,10 @@ class Snapshotter:
             await self._call_in_driver(taken)
             await done.wait()
             compacted = point[0][0]
-            await self._offload.disk(self._storage.compact, compacted)
+            if self._storage.concurrent_maintenance and not self._offload.inline:
+                await self._offload.io(self._storage.compact, compacted)
+            else:
+                await self._offload.disk(self._storage.compact, compacted)
             ms = round((trio.current_time() - t0) * 1000)
             self._stats["snapshots"] += 1
             self._stats["last_snapshot_bytes"] = size

@@ -182,7 +182,7 @@ class MemoryStorage:
         self._drop_through(index)
 
     # ------------------------------------------------------------- snapshots
-    concurrent_snapshot_writes = False  # one call at a time (no lock here)
+    concurrent_maintenance = False  # one call at a time (no lock here)
 
     def save_snapshot(
         self, meta: SnapshotMeta, data: bytes | Sequence[bytes], compact_to: int = 0

@@ -156,10 +156,11 @@ class Identity:
 
 
 class Storage(Protocol):
-    # True when `save_snapshot` may run in a thread of its own while the other
-    # methods are called: it writes the snapshot's file without blocking them,
-    # so the log keeps being persisted while a large snapshot is written.
-    concurrent_snapshot_writes: bool
+    # True when `save_snapshot` and `compact` may run in a thread of their own
+    # while the other methods are called: they do their long work (writing a
+    # snapshot's file, dropping many entries) without blocking them, so the
+    # log keeps being persisted meanwhile.
+    concurrent_maintenance: bool
 
     # ------------------------------------------------------------ the log
     def load(self) -> PersistedState:
