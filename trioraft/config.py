@@ -386,7 +386,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--snapshot-entries",
         metavar="N",
-        help="take a snapshot after this many applied entries since the last one "
+        help="take a snapshot every this many applied entries on average (members "
+        "stagger theirs: between N/2 and 3N/2 after the last one) "
         f"[env SNAPSHOT_ENTRIES; default {DEFAULT_SNAPSHOT_ENTRIES}]",
     )
     parser.add_argument(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -324,7 +325,11 @@ class SqliteStorage:
             if self._term_at(index) is None:
                 raise corrupt(self._db_path, f"entry {index} is missing below the snapshot")
             steps = self._compaction_steps(index)
-        for step in steps:
+        for n, step in enumerate(steps):
+            if n:
+                # The mutex is not fair: let a log write that waits for it go
+                # first, rather than taking it straight back for the next step.
+                time.sleep(COMPACT_PAUSE_S)
             with self._mutex:
                 if step <= self._compacted.index:
                     continue  # a snapshot installed meanwhile compacted further
@@ -518,6 +523,7 @@ def open_storage(
 # Compaction drops at most this much entry data (or this many rows) per transaction.
 COMPACT_STEP_BYTES = 4 * 1024 * 1024
 COMPACT_STEP_ROWS = 5000
+COMPACT_PAUSE_S = 0.002
 
 # Rows per INSERT statement: 5 parameters a row, within SQLite's limit on
 # parameters (999 before 3.32, 32766 since).
