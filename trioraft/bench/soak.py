@@ -57,6 +57,11 @@ class SoakSpec:
     report_every: float = 30.0
     recovery: bool = False
     extra_args: tuple[str, ...] = ()
+    # Idle seconds between the fill and the measured writes. The nodes report
+    # their worst loop lag over the last 10 s (`recent_max`): without a pause
+    # longer than that, the first polls would charge the fill's large
+    # transactions to the measured workload.
+    settle: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.duration > 0 and self.keys >= 1 and self.concurrency >= 1):
@@ -216,6 +221,8 @@ def run_soak(spec: SoakSpec, work: Path, *, quiet: bool = False) -> dict[str, An
                 f"snapshot every {spec.snapshot_entries} entries",
                 flush=True,
             )
+        if spec.settle > 0:
+            time.sleep(spec.settle)
         watcher = Watcher(names, pids, spec.poll)
         result, intervals = trio.run(_load_and_watch, spec, urls, watcher, quiet)
         recovery = _recovery(procs, urls, nodes) if spec.recovery else None
@@ -292,6 +299,9 @@ def add_soak_arguments(p: argparse.ArgumentParser, defaults: SoakSpec) -> None:
     p.add_argument("--snapshot-entries", type=int, default=d.snapshot_entries)
     p.add_argument("--poll", type=float, default=d.poll, help="seconds between /status polls")
     p.add_argument("--report-every", type=float, default=d.report_every)
+    p.add_argument("--settle", type=float, default=d.settle,
+                   help="idle seconds between the fill and the measured writes (the nodes' "
+                   "recent loop lag looks back 10 s)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="save every figure here")
     p.add_argument("--plot", type=Path, default=None, help="save a PNG of it over time")
 
@@ -306,6 +316,7 @@ def spec_from(args: argparse.Namespace, **more: Any) -> SoakSpec:
         snapshot_entries=args.snapshot_entries,
         poll=args.poll,
         report_every=args.report_every,
+        settle=args.settle,
         **more,
     )
 

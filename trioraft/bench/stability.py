@@ -37,6 +37,7 @@ DEFAULTS = SoakSpec(
     snapshot_entries=500,
     poll=0.1,
     report_every=20.0,
+    settle=11.0,  # the fill's loop lag has left the nodes' 10 s window
 )
 
 
