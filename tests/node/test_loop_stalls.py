@@ -127,10 +127,12 @@ async def test_the_stall_tracer_names_where_the_loop_was(
         tracer.stop()
     stalls = [f for name, f in events(caplog) if name == "loop_stall"]
     assert stalls, events(caplog)
-    assert any("_hold_the_loop" in f["at"] for f in stalls), stalls
     assert all(f["ms"] >= 30 for f in stalls)
     held = next(f for f in stalls if "_hold_the_loop" in f["at"])
-    assert held["ran_ms"] + held["runqueue_ms"] <= held["ms"] + 10
+    assert held["ms"] >= 140  # the whole stall, not just its first 30 ms
+    # Busy, not blocked: it ran (or waited for a CPU) for most of the stall.
+    assert held["ran_ms"] + held["runqueue_ms"] >= 100
+    assert held["ran_ms"] + held["runqueue_ms"] <= held["ms"] + 20
 
 
 def _hold_the_loop(seconds: float) -> None:

@@ -123,11 +123,13 @@ class StallTracer:
     """Why the loop stalled: a watchdog thread names where it was, and what it waited for.
 
     Off by default; `TRIORAFT_TRACE_STALLS=<ms>` turns it on (see
-    docs/operations.md, "Loop lag"). The monitor's task calls `tick()` each
-    time it runs; a daemon thread wakes every `period` seconds and, once
-    the last tick is older than `threshold`, logs one `loop_stall` event per
-    stall with the loop thread's innermost frames and, from the kernel's
-    schedstat, how much of the stall the thread spent running (our code, or
+    docs/operations.md, "Logs"). The monitor's task calls `tick()` each
+    time it runs; a daemon thread wakes every `period` seconds. Once the
+    last tick is older than `threshold` it notes where the loop thread is
+    (its innermost frames), and when the loop runs again it logs one
+    `loop_stall` event for the whole stall: how long it lasted (to within
+    `period`) and, from the kernel's schedstat, how much of it the loop
+    thread spent running (our code, or
     a garbage collection: `gc_pause` events time those), waiting for a CPU
     (`runqueue_ms`: the machine is busy) or neither (blocked: the GIL held
     by another thread, or a page fault on a slow disk). This is how the
@@ -169,22 +171,24 @@ class StallTracer:
 
     def _watch(self) -> None:
         base = _schedstat(self._native_id)
-        reported = False
+        where: str | None = None  # set while a stall lasts: where the loop was
+        longest = 0.0
         while not self._stop.wait(self.period):
             now = _schedstat(self._native_id)
             behind = time.monotonic() - self._last
-            if behind < self.threshold:
-                base, reported = now, False
+            if behind >= self.threshold:
+                if where is None:  # a stall begins: look where the loop is
+                    frame = sys._current_frames().get(self._thread_id)
+                    where = " < ".join(
+                        f"{Path(f.filename).name}:{f.lineno}:{f.name}"
+                        for f in reversed(traceback.extract_stack(frame, limit=4))
+                    ) if frame is not None else "?"
+                longest = max(longest, behind)
                 continue
-            if reported:
-                continue
-            frame = sys._current_frames().get(self._thread_id)
-            where = " < ".join(
-                f"{Path(f.filename).name}:{f.lineno}:{f.name}"
-                for f in reversed(traceback.extract_stack(frame, limit=4))
-            ) if frame is not None else "?"
-            reported = True
-            self.stalls += 1
-            event(log, "loop_stall", logging.WARNING, ms=round(behind * 1000),
-                  ran_ms=round((now[0] - base[0]) / 1e6),
-                  runqueue_ms=round((now[1] - base[1]) / 1e6), at=where)  # fmt: skip
+            if where is not None:  # the loop ran again: report the whole stall
+                self.stalls += 1
+                event(log, "loop_stall", logging.WARNING, ms=round(longest * 1000),
+                      ran_ms=round((now[0] - base[0]) / 1e6),
+                      runqueue_ms=round((now[1] - base[1]) / 1e6), at=where)  # fmt: skip
+                where, longest = None, 0.0
+            base = now
