@@ -169,3 +169,37 @@ def test_a_down_cluster_fails_fast_not_after_the_timeout(capsys, closed_port, ar
     assert run(*argv, "--endpoints", endpoints, "--timeout", "60",
                "--unreachable-timeout", "0.2") == 3  # fmt: skip
     assert "no node reachable" in capsys.readouterr().err
+
+
+def test_a_node_process_tunes_the_interpreter_for_a_responsive_loop() -> None:
+    """`trioraft serve` shortens the GIL switch interval (the storage thread wins the
+    GIL back sooner after each SQLite call) and freezes the start-up objects out of
+    the cyclic GC (full collections stop walking them): issue 11 #4."""
+    import gc
+    import sys
+
+    from trioraft import cli
+
+    before = sys.getswitchinterval()
+    try:
+        cli.tune_interpreter()
+        assert sys.getswitchinterval() == pytest.approx(cli.SWITCH_INTERVAL_S)
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(before)
+
+
+def test_the_stability_benchmark_settles_after_the_fill_by_default() -> None:
+    import argparse
+
+    from trioraft.bench.soak import SoakSpec, add_soak_arguments, spec_from
+    from trioraft.bench.stability import DEFAULTS
+
+    p = argparse.ArgumentParser()
+    add_soak_arguments(p, DEFAULTS)
+    assert spec_from(p.parse_args([])).settle == 11.0
+    assert spec_from(p.parse_args(["--settle", "0"])).settle == 0.0
+    p = argparse.ArgumentParser()
+    add_soak_arguments(p, SoakSpec())
+    assert spec_from(p.parse_args([])).settle == 0.0
