@@ -4,8 +4,9 @@ Its loop is the election/heartbeat timer: `with trio.move_on_at(core.deadline)`
 around `inbox.receive()`; every step can move the deadline and the next turn
 re-reads it. Whatever already waits in the inbox is stepped before the timer
 is looked at (a heartbeat that arrived while the driver waited on the disk
-resets the election timer; it must not be overtaken by a timeout). Memory-channel receives are cancellation-atomic, so a timeout
-never loses a message. Whatever queued while the driver was busy (typically
+resets the election timer; it must not be overtaken by a timeout).
+Memory-channel receives are cancellation-atomic, so a timeout never loses a
+message. Whatever queued while the driver was busy (typically
 during an fsync) becomes one Ready: one fsync, one AppendEntries per peer.
 
 Ready order (a correctness rule, see docs/architecture.md): persist hard state
