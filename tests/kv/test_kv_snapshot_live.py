@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trioraft.kv._snapshot as snapshot_format
-from trioraft.kv import Cas, Delete, DeletePrefix, Get, KVStateMachine, Put, Txn
+from trioraft.kv import Cas, Delete, DeletePrefix, Get, KVStateMachine, Put, Txn, encode_command
 
 keys = st.sampled_from(["a", "a/1", "a/2", "b", "c", "c/x", "d"])
 commands = st.one_of(
@@ -102,3 +102,25 @@ def test_encoding_in_a_thread_while_applying_gives_the_captured_state():
         i += 1
     encoder.join()
     assert result[0] == expected
+
+
+def test_restore_in_steps_swaps_the_state_at_the_last_step_only() -> None:
+    """`restore_steps` (what a node runs in slices on its loop): one step per frame,
+    the old state untouched until the last one, and untouched if stopped early."""
+    source = KVStateMachine()
+    for i in range(3 * snapshot_format.FRAME_PAIRS + 5):
+        source.apply(i + 1, encode_command(Put(f"k{i:06d}", "v" * 10)))
+    data = source.snapshot()
+    target = KVStateMachine()
+    target.apply(1, encode_command(Put("old", "x")))
+    steps = target.restore_steps(data)
+    for _ in range(3):  # the first frames are decoded ...
+        next(steps)
+    assert target.get("old") == "x"  # ... and nothing has changed yet
+    assert len(target) == 1
+    steps.close()  # stopped early: still the old state
+    assert target.get("old") == "x"
+    rest = list(target.restore_steps(data))
+    assert len(rest) >= 4  # a step per data frame (and the clients')
+    assert target.state_digest() == source.state_digest()
+    assert target.get("old") is None
