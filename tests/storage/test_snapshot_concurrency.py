@@ -50,6 +50,14 @@ def _in_thread(fn: object, *args: object) -> tuple[threading.Thread, list[BaseEx
     return t, errors
 
 
+def _opened_with_log(d: Path, last: int) -> SqliteStorage:
+    """An open, loaded storage holding entries 1..last, all committed."""
+    s = SqliteStorage(d, fsync=False)
+    s.load()
+    s.save(HardState(term=2, vote="n1", commit=last), entries(1, last))
+    return s
+
+
 def test_the_storages_say_whether_snapshot_writes_may_run_concurrently(tmp_path: Path) -> None:
     with SqliteStorage(tmp_path / "d", fsync=False) as s:
         assert s.concurrent_maintenance is True
@@ -59,9 +67,7 @@ def test_the_storages_say_whether_snapshot_writes_may_run_concurrently(tmp_path:
 def test_the_log_is_written_while_a_snapshot_file_is_being_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with SqliteStorage(tmp_path / "d", fsync=False) as s:
-        s.load()
-        s.save(HardState(term=2, vote="n1", commit=6), entries(1, 6))
+    with _opened_with_log(tmp_path / "d", 6) as s:
         gate = _Gate(monkeypatch)
         t, errors = _in_thread(s.save_snapshot, META, [b"snap", b"shot"])
         assert gate.entered.wait(5)
@@ -86,9 +92,7 @@ def test_the_log_is_written_while_a_snapshot_file_is_being_written(
 def test_a_snapshot_overtaken_while_its_file_was_written_is_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with SqliteStorage(tmp_path / "d", fsync=False) as s:
-        s.load()
-        s.save(HardState(term=2, vote="n1", commit=9), entries(1, 9))
+    with _opened_with_log(tmp_path / "d", 9) as s:
         gate = _Gate(monkeypatch)
         t, errors = _in_thread(s.save_snapshot, META, b"old")
         assert gate.entered.wait(5)
@@ -156,3 +160,45 @@ def test_compaction_goes_in_bounded_steps_each_durable(
         steps.clear()
         s.compact(14)
         assert s.load().compacted == LogPosition(14, 2)
+
+
+def test_a_snapshot_file_interrupted_while_written_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed write of a snapshot's file (outside the mutex, under its own `.tmp`
+    name) leaves the old state and no file; what a killed process leaves under
+    that name is removed at the next start."""
+    real = _files.write_durably
+
+    def fails_halfway(path: Path, parts: list[bytes], fsync: bool) -> None:
+        real(path, parts[:1], fsync)  # part of it reached the disk ...
+        raise OSError("no space left on device")
+
+    d = tmp_path / "d"
+    with _opened_with_log(d, 6) as s:
+        monkeypatch.setattr(_snapdir, "write_durably", fails_halfway)
+        with pytest.raises(OSError, match="no space"):
+            s.save_snapshot(META, [b"snap", b"shot"])
+        assert list((d / "snapshots").iterdir()) == []
+        assert s.load_snapshot() is None
+    # A killed process runs no cleanup: its half-written file stays behind.
+    leftover = d / "snapshots" / "snap-2-6.bin.0123456789ab.tmp"
+    leftover.write_bytes(b"snap")
+    with SqliteStorage(d, fsync=False) as s:
+        state = s.load()
+        assert state.snapshot == SnapshotMeta()  # no snapshot: the old state
+        assert [e.index for e in state.entries] == list(range(1, 7))
+    assert not leftover.exists()
+
+
+def test_a_batch_larger_than_one_insert_statement_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Log rows go in multi-row INSERTs bounded by SQLite's parameter limit: a batch
+    over the bound takes several statements, and every row lands, in order."""
+    monkeypatch.setattr(_sqlite, "_ROWS_PER_INSERT", 3)
+    d = tmp_path / "d"
+    with _opened_with_log(d, 10) as s:
+        s.save(None, entries(8, 17))  # replaces 8..10, adds 11..17: 10 rows, 4 statements
+    with SqliteStorage(d, fsync=False) as s:
+        assert s.load().entries == entries(1, 17)

@@ -106,6 +106,15 @@ class Snapshotter:
         self.bytes_since_snapshot = 0
         self._spawn(self._write_snapshot, core, meta, chunks)
 
+    async def _maintenance(self, fn: Callable[..., None], *args: Any) -> None:
+        """A long storage call (a snapshot's file, compaction): in a thread of its own
+        when the storage allows it (`concurrent_maintenance`), so log writes are not
+        held up behind it (issue 11 #4); else through the storage thread."""
+        if self._storage.concurrent_maintenance and not self._offload.inline:
+            await self._offload.io(fn, *args)
+        else:
+            await self._offload.disk(fn, *args)
+
     async def _write_snapshot(
         self, core: RaftCore, meta: SnapshotMeta, chunks: Iterator[bytes]
     ) -> None:
@@ -121,13 +130,7 @@ class Snapshotter:
             if meta.index <= core.log.snapshot.index:
                 return
             try:
-                if self._storage.concurrent_maintenance and not self._offload.inline:
-                    # Its own thread: log writes (fsyncs) are not held up
-                    # behind a large snapshot's file, nor (below) behind
-                    # compaction (issue 11 #4).
-                    await self._offload.io(self._storage.save_snapshot, meta, data, 0)
-                else:
-                    await self._offload.disk(self._storage.save_snapshot, meta, data, 0)
+                await self._maintenance(self._storage.save_snapshot, meta, data, 0)
             except ValueError as exc:  # overtaken while waiting for the disk
                 log.info("local snapshot at %d dropped: %s", meta.index, exc)
                 return
@@ -144,10 +147,7 @@ class Snapshotter:
             await self._call_in_driver(taken)
             await done.wait()
             compacted = point[0][0]
-            if self._storage.concurrent_maintenance and not self._offload.inline:
-                await self._offload.io(self._storage.compact, compacted)
-            else:
-                await self._offload.disk(self._storage.compact, compacted)
+            await self._maintenance(self._storage.compact, compacted)
             ms = round((trio.current_time() - t0) * 1000)
             self._stats["snapshots"] += 1
             self._stats["last_snapshot_bytes"] = size

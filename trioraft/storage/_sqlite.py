@@ -69,6 +69,15 @@ log = logging.getLogger("trioraft.storage")
 DB_NAME = "raft.db"
 SNAP_DIR = "snapshots"
 
+# Compaction drops at most this much entry data (or this many rows) per transaction.
+COMPACT_STEP_BYTES = 4 * 1024 * 1024
+COMPACT_STEP_ROWS = 5000
+COMPACT_PAUSE_S = 0.002
+
+# Rows per INSERT statement: 5 parameters a row, within SQLite's limit on
+# parameters (999 before 3.32, 32766 since).
+_ROWS_PER_INSERT = (999 if sqlite3.sqlite_version_info < (3, 32) else 32766) // 5
+
 
 class SqliteStorage:
     """The durable `Storage`: SQLite for log and hard state, files for snapshots.
@@ -518,16 +527,6 @@ def open_storage(
     """Create `data_dir` if needed and open the durable storage in it."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     return SqliteStorage(Path(data_dir), fsync=fsync, max_snapshot_bytes=max_snapshot_bytes)
-
-
-# Compaction drops at most this much entry data (or this many rows) per transaction.
-COMPACT_STEP_BYTES = 4 * 1024 * 1024
-COMPACT_STEP_ROWS = 5000
-COMPACT_PAUSE_S = 0.002
-
-# Rows per INSERT statement: 5 parameters a row, within SQLite's limit on
-# parameters (999 before 3.32, 32766 since).
-_ROWS_PER_INSERT = (999 if sqlite3.sqlite_version_info < (3, 32) else 32766) // 5
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[int, int, int, bytes, int]]) -> None:
